@@ -1,0 +1,424 @@
+//! What an attempt's outcome means: success, retry, pause the key, retire the key, or
+//! give up (SPEC §3). Every path that looks at a reply calls [`classify_reply`] or
+//! [`classify_failure`], so the rules live in one table.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::retry::retry_after;
+use crate::usage::Usage;
+use crate::validate::ResponseCheck;
+
+/// Why an attempt did not succeed; the snake_case name is the `error.code` written to
+/// ERRORS and the reason carried by retry events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    RateLimited,
+    ServerError,
+    Timeout,
+    Connection,
+    MalformedResponse,
+    EmptyResponse,
+    InvalidResponse,
+    BadRequest,
+    Unauthorized,
+    CreditsExhausted,
+    QuotaExhausted,
+    Moderation,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+    ClientError,
+    RetryBudgetExhausted,
+    RetriesExhausted,
+    InvalidInput,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::RateLimited => "rate_limited",
+            Reason::ServerError => "server_error",
+            Reason::Timeout => "timeout",
+            Reason::Connection => "connection_error",
+            Reason::MalformedResponse => "malformed_response",
+            Reason::EmptyResponse => "empty_response",
+            Reason::InvalidResponse => "invalid_response",
+            Reason::BadRequest => "bad_request",
+            Reason::Unauthorized => "unauthorized",
+            Reason::CreditsExhausted => "credits_exhausted",
+            Reason::QuotaExhausted => "quota_exhausted",
+            Reason::Moderation => "moderation",
+            Reason::NotFound => "not_found",
+            Reason::PayloadTooLarge => "payload_too_large",
+            Reason::Unprocessable => "unprocessable_entity",
+            Reason::ClientError => "client_error",
+            Reason::RetryBudgetExhausted => "retry_budget_exhausted",
+            Reason::RetriesExhausted => "retries_exhausted",
+            Reason::InvalidInput => "invalid_input",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the engine should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Record the result.
+    Success,
+    /// Try again after a backoff; counts against the request's retries and the budget.
+    Retry,
+    /// Try again on the rate-limit path: the key pauses, the wait is paced, not budgeted.
+    RateLimited,
+    /// The key is unusable for the rest of the run; the request moves to another key.
+    RetireKey,
+    /// Give up: the request goes to ERRORS.
+    Fail,
+}
+
+/// An attempt's outcome.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    pub verdict: Verdict,
+    /// Why it was not a success (`None` for a success).
+    pub reason: Option<Reason>,
+    /// A message for ERRORS and logs, from the provider's error when it gave one.
+    pub message: Option<String>,
+    /// Tokens the attempt consumed, when the reply carried a `usage` object.
+    pub usage: Option<Usage>,
+    /// The server's Retry-After, if any.
+    pub retry_after: Option<Duration>,
+    /// The parsed body, when it was JSON.
+    pub body: Option<Value>,
+}
+
+impl Classified {
+    fn new(verdict: Verdict, reason: Option<Reason>, message: Option<String>) -> Classified {
+        Classified {
+            verdict,
+            reason,
+            message,
+            usage: None,
+            retry_after: None,
+            body: None,
+        }
+    }
+}
+
+/// An attempt that got no complete HTTP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// No reply within the per-attempt timeout.
+    Timeout,
+    /// Could not connect, or the connection dropped before or during the reply.
+    Connection(String),
+}
+
+/// Classifies an attempt that failed below HTTP: always retried.
+pub fn classify_failure(failure: &TransportFailure) -> Classified {
+    match failure {
+        TransportFailure::Timeout => Classified::new(
+            Verdict::Retry,
+            Some(Reason::Timeout),
+            Some("no reply within the timeout".into()),
+        ),
+        TransportFailure::Connection(msg) => {
+            Classified::new(Verdict::Retry, Some(Reason::Connection), Some(msg.clone()))
+        }
+    }
+}
+
+/// Classifies a complete HTTP reply.
+pub fn classify_reply(
+    status: u16,
+    headers: &HeaderMap,
+    body: &Bytes,
+    check: Option<&ResponseCheck>,
+) -> Classified {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let mut out = match &parsed {
+        Some(json) if (200..300).contains(&status) => classify_success_body(json, check),
+        Some(json) => classify_error_status(status, json),
+        None if (200..300).contains(&status) => Classified::new(
+            Verdict::Retry,
+            Some(Reason::MalformedResponse),
+            Some(format!("HTTP {status} with a body that is not JSON ({} bytes)", body.len())),
+        ),
+        None => classify_error_status(status, &Value::Null),
+    };
+    out.usage = parsed.as_ref().and_then(Usage::from_body);
+    out.retry_after = retry_after(headers);
+    out.body = parsed;
+    out
+}
+
+/// A 2xx body: a success unless it carries an error, is empty, or fails validation.
+fn classify_success_body(json: &Value, check: Option<&ResponseCheck>) -> Classified {
+    let choices = json.get("choices").and_then(Value::as_array);
+    // OpenRouter: HTTP 200 whose body is an error and has no choices.
+    if let (Some(error), None) = (json.get("error"), choices) {
+        return classify_inner_error(error);
+    }
+    let Some(choices) = choices else {
+        if json.is_object() {
+            return Classified::new(Verdict::Success, None, None);
+        }
+        return Classified::new(
+            Verdict::Retry,
+            Some(Reason::MalformedResponse),
+            Some("the body is JSON but not an object".into()),
+        );
+    };
+    // OpenRouter: a choice that failed mid-generation.
+    for choice in choices {
+        if let Some(error) = choice.get("error") {
+            return classify_inner_error(error);
+        }
+        if choice.get("finish_reason").and_then(Value::as_str) == Some("error") {
+            return Classified::new(
+                Verdict::Retry,
+                Some(Reason::ServerError),
+                Some("the provider ended the generation with finish_reason \"error\"".into()),
+            );
+        }
+    }
+    let Some(first) = choices.first() else {
+        return Classified::new(
+            Verdict::Retry,
+            Some(Reason::EmptyResponse),
+            Some("the reply has no choices".into()),
+        );
+    };
+    let message = first.get("message");
+    let content = message.and_then(|m| m.get("content")).map(content_text).unwrap_or_default();
+    let has_tool_calls = message
+        .and_then(|m| m.get("tool_calls"))
+        .and_then(Value::as_array)
+        .is_some_and(|calls| !calls.is_empty());
+    if content.trim().is_empty() && !has_tool_calls {
+        return Classified::new(
+            Verdict::Retry,
+            Some(Reason::EmptyResponse),
+            Some("the reply's content is empty and it has no tool calls".into()),
+        );
+    }
+    if let Some(check) = check
+        && let Err(why) = check.check(&content)
+    {
+        return Classified::new(Verdict::Retry, Some(Reason::InvalidResponse), Some(why));
+    }
+    Classified::new(Verdict::Success, None, None)
+}
+
+/// The text of a message's `content`: a string, or the text parts of an array.
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// An error object inside a 200 body: classified by its code as if it were the status.
+fn classify_inner_error(error: &Value) -> Classified {
+    let status = match error.get("code") {
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+        Some(Value::String(s)) if s == "rate_limit_exceeded" => Some(429),
+        Some(Value::String(s)) => s.parse::<u16>().ok(),
+        _ => None,
+    }
+    .filter(|s| (400..600).contains(s))
+    // An unexplained failure inside a 200 is the provider's, not the request's.
+    .unwrap_or(502);
+    classify_error_status(status, &serde_json::json!({ "error": error }))
+}
+
+/// A non-2xx status (or an inner error code treated as one).
+fn classify_error_status(status: u16, json: &Value) -> Classified {
+    let error = json.get("error");
+    let message = error
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| json.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let metadata = error.and_then(|e| e.get("metadata"));
+    let code = error.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("");
+    // OpenRouter's availability hint overrides the status when it is explicit.
+    let availability_retryable = metadata
+        .and_then(|m| m.get("availability"))
+        .and_then(|a| a.get("retryable"))
+        .and_then(Value::as_bool);
+
+    let (verdict, reason) = match status {
+        429 if quota_spent(code, &message) => (Verdict::RetireKey, Reason::QuotaExhausted),
+        429 => (Verdict::RateLimited, Reason::RateLimited),
+        401 => (Verdict::RetireKey, Reason::Unauthorized),
+        402 if in_flight_budget(metadata) => (Verdict::RateLimited, Reason::RateLimited),
+        402 => (Verdict::RetireKey, Reason::CreditsExhausted),
+        403 => (Verdict::Fail, Reason::Moderation),
+        400 => (Verdict::Fail, Reason::BadRequest),
+        404 => (Verdict::Fail, Reason::NotFound),
+        413 => (Verdict::Fail, Reason::PayloadTooLarge),
+        422 => (Verdict::Fail, Reason::Unprocessable),
+        408 => (Verdict::Retry, Reason::Timeout),
+        409 | 425 | 500..=599 => (Verdict::Retry, Reason::ServerError),
+        _ if availability_retryable == Some(true) => (Verdict::Retry, Reason::ServerError),
+        _ => (Verdict::Fail, Reason::ClientError),
+    };
+    let message = if reason == Reason::Moderation {
+        moderation_message(&message, metadata)
+    } else {
+        message
+    };
+    Classified::new(verdict, Some(reason), Some(message))
+}
+
+/// A 429 that says a daily or credit quota is spent: waiting a few seconds won't help.
+fn quota_spent(code: &str, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    code == "insufficient_quota"
+        || m.contains("per-day")
+        || m.contains("per day")
+        || m.contains("daily")
+        || m.contains("quota")
+}
+
+/// OpenRouter's 402 from an in-flight spending budget: a wait, not spent credits.
+fn in_flight_budget(metadata: Option<&Value>) -> bool {
+    metadata
+        .and_then(|m| m.get("limit_source"))
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.contains("in_flight"))
+}
+
+/// A moderation refusal with its reasons, so ERRORS says why.
+fn moderation_message(message: &str, metadata: Option<&Value>) -> String {
+    let reasons: Vec<&str> = metadata
+        .and_then(|m| m.get("reasons"))
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if reasons.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{message} (reasons: {})", reasons.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use serde_json::json;
+
+    fn classify(status: u16, body: Value) -> Classified {
+        classify_reply(status, &HeaderMap::new(), &Bytes::from(body.to_string()), None)
+    }
+
+    fn ok_body(content: &str) -> Value {
+        json!({"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+    }
+
+    #[test]
+    fn status_table() {
+        let cases: &[(u16, Value, Verdict, Reason)] = &[
+            (400, json!({"error": {"message": "bad"}}), Verdict::Fail, Reason::BadRequest),
+            (404, json!({}), Verdict::Fail, Reason::NotFound),
+            (413, json!({}), Verdict::Fail, Reason::PayloadTooLarge),
+            (422, json!({}), Verdict::Fail, Reason::Unprocessable),
+            (401, json!({}), Verdict::RetireKey, Reason::Unauthorized),
+            (402, json!({"error": {"code": 402, "message": "Insufficient credits"}}), Verdict::RetireKey, Reason::CreditsExhausted),
+            (402, json!({"error": {"code": 402, "message": "busy", "metadata": {"limit_source": "openrouter_in_flight_budget"}}}), Verdict::RateLimited, Reason::RateLimited),
+            (403, json!({"error": {"message": "flagged", "metadata": {"reasons": ["violence"]}}}), Verdict::Fail, Reason::Moderation),
+            (408, json!({}), Verdict::Retry, Reason::Timeout),
+            (409, json!({}), Verdict::Retry, Reason::ServerError),
+            (425, json!({}), Verdict::Retry, Reason::ServerError),
+            (429, json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}), Verdict::RateLimited, Reason::RateLimited),
+            (429, json!({"error": {"message": "Rate limit exceeded: free-models-per-day"}}), Verdict::RetireKey, Reason::QuotaExhausted),
+            (429, json!({"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}), Verdict::RetireKey, Reason::QuotaExhausted),
+            (500, json!({}), Verdict::Retry, Reason::ServerError),
+            (502, json!({}), Verdict::Retry, Reason::ServerError),
+            (503, json!({}), Verdict::Retry, Reason::ServerError),
+            (529, json!({}), Verdict::Retry, Reason::ServerError),
+            (418, json!({}), Verdict::Fail, Reason::ClientError),
+        ];
+        for (status, body, verdict, reason) in cases {
+            let c = classify(*status, body.clone());
+            assert_eq!((c.verdict, c.reason), (*verdict, Some(*reason)), "status {status} body {body}");
+        }
+        let moderated = classify(403, json!({"error": {"message": "flagged", "metadata": {"reasons": ["violence"]}}}));
+        assert!(moderated.message.unwrap().contains("violence"));
+    }
+
+    #[test]
+    fn successes_and_their_usage() {
+        let c = classify(200, ok_body("hello"));
+        assert_eq!(c.verdict, Verdict::Success);
+        assert_eq!(c.usage.unwrap().total_tokens, 5);
+        let emb = classify(200, json!({"data": [{"embedding": [0.1]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}));
+        assert_eq!(emb.verdict, Verdict::Success);
+        let tools = classify(200, json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "t"}]}}]}));
+        assert_eq!(tools.verdict, Verdict::Success);
+    }
+
+    #[test]
+    fn errors_inside_a_200() {
+        let c = classify(200, json!({"error": {"code": 429, "message": "busy"}}));
+        assert_eq!(c.verdict, Verdict::RateLimited);
+        let c = classify(200, json!({"error": {"code": 400, "message": "bad"}}));
+        assert_eq!(c.verdict, Verdict::Fail);
+        let c = classify(200, json!({"choices": [{"message": {"content": "part"}, "error": {"code": 502, "message": "upstream"}}]}));
+        assert_eq!((c.verdict, c.reason), (Verdict::Retry, Some(Reason::ServerError)));
+        let c = classify(200, json!({"choices": [{"message": {"content": "part"}, "finish_reason": "error"}]}));
+        assert_eq!(c.verdict, Verdict::Retry);
+    }
+
+    #[test]
+    fn empty_and_malformed_replies_are_retried_with_their_tokens() {
+        let c = classify(200, ok_body("  "));
+        assert_eq!((c.verdict, c.reason), (Verdict::Retry, Some(Reason::EmptyResponse)));
+        assert_eq!(c.usage.unwrap().total_tokens, 5);
+        let c = classify_reply(200, &HeaderMap::new(), &Bytes::from_static(b"{\"choices\": [{"), None);
+        assert_eq!((c.verdict, c.reason), (Verdict::Retry, Some(Reason::MalformedResponse)));
+    }
+
+    #[test]
+    fn validation_failures_are_retried() {
+        let check = ResponseCheck::json();
+        let c = classify_reply(200, &HeaderMap::new(), &Bytes::from(ok_body("not json").to_string()), Some(&check));
+        assert_eq!((c.verdict, c.reason), (Verdict::Retry, Some(Reason::InvalidResponse)));
+        assert!(c.usage.is_some());
+        let c = classify_reply(200, &HeaderMap::new(), &Bytes::from(ok_body("{\"a\":1}").to_string()), Some(&check));
+        assert_eq!(c.verdict, Verdict::Success);
+    }
+
+    #[test]
+    fn retry_after_is_read() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        let c = classify_reply(429, &h, &Bytes::from_static(b"{}"), None);
+        assert_eq!(c.retry_after, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn transport_failures_are_retried() {
+        assert_eq!(classify_failure(&TransportFailure::Timeout).verdict, Verdict::Retry);
+        let c = classify_failure(&TransportFailure::Connection("reset".into()));
+        assert_eq!(c.reason, Some(Reason::Connection));
+    }
+}

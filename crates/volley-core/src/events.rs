@@ -1,0 +1,214 @@
+//! The one event stream of a run.
+//!
+//! The engine emits an [`Event`] at every step; everything that shows or records a run
+//! (progress bar, periodic summary, `--events FILE`, the final report, later metrics and
+//! the dashboard) is an [`Observer`] of this stream. Observers are called synchronously
+//! on the engine's tasks, so they must be cheap: count, store, or hand off to a thread.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::usage::Usage;
+
+fn ms(d: &Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((ms(d) * 1000.0).round() / 1000.0)
+}
+
+/// Something that happened in a run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The run begins: `total` requests will be sent, `already_done` were skipped.
+    RunStarted { total: u64, already_done: u64, keys: usize },
+    /// A line was invalid and recorded in ERRORS (`--skip-invalid`).
+    InputRejected { custom_id: Arc<str>, line: u64, message: String },
+    /// A request entered the engine.
+    Admitted { custom_id: Arc<str> },
+    /// A request waited for its key's rate limit or pause before sending.
+    Throttled {
+        custom_id: Arc<str>,
+        key: Arc<str>,
+        #[serde(rename = "wait_ms", serialize_with = "serialize_ms")]
+        wait: Duration,
+    },
+    /// An attempt was sent.
+    AttemptStarted { custom_id: Arc<str>, attempt: u32, key: Arc<str> },
+    /// An attempt ended: `outcome` is `success` or the reason it failed.
+    AttemptFinished {
+        custom_id: Arc<str>,
+        attempt: u32,
+        key: Arc<str>,
+        status: Option<u16>,
+        outcome: &'static str,
+        #[serde(rename = "latency_ms", serialize_with = "serialize_ms")]
+        latency: Duration,
+        usage: Option<Usage>,
+    },
+    /// A request will be tried again after `delay`.
+    Retrying {
+        custom_id: Arc<str>,
+        attempt: u32,
+        reason: &'static str,
+        #[serde(rename = "delay_ms", serialize_with = "serialize_ms")]
+        delay: Duration,
+    },
+    /// A key stops sending for `pause` after a rate limit (reported once per pause).
+    KeyPaused {
+        key: Arc<str>,
+        #[serde(rename = "pause_ms", serialize_with = "serialize_ms")]
+        pause: Duration,
+    },
+    /// A key left the pool for the rest of the run.
+    KeyRetired { key: Arc<str>, reason: &'static str, message: String },
+    /// The run-wide retry budget is spent: errors are no longer retried.
+    RetryBudgetExhausted { spent: u64 },
+    /// A request is done for good: in RESULTS (`ok`) or in ERRORS.
+    RequestFinished {
+        custom_id: Arc<str>,
+        ok: bool,
+        attempts: u32,
+        error: Option<&'static str>,
+        #[serde(rename = "latency_ms", serialize_with = "serialize_ms")]
+        latency: Duration,
+        usage: Usage,
+        model: Option<Arc<str>>,
+    },
+    /// A request was left unfinished because the run is stopping; a re-run sends it.
+    RequestAbandoned { custom_id: Arc<str> },
+    /// The run stops admitting requests early.
+    Stopping { reason: String },
+}
+
+/// Reads the event stream.
+pub trait Observer: Send + Sync {
+    fn on_event(&self, event: &Event);
+}
+
+/// Hands every event to every observer.
+#[derive(Clone, Default)]
+pub struct EventBus {
+    observers: Arc<Vec<Arc<dyn Observer>>>,
+}
+
+impl EventBus {
+    pub fn new(observers: Vec<Arc<dyn Observer>>) -> EventBus {
+        EventBus { observers: Arc::new(observers) }
+    }
+
+    pub fn emit(&self, event: Event) {
+        for o in self.observers.iter() {
+            o.on_event(&event);
+        }
+    }
+}
+
+/// Writes every event as a JSON line (`--events FILE`) on its own thread, so the
+/// engine's tasks never wait on the disk.
+pub struct EventFile {
+    tx: std::sync::Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    writer: std::sync::Mutex<Option<JoinHandle<std::io::Result<()>>>>,
+    started: Instant,
+}
+
+impl EventFile {
+    pub fn create(path: &Path) -> std::io::Result<EventFile> {
+        let file = std::fs::File::create(path)?;
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let writer = std::thread::Builder::new()
+            .name("volley-events".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(file);
+                while let Ok(line) = rx.recv() {
+                    out.write_all(&line)?;
+                    // Flush when the queue is drained so a monitor tailing the file sees
+                    // events promptly without a syscall per event under load.
+                    let mut pending = rx.try_iter();
+                    for line in pending.by_ref() {
+                        out.write_all(&line)?;
+                    }
+                    out.flush()?;
+                }
+                out.flush()
+            })?;
+        Ok(EventFile {
+            tx: std::sync::Mutex::new(Some(tx)),
+            writer: std::sync::Mutex::new(Some(writer)),
+            started: Instant::now(),
+        })
+    }
+
+    /// Flushes and closes the file.
+    pub fn finish(&self) -> std::io::Result<()> {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        match self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(handle) => handle.join().unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Stamped<'a> {
+    /// Seconds since the run started.
+    t: f64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+impl Observer for EventFile {
+    fn on_event(&self, event: &Event) {
+        let stamped = Stamped { t: self.started.elapsed().as_secs_f64(), event };
+        let Ok(mut line) = serde_json::to_vec(&stamped) else { return };
+        line.push(b'\n');
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            // A closed channel means the file is finished; late events are dropped.
+            let _ = tx.send(line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_with_a_tag_and_milliseconds() {
+        let e = Event::Retrying {
+            custom_id: Arc::from("a"),
+            attempt: 2,
+            reason: "server_error",
+            delay: Duration::from_millis(1500),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["event"], "retrying");
+        assert_eq!(v["delay_ms"], 1500.0);
+    }
+
+    #[tokio::test]
+    async fn event_file_writes_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let file = EventFile::create(&path).unwrap();
+        let bus = EventBus::new(vec![]);
+        bus.emit(Event::Stopping { reason: "x".into() });
+        file.on_event(&Event::Admitted { custom_id: Arc::from("a") });
+        file.on_event(&Event::Stopping { reason: "done".into() });
+        file.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "admitted");
+        assert!(lines[1]["t"].as_f64().unwrap() >= 0.0);
+    }
+}

@@ -1,0 +1,24 @@
+//! One request of a batch, ready to send.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A request parsed from one input line. Cheap to clone: the body is shared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// The caller's identifier, unique in the input; results are keyed by it.
+    pub custom_id: Arc<str>,
+    /// 1-based line number in the input file, for error messages.
+    pub line: u64,
+    /// Path relative to the base URL, e.g. `/chat/completions` for a line whose url is
+    /// `/v1/chat/completions`.
+    pub path: Arc<str>,
+    /// The JSON body exactly as it will be sent, serialized once and reused by retries.
+    pub body: Bytes,
+    /// The model the body names, for per-model accounting.
+    pub model: Option<Arc<str>>,
+    /// Tokens this request is expected to consume (prompt estimate plus `max_tokens`),
+    /// charged against a tokens-per-minute limit before sending and corrected afterwards.
+    pub estimated_tokens: u64,
+}

@@ -1,0 +1,24 @@
+//! The volley engine.
+//!
+//! Data flows one way: **source → scheduler → attempt → classify → (retry | record) → sink**.
+//! Every step emits an [`events::Event`]; progress bars, log summaries, event files and the
+//! final report are [`events::Observer`]s of that one stream. This crate never prints and
+//! knows nothing about command lines or servers: the `volley` binary wires it up.
+
+pub mod batch;
+pub mod classify;
+pub mod defaults;
+pub mod events;
+pub mod ids;
+pub mod job;
+pub mod keys;
+pub mod limiter;
+pub mod retry;
+pub mod runner;
+pub mod scheduler;
+pub mod sink;
+pub mod sort;
+pub mod stats;
+pub mod transport;
+pub mod usage;
+pub mod validate;

@@ -1,0 +1,196 @@
+//! When and how long to wait before trying a request again (SPEC §3).
+//!
+//! Backoff is `min(max_backoff, initial × 2^n)` with full jitter; a server-given
+//! Retry-After wins when it is larger. A run-wide [`RetryBudget`] caps retries after
+//! errors so a provider that fails everything cannot start a retry storm.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use rand::Rng;
+
+use crate::defaults;
+
+/// The per-request retry rules.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after errors per request.
+    pub max_retries: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A Retry-After longer than this is not slept through.
+    pub max_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: defaults::MAX_RETRIES,
+            initial_backoff: defaults::INITIAL_BACKOFF,
+            max_backoff: defaults::MAX_BACKOFF,
+            max_wait: defaults::MAX_WAIT,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The ceiling of the `retry`-th backoff step (1-based): `initial × 2^(retry-1)`,
+    /// capped at `max_backoff`.
+    pub fn backoff_ceiling(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+
+    /// How long to wait before the `retry`-th retry. `rate_limited` doubles the step
+    /// when the server gave no hint (SPEC §3); a hint wins when larger than the step.
+    pub fn delay(&self, retry: u32, hint: Option<Duration>, rate_limited: bool) -> Duration {
+        let mut ceiling = self.backoff_ceiling(retry);
+        if rate_limited && hint.is_none() {
+            ceiling = ceiling.saturating_mul(2).min(self.max_backoff);
+        }
+        // Full jitter: spreads retries of requests that failed together.
+        let jittered = ceiling.mul_f64(rand::rng().random::<f64>());
+        match hint {
+            Some(h) => h.max(jittered),
+            None => jittered,
+        }
+    }
+}
+
+/// Reads `retry-after-ms` (milliseconds, may be fractional) or `retry-after` (seconds,
+/// may be fractional, or an HTTP date). `retry-after-ms` wins, as in the OpenAI SDK.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let value = text("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// Retries after errors allowed across the run: a fraction of the requests sent plus a
+/// small floor. Rate-limit waits are paced, not budgeted.
+#[derive(Debug)]
+pub struct RetryBudget {
+    ratio: f64,
+    sent: AtomicU64,
+    spent: AtomicU64,
+    exhausted: AtomicBool,
+}
+
+impl RetryBudget {
+    pub fn new(ratio: f64) -> RetryBudget {
+        RetryBudget {
+            ratio,
+            sent: AtomicU64::new(0),
+            spent: AtomicU64::new(0),
+            exhausted: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts a request sent for the first time.
+    pub fn record_request(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget. `Err(first)` when none is left, where `first`
+    /// is true only for the call that found it empty first (so it is reported once).
+    pub fn try_spend(&self) -> Result<(), bool> {
+        let allowed = defaults::RETRY_BUDGET_FLOOR
+            + (self.sent.load(Ordering::Relaxed) as f64 * self.ratio) as u64;
+        let spent = self.spent.fetch_add(1, Ordering::Relaxed);
+        if spent < allowed {
+            Ok(())
+        } else {
+            self.spent.fetch_sub(1, Ordering::Relaxed);
+            Err(!self.exhausted.swap(true, Ordering::Relaxed))
+        }
+    }
+
+    /// Retries spent so far.
+    pub fn spent(&self) -> u64 {
+        self.spent.load(Ordering::Relaxed)
+    }
+
+    pub fn is_exhausted(&self) -> bool {
+        self.exhausted.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 5,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            max_wait: Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = policy();
+        let steps: Vec<u64> = (1..=8).map(|n| p.backoff_ceiling(n).as_secs()).collect();
+        assert_eq!(steps, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(p.backoff_ceiling(200), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn delay_is_jittered_below_the_ceiling_and_a_hint_wins_when_larger() {
+        let p = policy();
+        for _ in 0..100 {
+            assert!(p.delay(3, None, false) <= Duration::from_secs(4));
+            assert!(p.delay(3, None, true) <= Duration::from_secs(8));
+            assert!(p.delay(1, Some(Duration::from_secs(2)), true) >= Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after", HeaderValue::from_static("1.5"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        h.insert("retry-after-ms", HeaderValue::from_static("250"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        let mut h = HeaderMap::new();
+        let future = SystemTime::now() + Duration::from_secs(30);
+        h.insert("retry-after", HeaderValue::from_str(&httpdate::fmt_http_date(future)).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(27) && d <= Duration::from_secs(30), "{d:?}");
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn budget_runs_out_and_says_so_once() {
+        let b = RetryBudget::new(0.2);
+        for _ in 0..50 {
+            b.record_request();
+        }
+        // floor 10 + 20% of 50 = 20
+        for _ in 0..20 {
+            assert!(b.try_spend().is_ok());
+        }
+        assert_eq!(b.try_spend(), Err(true));
+        assert_eq!(b.try_spend(), Err(false));
+        assert!(b.is_exhausted());
+        assert_eq!(b.spent(), 20);
+    }
+}

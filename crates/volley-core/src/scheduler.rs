@@ -1,0 +1,440 @@
+//! The engine: admits jobs, books them on a key, sends attempts, classifies outcomes,
+//! retries or records them.
+//!
+//! Two gates bound the work: at most `concurrency × ADMISSION_FACTOR` requests are
+//! admitted (in flight, waiting for a key, or sleeping in backoff), and at most
+//! `concurrency` attempts are on the wire. A request holds a connection slot only while
+//! it is booked and sending, never while it sleeps in backoff, and it takes the slot
+//! *before* booking its key so that the booked instant is the instant it sends: a
+//! booking made first and used late could bunch requests into a burst.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::{Classified, Reason, Verdict, classify_failure, classify_reply};
+use crate::defaults;
+use crate::events::{Event, EventBus};
+use crate::job::Job;
+use crate::keys::KeyPool;
+use crate::retry::{RetryBudget, RetryPolicy};
+use crate::sink::{Destination, ErrorPart, OutputLine, ResponsePart, SinkHandle, VolleyPart};
+use crate::transport::{Reply, Transport};
+use crate::usage::Usage;
+use crate::validate::ResponseCheck;
+
+/// How the engine behaves; built from flags by the binary.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Attempts on the wire at once.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    /// `--retry-budget`: retries after errors allowed, as a fraction of requests sent.
+    pub retry_budget_ratio: f64,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// `--expect json` / `--json-schema`.
+    pub check: Option<Arc<ResponseCheck>>,
+    /// After an interrupt, how long in-flight attempts may take to finish.
+    pub grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            concurrency: defaults::CONCURRENCY,
+            retry: RetryPolicy::default(),
+            retry_budget_ratio: defaults::RETRY_BUDGET_RATIO,
+            timeout: defaults::TIMEOUT,
+            check: None,
+            grace: defaults::SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Why the engine stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Every admitted request finished and the source ran dry.
+    Completed,
+    /// The caller cancelled (Ctrl-C); unfinished requests are left for a re-run.
+    Interrupted,
+    /// Every key left the pool; unfinished requests are left for a re-run.
+    KeysExhausted(String),
+}
+
+/// The engine of one run.
+pub struct Engine {
+    config: EngineConfig,
+    transport: Transport,
+    keys: Arc<KeyPool>,
+    events: EventBus,
+    sink: SinkHandle,
+    budget: RetryBudget,
+    /// Distinguishes the output ids of this run from those of earlier runs.
+    run_id: String,
+    next_id: AtomicU64,
+    /// Cancelled when the run must stop admitting: by the caller, or when no key is left.
+    halt: CancellationToken,
+    keys_exhausted: std::sync::Mutex<Option<String>>,
+}
+
+/// How a request left the engine.
+enum Fate {
+    Done,
+    Abandoned,
+}
+
+impl Engine {
+    pub fn new(
+        config: EngineConfig,
+        transport: Transport,
+        keys: Arc<KeyPool>,
+        events: EventBus,
+        sink: SinkHandle,
+        cancel: &CancellationToken,
+    ) -> Arc<Engine> {
+        let run_id = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        );
+        Arc::new(Engine {
+            budget: RetryBudget::new(config.retry_budget_ratio),
+            config,
+            transport,
+            keys,
+            events,
+            sink,
+            run_id,
+            next_id: AtomicU64::new(0),
+            halt: cancel.child_token(),
+            keys_exhausted: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Runs every job from `jobs` to completion, or until `cancel` (given to
+    /// [`Engine::new`]) fires or no key is left.
+    pub async fn run(self: &Arc<Self>, mut jobs: mpsc::Receiver<Job>, cancel: &CancellationToken) -> StopReason {
+        let concurrency = self.config.concurrency.max(1);
+        let admission = Arc::new(Semaphore::new(concurrency * defaults::ADMISSION_FACTOR));
+        let wire = Arc::new(Semaphore::new(concurrency));
+        let mut tasks = JoinSet::new();
+        loop {
+            // Reap finished tasks so the set stays as small as the admission gate.
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                biased;
+                _ = self.halt.cancelled() => break,
+                permit = admission.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let job = tokio::select! {
+                biased;
+                _ = self.halt.cancelled() => break,
+                job = jobs.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            tasks.spawn(self.clone().process(job, permit, wire.clone()));
+        }
+        drop(jobs);
+
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        let grace_over = async {
+            self.halt.cancelled().await;
+            sleep(self.config.grace).await;
+        };
+        tokio::select! {
+            _ = drain => {}
+            _ = grace_over => {}
+        }
+        // Anything still running after the grace period is dropped unfinished; its
+        // custom_id is not in RESULTS, so a re-run sends it.
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+
+        if let Some(why) = self.keys_exhausted.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            StopReason::KeysExhausted(why)
+        } else if cancel.is_cancelled() {
+            StopReason::Interrupted
+        } else {
+            StopReason::Completed
+        }
+    }
+
+    /// Waits `delay` unless the run halts first. False if it halted.
+    async fn wait(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = self.halt.cancelled() => false,
+            _ = sleep(delay) => true,
+        }
+    }
+
+    async fn process(self: Arc<Self>, job: Job, _admitted: OwnedSemaphorePermit, wire: Arc<Semaphore>) {
+        let custom_id = job.custom_id.clone();
+        if let Fate::Abandoned = self.attempt_until_done(job, wire).await {
+            self.events.emit(Event::RequestAbandoned { custom_id });
+        }
+    }
+
+    /// The life of one request: attempts until success, a permanent failure, or a halt.
+    async fn attempt_until_done(&self, job: Job, wire: Arc<Semaphore>) -> Fate {
+        let started = Instant::now();
+        self.events.emit(Event::Admitted { custom_id: job.custom_id.clone() });
+        self.budget.record_request();
+        let mut usage = Usage::default();
+        let mut attempts = 0u32;
+        let mut error_retries = 0u32;
+        let mut rate_limited_retries = 0u32;
+        loop {
+            let Ok(slot) = wire.clone().acquire_owned().await else {
+                return Fate::Abandoned;
+            };
+            let Some(lane) = self.book_key(&job).await else {
+                return Fate::Abandoned;
+            };
+            attempts += 1;
+            let key = self.keys.lane(lane).label.clone();
+            self.events.emit(Event::AttemptStarted { custom_id: job.custom_id.clone(), attempt: attempts, key: key.clone() });
+            let sent = Instant::now();
+            let result = self
+                .transport
+                .send(&job.path, job.body.clone(), &self.keys.lane(lane).key, self.config.timeout)
+                .await;
+            let latency = sent.elapsed();
+            drop(slot);
+
+            let (outcome, reply) = match result {
+                Ok(reply) => (
+                    classify_reply(reply.status, &reply.headers, &reply.body, self.config.check.as_deref()),
+                    Some(reply),
+                ),
+                Err(failure) => (classify_failure(&failure), None),
+            };
+            if let Some(u) = &outcome.usage {
+                usage.add(u);
+                self.keys.correct_tokens(lane, job.estimated_tokens, u.total_tokens);
+            }
+            self.events.emit(Event::AttemptFinished {
+                custom_id: job.custom_id.clone(),
+                attempt: attempts,
+                key: key.clone(),
+                status: reply.as_ref().map(|r| r.status),
+                outcome: outcome.reason.map_or("success", Reason::as_str),
+                latency,
+                usage: outcome.usage,
+            });
+            let done = Done { job: &job, started, attempts, usage, key: &key, reply: reply.as_ref() };
+
+            let reason = outcome.reason.unwrap_or(Reason::ServerError);
+            let retry = match outcome.verdict {
+                Verdict::Success => return self.finish(done, None),
+                Verdict::Fail => return self.finish(done, Some((reason, message(&outcome)))),
+                Verdict::RetireKey => {
+                    self.retire(lane, reason, &message(&outcome));
+                    // Not the request's fault: it moves to another key, no retry counted.
+                    continue;
+                }
+                Verdict::RateLimited => {
+                    rate_limited_retries += 1;
+                    let pause = outcome.retry_after.unwrap_or(defaults::RATE_LIMIT_COOLDOWN);
+                    if pause > self.config.retry.max_wait {
+                        let why = format!(
+                            "asked to wait {:.0} s, longer than --max-wait {:.0} s: treated as a spent quota",
+                            pause.as_secs_f64(),
+                            self.config.retry.max_wait.as_secs_f64()
+                        );
+                        self.retire(lane, Reason::QuotaExhausted, &why);
+                        continue;
+                    }
+                    if self.keys.pause(lane, Instant::now() + pause) {
+                        self.events.emit(Event::KeyPaused { key: key.clone(), pause });
+                    }
+                    if rate_limited_retries > defaults::MAX_RATE_LIMITED_RETRIES {
+                        let why = format!("still rate limited after {rate_limited_retries} tries: {}", message(&outcome));
+                        return self.finish(done, Some((Reason::RetriesExhausted, why)));
+                    }
+                    rate_limited_retries
+                }
+                Verdict::Retry => {
+                    error_retries += 1;
+                    if error_retries > self.config.retry.max_retries {
+                        let why = format!("gave up after {attempts} attempts: {}", message(&outcome));
+                        return self.finish(done, Some((reason, why)));
+                    }
+                    if let Err(first) = self.budget.try_spend() {
+                        if first {
+                            self.events.emit(Event::RetryBudgetExhausted { spent: self.budget.spent() });
+                        }
+                        let why = format!(
+                            "not retried: the run's retry budget is spent ({} retries after errors); last error: {}",
+                            self.budget.spent(),
+                            message(&outcome)
+                        );
+                        return self.finish(done, Some((reason, why)));
+                    }
+                    error_retries
+                }
+            };
+            let delay = self.config.retry.delay(
+                retry,
+                outcome.retry_after,
+                outcome.verdict == Verdict::RateLimited,
+            );
+            self.events.emit(Event::Retrying {
+                custom_id: job.custom_id.clone(),
+                attempt: attempts,
+                reason: reason.as_str(),
+                delay,
+            });
+            if !self.wait(delay).await {
+                return Fate::Abandoned;
+            }
+        }
+    }
+
+    /// Books the request on a key and waits until its instant. `None` if the run halts
+    /// or no key is left.
+    async fn book_key(&self, job: &Job) -> Option<usize> {
+        loop {
+            if self.halt.is_cancelled() {
+                return None;
+            }
+            let now = Instant::now();
+            let Some(booking) = self.keys.book(job.estimated_tokens, now) else {
+                self.stop_no_keys();
+                return None;
+            };
+            if booking.at > now {
+                self.events.emit(Event::Throttled {
+                    custom_id: job.custom_id.clone(),
+                    key: self.keys.lane(booking.lane).label.clone(),
+                    wait: booking.at - now,
+                });
+                tokio::select! {
+                    _ = self.halt.cancelled() => return None,
+                    _ = sleep_until(booking.at) => {}
+                }
+            }
+            // A key paused (by a peer's 429) while we waited: book again rather than
+            // join the crowd that would fire the moment the pause ends.
+            if self.keys.paused_until(booking.lane, Instant::now()).is_some() {
+                continue;
+            }
+            return Some(booking.lane);
+        }
+    }
+
+    fn retire(&self, lane: usize, reason: Reason, message: &str) {
+        if self.keys.retire(lane, reason) {
+            self.events.emit(Event::KeyRetired {
+                key: self.keys.lane(lane).label.clone(),
+                reason: reason.as_str(),
+                message: message.to_string(),
+            });
+        }
+    }
+
+    fn stop_no_keys(&self) {
+        let mut exhausted = self.keys_exhausted.lock().unwrap_or_else(|p| p.into_inner());
+        if exhausted.is_none() {
+            let why = "every API key left the pool (see the keys retired above); re-run with a working key to finish".to_string();
+            self.events.emit(Event::Stopping { reason: why.clone() });
+            *exhausted = Some(why);
+            self.halt.cancel();
+        }
+    }
+
+    /// Writes the request's line to RESULTS (`error` is `None`) or ERRORS.
+    fn finish(&self, done: Done<'_>, error: Option<(Reason, String)>) -> Fate {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("vol-{}-{n}", self.run_id);
+        let latency = done.started.elapsed();
+        let body = done.reply.map(body_as_json);
+        let response = done.reply.zip(body.as_deref()).map(|(reply, body)| ResponsePart {
+            status_code: reply.status,
+            request_id: request_id(reply, body),
+            body,
+        });
+        let line = OutputLine {
+            id: &id,
+            custom_id: &done.job.custom_id,
+            response,
+            error: error.as_ref().map(|(reason, message)| ErrorPart { code: reason.as_str(), message }),
+            volley: VolleyPart {
+                attempts: done.attempts,
+                latency_ms: latency.as_secs_f64() * 1000.0,
+                usage: done.usage,
+                cost: done.usage.cost,
+                key: Some(done.key),
+            },
+        };
+        let dest = if error.is_some() { Destination::Errors } else { Destination::Results };
+        self.sink.write(dest, line.to_line());
+        self.events.emit(Event::RequestFinished {
+            custom_id: done.job.custom_id.clone(),
+            ok: error.is_none(),
+            attempts: done.attempts,
+            error: error.as_ref().map(|(r, _)| r.as_str()),
+            latency,
+            usage: done.usage,
+            model: done.job.model.clone(),
+        });
+        Fate::Done
+    }
+}
+
+/// What is known about a request when it ends.
+struct Done<'a> {
+    job: &'a Job,
+    started: Instant,
+    attempts: u32,
+    usage: Usage,
+    key: &'a str,
+    reply: Option<&'a Reply>,
+}
+
+fn message(outcome: &Classified) -> String {
+    outcome.message.clone().unwrap_or_else(|| "no details".into())
+}
+
+/// The reply body as JSON to embed in an output line: the provider's bytes as they
+/// came when they are JSON on one line, else re-encoded (a multi-line body would break
+/// JSONL), else the text as a JSON string.
+fn body_as_json(reply: &Reply) -> Box<RawValue> {
+    if memchr::memchr2(b'\n', b'\r', &reply.body).is_none()
+        && let Ok(raw) = serde_json::from_slice::<&RawValue>(&reply.body)
+    {
+        return raw.to_owned();
+    }
+    let reencoded = serde_json::from_slice::<serde_json::Value>(&reply.body)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&reply.body).into_owned()).to_string());
+    RawValue::from_string(reencoded).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// The provider's request id: the `x-request-id` header, else the body's `id`.
+fn request_id(reply: &Reply, body: &RawValue) -> String {
+    #[derive(serde::Deserialize)]
+    struct WithId {
+        id: Option<String>,
+    }
+    match reply.request_id() {
+        Some(id) => id.to_string(),
+        None => serde_json::from_str::<WithId>(body.get())
+            .ok()
+            .and_then(|b| b.id)
+            .unwrap_or_default(),
+    }
+}

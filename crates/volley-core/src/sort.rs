@@ -1,0 +1,127 @@
+//! `volley sort`: rewrites RESULTS in input order.
+//!
+//! RESULTS is written in completion order, which is what makes it crash-safe. Sorting
+//! keeps memory small for big files: it holds only each line's offset, length and rank,
+//! then copies lines into a temporary file that replaces RESULTS atomically.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::batch::peek_custom_id;
+use crate::ids::id_hash;
+
+/// Why a sort failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SortError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: not a valid output line: {reason}")]
+    Corrupt { path: String, line: u64, reason: String },
+}
+
+/// What a sort did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sorted {
+    pub lines: u64,
+    /// Lines whose custom_id is not in the input; they keep their order at the end.
+    pub unmatched: u64,
+}
+
+/// Sorts `results` into the order of `input`, in place.
+pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| SortError::Io { path, source }
+    };
+    // Rank of each input id, by hash.
+    let mut rank: HashMap<u64, u64> = HashMap::new();
+    let mut reader = BufReader::new(File::open(input).map_err(io(input))?);
+    let mut line = String::new();
+    let mut number = 0u64;
+    while {
+        line.clear();
+        reader.read_line(&mut line).map_err(io(input))? > 0
+    } {
+        number += 1;
+        if !line.trim().is_empty() {
+            rank.entry(id_hash(&peek_custom_id(&line, number))).or_insert(number);
+        }
+    }
+
+    #[derive(serde::Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        custom_id: std::borrow::Cow<'a, str>,
+    }
+    // (rank, offset, length) of every results line.
+    let mut entries: Vec<(u64, u64, u64)> = Vec::new();
+    let mut reader = BufReader::new(File::open(results).map_err(io(results))?);
+    let (mut offset, mut number, mut unmatched) = (0u64, 0u64, 0u64);
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(io(results))? as u64;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        if !line.trim().is_empty() {
+            let parsed: IdOnly<'_> = serde_json::from_str(&line).map_err(|e| SortError::Corrupt {
+                path: results.display().to_string(),
+                line: number,
+                reason: e.to_string(),
+            })?;
+            let r = match rank.get(&id_hash(&parsed.custom_id)) {
+                Some(r) => *r,
+                None => {
+                    unmatched += 1;
+                    u64::MAX / 2 + number
+                }
+            };
+            entries.push((r, offset, n));
+        }
+        offset += n;
+    }
+    entries.sort_unstable();
+
+    let dir = results.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(results))?;
+    {
+        let mut src = File::open(results).map_err(io(results))?;
+        let mut out = BufWriter::new(tmp.as_file());
+        let mut buf = Vec::new();
+        for (_, offset, len) in &entries {
+            buf.resize(*len as usize, 0);
+            src.seek(SeekFrom::Start(*offset)).map_err(io(results))?;
+            src.read_exact(&mut buf).map_err(io(results))?;
+            if buf.last() != Some(&b'\n') {
+                buf.push(b'\n');
+            }
+            out.write_all(&buf).map_err(io(results))?;
+        }
+        out.flush().map_err(io(results))?;
+    }
+    tmp.as_file().sync_all().map_err(io(results))?;
+    tmp.persist(results).map_err(|e| io(results)(e.error))?;
+    Ok(Sorted { lines: entries.len() as u64, unmatched })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_into_input_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        let results = dir.path().join("out.jsonl");
+        std::fs::write(&input, "{\"custom_id\":\"a\",\"body\":{}}\n\n{\"prompt\":\"x\"}\n{\"id\":\"c\",\"prompt\":\"y\"}\n").unwrap();
+        let r = |id: &str| format!("{{\"custom_id\":\"{id}\",\"n\":1}}\n");
+        std::fs::write(&results, format!("{}{}{}{}", r("zz"), r("c"), r("line-3"), r("a"))).unwrap();
+        let sorted = sort_results(&results, &input).unwrap();
+        assert_eq!(sorted, Sorted { lines: 4, unmatched: 1 });
+        let text = std::fs::read_to_string(&results).unwrap();
+        assert_eq!(text, format!("{}{}{}{}", r("a"), r("line-3"), r("c"), r("zz")));
+    }
+}

@@ -1,0 +1,105 @@
+//! Token and cost accounting for one attempt or a sum of attempts.
+//!
+//! Every attempt that came back with a `usage` object is recorded, success or not, so
+//! that the totals volley reports equal what the provider bills (SPEC §4).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Tokens (and, when the provider reports it, cost) of one or more attempts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// `completion_tokens_details.reasoning_tokens`: part of `completion_tokens`.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    /// `prompt_tokens_details.cached_tokens`: part of `prompt_tokens`.
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// `usage.cost` in USD when the provider reports it (OpenRouter always does).
+    /// `None` means unknown, which is never the same as zero.
+    #[serde(default)]
+    pub cost: Option<f64>,
+}
+
+impl Usage {
+    /// Reads an OpenAI/OpenRouter `usage` object; `None` when the body carries none.
+    pub fn from_body(body: &Value) -> Option<Usage> {
+        let usage = body.get("usage")?.as_object()?;
+        let count = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+        let prompt = count(usage.get("prompt_tokens").or(usage.get("input_tokens")));
+        let completion = count(usage.get("completion_tokens").or(usage.get("output_tokens")));
+        let total = usage
+            .get("total_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(prompt + completion);
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total,
+            reasoning_tokens: count(
+                usage
+                    .get("completion_tokens_details")
+                    .and_then(|d| d.get("reasoning_tokens")),
+            ),
+            cached_tokens: count(
+                usage
+                    .get("prompt_tokens_details")
+                    .and_then(|d| d.get("cached_tokens")),
+            ),
+            cost: usage.get("cost").and_then(Value::as_f64),
+        })
+    }
+
+    /// Adds another attempt's usage. A cost stays known only while every part is known.
+    pub fn add(&mut self, other: &Usage) {
+        if *self == Usage::default() {
+            // Nothing recorded yet: the sum is exactly the other part, cost included.
+            *self = *other;
+            return;
+        }
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.cost = match (self.cost, other.cost) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_openai_and_openrouter_usage() {
+        let body = json!({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 2}, "cost": 0.001}});
+        let u = Usage::from_body(&body).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (10, 5, 15));
+        assert_eq!((u.cached_tokens, u.reasoning_tokens), (4, 2));
+        assert_eq!(u.cost, Some(0.001));
+        assert!(Usage::from_body(&json!({"choices": []})).is_none());
+    }
+
+    #[test]
+    fn summing_keeps_cost_known_only_when_every_part_is() {
+        let known = Usage { prompt_tokens: 1, total_tokens: 1, cost: Some(0.5), ..Usage::default() };
+        let unknown = Usage { prompt_tokens: 2, total_tokens: 2, ..Usage::default() };
+        let mut sum = Usage::default();
+        sum.add(&known);
+        assert_eq!(sum.cost, Some(0.5));
+        sum.add(&known);
+        assert_eq!(sum.cost, Some(1.0));
+        sum.add(&unknown);
+        assert_eq!(sum.cost, None);
+        assert_eq!(sum.total_tokens, 4);
+    }
+}
