@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Whole-process benchmark of `volley run` against `volley mock` (issue 2's targets).
+
+Reports, for N requests (default 100,000) against a zero-latency mock at concurrency
+256: requests/s, volley's CPU seconds and peak RSS, and the mock's CPU seconds; then the
+peak RSS of a run over a 1,000,000-line input. Run from the repository root:
+
+    python3 bench/bench.py            # builds --release first
+    python3 bench/bench.py --requests 20000 --big-lines 200000   # a quicker look
+
+Not part of the test suite: timing belongs here, not in tests.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "volley")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def write_input(path, n):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write('{"id":"r%d","prompt":"benchmark question %d about nothing in particular","max_tokens":16}\n' % (i, i))
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of the full line; 12 and 13 after the name.
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def start_mock():
+    mock = subprocess.Popen([BIN, "mock", "--addr", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    base = mock.stdout.readline().strip()
+    return mock, base
+
+
+def timed_run(args, env):
+    start = time.monotonic()
+    p = subprocess.Popen([BIN] + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.monotonic() - start
+    stderr = p.stderr.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.exit(f"volley exited {code}:\n{stderr}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--big-lines", type=int, default=1_000_000)
+    ap.add_argument("--concurrency", type=int, default=256)
+    ap.add_argument("--no-build", action="store_true")
+    a = ap.parse_args()
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "volley"], cwd=ROOT, check=True)
+    env = dict(os.environ, BENCH_KEY="bench-key-0000")
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        mock, base = start_mock()
+        try:
+            common = ["--base-url", base, "--api-key-env", "BENCH_KEY", "--model", "m", "--progress", "off",
+                      "--concurrency", str(a.concurrency)]
+            path = os.path.join(tmp, "throughput.jsonl")
+            write_input(path, a.requests)
+            mock_cpu0 = cpu_seconds(mock.pid)
+            wall, cpu, rss = timed_run(["run", path] + common, env)
+            mock_cpu = cpu_seconds(mock.pid) - mock_cpu0
+            report["throughput"] = {
+                "requests": a.requests, "concurrency": a.concurrency, "wall_s": round(wall, 2),
+                "requests_per_s": round(a.requests / wall), "volley_cpu_s": round(cpu, 2),
+                "mock_cpu_s": round(mock_cpu, 2), "volley_peak_rss_mb": round(rss, 1),
+            }
+            print(json.dumps(report["throughput"]), flush=True)
+
+            big = os.path.join(tmp, "big.jsonl")
+            write_input(big, a.big_lines)
+            wall, cpu, rss = timed_run(["run", big] + common, env)
+            report["big_input"] = {
+                "lines": a.big_lines, "wall_s": round(wall, 2), "requests_per_s": round(a.big_lines / wall),
+                "volley_cpu_s": round(cpu, 2), "volley_peak_rss_mb": round(rss, 1), "target_rss_mb": 64,
+            }
+            print(json.dumps(report["big_input"]), flush=True)
+        finally:
+            mock.kill()
+            mock.wait()
+    out = os.path.join(ROOT, "bench", "out")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+//! What the simulator simulates.
+
+/// Latency, limits and fault rates of a mock. All zero/`None` by default: a fast,
+/// unlimited, faultless server.
+#[derive(Debug, Clone, Default)]
+pub struct MockConfig {
+    /// Base latency added before replying to an admitted request.
+    pub latency_ms: u64,
+    /// Extra uniform random latency in `[0, jitter_ms]`.
+    pub jitter_ms: u64,
+    /// Requests per minute, per API key, over a sliding 60 s window.
+    pub rpm: Option<u64>,
+    /// Tokens per minute, per API key, over a sliding 60 s window.
+    pub tpm: Option<u64>,
+    /// Fraction answered 500/502/503 with an OpenAI-shaped error and no usage.
+    pub fail_rate: f64,
+    /// Fraction that never answer (past any client timeout).
+    pub hang_rate: f64,
+    /// Fraction answered 200 with a truncated JSON body.
+    pub malformed_rate: f64,
+    /// Fraction whose connection is dropped mid-response.
+    pub reset_rate: f64,
+    /// Seeds every random choice: the same seed and arrival order give the same run.
+    pub seed: u64,
+}

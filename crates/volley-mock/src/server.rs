@@ -1,0 +1,281 @@
+//! The HTTP side: routes, the per-request flow (limit → latency → fault → reply), and
+//! the server's lifetime.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::config::MockConfig;
+use crate::faults::{Dice, Fault, roll};
+use crate::ledger::{Ledger, LimitKind, RateHeaders};
+use crate::reply;
+
+/// How long a hung request waits: far past any sane client timeout.
+const HANG: Duration = Duration::from_secs(3600);
+/// Bytes of a reply sent before a reset fault drops the connection.
+const RESET_AFTER: &[u8] = b"{\"id\":\"chatcmpl-mock\",\"object\":";
+
+/// Why the mock could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+struct Shared {
+    config: MockConfig,
+    ledger: Mutex<Ledger>,
+    next: AtomicU64,
+}
+
+impl Shared {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The mock's routes, for serving or for driving with `tower::ServiceExt::oneshot`.
+pub fn app(config: MockConfig) -> Router {
+    router(Arc::new(Shared { config, ledger: Mutex::new(Ledger::default()), next: AtomicU64::new(0) }))
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/mock/stats", get(stats))
+        .route("/mock/reset", post(reset))
+        .with_state(shared)
+}
+
+/// A running mock; stops when shut down or dropped.
+pub struct MockServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Binds `addr` (port 0 = a free port) and serves on a spawned task.
+    pub async fn start(config: MockConfig, addr: SocketAddr) -> Result<MockServer, MockError> {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| MockError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| MockError::Bind { addr, source })?;
+        let shared = Arc::new(Shared { config, ledger: Mutex::new(Ledger::default()), next: AtomicU64::new(0) });
+        let app = router(shared.clone());
+        let task = tokio::spawn(async move {
+            // Serving ends only by abort; an accept error here has nowhere better to go.
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(MockServer { addr, shared, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR/v1`, ready for `--base-url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The same JSON as `GET /mock/stats`.
+    pub fn stats(&self) -> Value {
+        self.shared.ledger().stats()
+    }
+
+    /// Stops at once. Hung requests are dropped, not waited for.
+    pub async fn shutdown(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+fn json_response(status: StatusCode, body: &Value, headers: Vec<(HeaderName, HeaderValue)>) -> Response {
+    let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    response.headers_mut().extend(headers);
+    response
+}
+
+fn header(name: &'static str, value: String) -> Option<(HeaderName, HeaderValue)> {
+    Some((HeaderName::from_static(name), HeaderValue::from_str(&value).ok()?))
+}
+
+fn rate_headers(h: &RateHeaders, request_id: &str) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = vec![header("x-request-id", request_id.to_string())];
+    if let Some((limit, remaining, reset)) = h.requests {
+        out.push(header("x-ratelimit-limit-requests", limit.to_string()));
+        out.push(header("x-ratelimit-remaining-requests", remaining.to_string()));
+        out.push(header("x-ratelimit-reset-requests", reply::go_duration(reset)));
+    }
+    if let Some((limit, remaining, reset)) = h.tokens {
+        out.push(header("x-ratelimit-limit-tokens", limit.to_string()));
+        out.push(header("x-ratelimit-remaining-tokens", remaining.to_string()));
+        out.push(header("x-ratelimit-reset-tokens", reply::go_duration(reset)));
+    }
+    out.into_iter().flatten().collect()
+}
+
+/// A request that reached a `/v1` route, before its reply is planned.
+struct Arrival<'a> {
+    shared: &'a Shared,
+    n: u64,
+    key: Option<String>,
+}
+
+impl<'a> Arrival<'a> {
+    fn new(shared: &'a Shared, headers: &HeaderMap) -> Arrival<'a> {
+        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+        let key = bearer(headers).map(str::to_owned);
+        shared.ledger().count_request(key.as_deref());
+        Arrival { shared, n, key }
+    }
+
+    /// A client error answered at once.
+    fn refuse(&self, status: StatusCode, message: &str, kind: &str) -> Response {
+        self.shared.ledger().count_status(status.as_u16());
+        let id = format!("req-mock-{}", self.n);
+        json_response(status, &reply::error(message, kind, None), rate_headers(&RateHeaders::default(), &id))
+    }
+
+    /// Limits, latency and faults, then `body` (with `prompt`/`completion` billed).
+    async fn answer(self, body: Value, prompt: u64, completion: u64) -> Response {
+        let config = &self.shared.config;
+        let Some(key) = self.key.as_deref() else {
+            return self.refuse(StatusCode::UNAUTHORIZED, "No API key provided: send Authorization: Bearer KEY", "invalid_request_error");
+        };
+        let request_id = format!("req-mock-{}", self.n);
+        let admitted = self.shared.ledger().admit(key, prompt + completion, config.rpm, config.tpm, Instant::now());
+        let limits = match admitted {
+            Ok(h) => h,
+            Err(limited) => {
+                self.shared.ledger().count_status(429);
+                let (kind, limit) = match limited.kind {
+                    LimitKind::Requests => ("requests", config.rpm),
+                    LimitKind::Tokens => ("tokens", config.tpm),
+                };
+                let message = format!(
+                    "Rate limit reached for {kind} per minute (limit {}); try again in {}",
+                    limit.unwrap_or(0),
+                    reply::go_duration(limited.retry_after)
+                );
+                let mut headers = rate_headers(&limited.headers, &request_id);
+                let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                headers.extend(header("retry-after", secs.to_string()));
+                headers.extend(header("retry-after-ms", limited.retry_after.as_millis().max(1).to_string()));
+                return json_response(StatusCode::TOO_MANY_REQUESTS, &reply::error(&message, kind, Some("rate_limit_exceeded")), headers);
+            }
+        };
+        let mut dice = Dice::for_request(config.seed, self.n);
+        let latency = config.latency_ms + dice.up_to(config.jitter_ms);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let fault = roll(config, &mut dice);
+        let headers = rate_headers(&limits, &request_id);
+        {
+            // Book the outcome before replying, in one short critical section.
+            let mut ledger = self.shared.ledger();
+            ledger.count_fault(fault);
+            match fault {
+                Fault::None => {
+                    ledger.count_status(200);
+                    ledger.bill(prompt, completion);
+                }
+                Fault::Fail(status) => ledger.count_status(status),
+                Fault::Malformed => ledger.count_status(200),
+                Fault::Reset | Fault::Hang => {}
+            }
+        }
+        match fault {
+            Fault::None => json_response(StatusCode::OK, &body, headers),
+            Fault::Fail(status) => {
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let message = "The server had an error while processing your request (injected fault)";
+                json_response(code, &reply::error(message, "server_error", None), headers)
+            }
+            Fault::Malformed => {
+                let text = body.to_string();
+                let cut = Bytes::copy_from_slice(&text.as_bytes()[..text.len() / 2]);
+                let mut response =
+                    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], cut).into_response();
+                response.headers_mut().extend(headers);
+                response
+            }
+            Fault::Reset => {
+                let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                    Ok(Bytes::from_static(RESET_AFTER)),
+                    Err(std::io::Error::other("injected connection reset")),
+                ];
+                let mut response = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+                response.headers_mut().extend(headers);
+                response
+            }
+            Fault::Hang => {
+                tokio::time::sleep(HANG).await;
+                json_response(StatusCode::GATEWAY_TIMEOUT, &reply::error("hung (injected fault)", "server_error", None), headers)
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrival = Arrival::new(&shared, &headers);
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return arrival.refuse(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request.", "invalid_request_error");
+    };
+    let Some(messages) = request.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty()) else {
+        return arrival.refuse(StatusCode::BAD_REQUEST, "'messages' is a required property and must be a non-empty array", "invalid_request_error");
+    };
+    let planned = reply::chat(&request, messages, arrival.n, unix_now());
+    let (prompt, completion) = (planned.prompt_tokens, planned.completion_tokens);
+    arrival.answer(planned.into_body(), prompt, completion).await
+}
+
+async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrival = Arrival::new(&shared, &headers);
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return arrival.refuse(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request.", "invalid_request_error");
+    };
+    let Some((reply, tokens)) = reply::embeddings(&request) else {
+        return arrival.refuse(StatusCode::BAD_REQUEST, "'input' is a required property: a string or an array of strings", "invalid_request_error");
+    };
+    arrival.answer(reply, tokens, 0).await
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, &shared.ledger().stats(), Vec::new())
+}
+
+async fn reset(State(shared): State<Arc<Shared>>) -> Response {
+    *shared.ledger() = Ledger::default();
+    json_response(StatusCode::OK, &json!({"ok": true}), Vec::new())
+}

@@ -1,0 +1,201 @@
+//! Command-line flags. Raw flags become validated settings in `commands::*`; defaults
+//! come from `volley_core::defaults` so help text and engine never disagree.
+
+use std::path::PathBuf;
+
+use clap::builder::TypedValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use volley_core::defaults;
+
+#[derive(Debug, Parser)]
+#[command(name = "volley", version, about = "Send JSONL batches of LLM requests through OpenAI-compatible APIs: fast, within limits, resumable.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a JSONL batch: requests in, results and errors out.
+    Run(Box<RunArgs>),
+    /// Serve an OpenAI-compatible simulator with latency, rate limits and faults.
+    Mock(MockArgs),
+    /// Rewrite a RESULTS file in input order.
+    Sort(SortArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// A bar on a terminal, periodic log lines otherwise.
+    Auto,
+    Bar,
+    Log,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Expect {
+    /// The reply's content must parse as JSON (a fenced code block is allowed).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// JSONL input: OpenAI Batch lines, bare request bodies, or {"prompt": ...} lines. `-` reads standard input.
+    pub input: PathBuf,
+    /// RESULTS file [default: INPUT with .jsonl replaced by .results.jsonl]
+    #[arg(short = 'o', long = "output", value_name = "OUTPUT")]
+    pub output: Option<PathBuf>,
+    /// ERRORS file [default: INPUT with .jsonl replaced by .errors.jsonl]
+    #[arg(long, value_name = "ERRORS")]
+    pub errors: Option<PathBuf>,
+
+    /// API base URL.
+    #[arg(long, env = "VOLLEY_BASE_URL", default_value = defaults::BASE_URL, value_name = "URL")]
+    pub base_url: String,
+    /// Start the built-in simulator on a free loopback port and send everything there (no key needed).
+    #[arg(long)]
+    pub mock: bool,
+    /// Environment variable holding an API key; repeat for a pool of keys [default: OPENROUTER_API_KEY, then OPENAI_API_KEY]
+    #[arg(long = "api-key-env", value_name = "NAME")]
+    pub api_key_env: Vec<String>,
+    /// Model for lines that name none.
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = defaults::CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
+    pub concurrency: usize,
+    /// Requests per minute, per key [default: unlimited].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rpm: Option<u64>,
+    /// Tokens per minute, per key (prompt estimate + max_tokens, corrected by usage) [default: unlimited].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tpm: Option<u64>,
+    /// Retries after errors, per request.
+    #[arg(long, default_value_t = defaults::MAX_RETRIES, value_name = "N")]
+    pub max_retries: u32,
+    /// First backoff step in seconds; doubles each retry, with full jitter.
+    #[arg(long, default_value_t = defaults::INITIAL_BACKOFF.as_secs_f64(), value_name = "SECS", value_parser = parse_secs)]
+    pub initial_backoff: f64,
+    /// Longest backoff step in seconds.
+    #[arg(long, default_value_t = defaults::MAX_BACKOFF.as_secs_f64(), value_name = "SECS", value_parser = parse_secs)]
+    pub max_backoff: f64,
+    /// Timeout of one attempt in seconds.
+    #[arg(long, default_value_t = defaults::TIMEOUT.as_secs_f64(), value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: f64,
+    /// A Retry-After longer than this (seconds) is not waited out: the key counts as quota-spent.
+    #[arg(long, default_value_t = defaults::MAX_WAIT.as_secs_f64(), value_name = "SECS", value_parser = parse_secs)]
+    pub max_wait: f64,
+    /// Retries after errors allowed across the run, as a fraction of requests sent.
+    #[arg(long, default_value_t = defaults::RETRY_BUDGET_RATIO, value_name = "RATIO", value_parser = parse_ratio)]
+    pub retry_budget: f64,
+
+    /// Send only the first N requests (after resume skips), to try a sample.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Skip the first N lines of the input.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub offset: u64,
+    /// Check every reply's content; a reply that fails is retried as invalid_response.
+    #[arg(long, value_enum, value_name = "json")]
+    pub expect: Option<Expect>,
+    /// The reply's content must be JSON valid against this JSON Schema.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
+    /// Record invalid input lines in ERRORS and go on, instead of exiting 2.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Also re-send the requests found in ERRORS (they leave ERRORS once they succeed).
+    #[arg(long)]
+    pub retry_failed: bool,
+
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Print only warnings and errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Write every engine event to FILE as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub addr: std::net::SocketAddr,
+    /// Latency added to every admitted request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Extra random latency, uniform in [0, MS].
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+    /// Requests per minute per API key (sliding 60 s window); over it: 429 with retry-after.
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute per API key (sliding 60 s window).
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Fraction of requests answered 500/502/503.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub fail_rate: f64,
+    /// Fraction of requests that never answer.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub hang_rate: f64,
+    /// Fraction of requests answered with a truncated JSON body.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub malformed_rate: f64,
+    /// Fraction of requests whose connection is dropped mid-reply.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub reset_rate: f64,
+    /// Seed for faults and jitter: the same seed and arrival order give the same run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SortArgs {
+    /// The RESULTS file to rewrite in input order.
+    pub results: PathBuf,
+    /// The input the results came from.
+    #[arg(long)]
+    pub input: PathBuf,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v >= 0.0 && v < 1e9 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} must be a non-negative number of seconds"))
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} must be between 0 and 1"))
+    }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} must be a non-negative number"))
+    }
+}

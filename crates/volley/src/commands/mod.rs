@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub mod mock;
+pub mod run;
+pub mod sort;

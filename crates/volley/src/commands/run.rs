@@ -1,0 +1,299 @@
+//! `volley run`: flags → a validated plan → the engine, with progress, signals, the
+//! final summary and the exit code.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use volley_core::batch::LineDefaults;
+use volley_core::defaults;
+use volley_core::events::{EventBus, EventFile, Observer};
+use volley_core::retry::RetryPolicy;
+use volley_core::runner::{self, InputSource, RunError, RunPlan, Target};
+use volley_core::scheduler::{EngineConfig, StopReason};
+use volley_core::sink::OutputFiles;
+use volley_core::stats::RunStats;
+use volley_core::transport::ApiKey;
+use volley_core::validate::ResponseCheck;
+use volley_mock::{MockConfig, MockServer};
+
+use crate::cli::{Expect, ProgressMode, RunArgs};
+use crate::exit::Exit;
+use crate::logging::{self, BarSlot};
+use crate::progress::{self, EventLog};
+use crate::summary;
+
+/// The key sent to the built-in mock: never a real one, so `--mock` cannot leak a key.
+const MOCK_KEY: &str = "volley-mock-key";
+
+/// The built-in mock answers like a quick hosted model (0.1–0.3 s), so a demo run
+/// shows its progress the way a real one would.
+const MOCK_LATENCY_MS: u64 = 100;
+const MOCK_JITTER_MS: u64 = 200;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
+    let slot = BarSlot::default();
+    logging::init(args.log_format, args.quiet, slot.clone());
+
+    let (input, files) = output_files(&args)?;
+    let check = match (&args.expect, &args.json_schema) {
+        (_, Some(path)) => Some(Arc::new(ResponseCheck::schema_file(path)?)),
+        (Some(Expect::Json), None) => Some(Arc::new(ResponseCheck::json())),
+        (None, None) => None,
+    };
+    let keys = if args.mock {
+        vec![ApiKey::new(MOCK_KEY.into())]
+    } else {
+        match resolve_keys(&args.api_key_env) {
+            Ok(keys) => keys,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return Ok(Exit::Usage);
+            }
+        }
+    };
+    if args.initial_backoff > args.max_backoff {
+        eprintln!("error: --initial-backoff ({}) is larger than --max-backoff ({})", args.initial_backoff, args.max_backoff);
+        return Ok(Exit::Usage);
+    }
+
+    let plan = RunPlan {
+        input,
+        files: files.clone(),
+        defaults: LineDefaults { model: args.model.clone() },
+        offset: args.offset,
+        limit: args.limit,
+        skip_invalid: args.skip_invalid,
+        retry_failed: args.retry_failed,
+    };
+    let prepared = match runner::prepare(plan) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(Exit::Usage);
+        }
+    };
+    for (path, bytes) in &prepared.checkpoint.repaired {
+        tracing::warn!("{path}: cut a torn last line ({bytes} bytes) left by a crash; that request will be sent again");
+    }
+    let scan = &prepared.scan;
+    if !scan.issues.is_empty() {
+        if !args.skip_invalid {
+            for issue in scan.issues.iter().take(defaults::INPUT_ERRORS_SHOWN) {
+                eprintln!("error: {}", scan.describe(issue));
+            }
+            if scan.issues.len() > defaults::INPUT_ERRORS_SHOWN {
+                eprintln!("error: ... and {} more invalid lines", scan.issues.len() - defaults::INPUT_ERRORS_SHOWN);
+            }
+            eprintln!(
+                "{} invalid line(s) in {}; nothing was sent. Fix them, or pass --skip-invalid to record them in ERRORS and send the rest.",
+                scan.issues.len(),
+                scan.label
+            );
+            return Ok(Exit::Usage);
+        }
+        tracing::warn!("{} invalid line(s) in {} go to ERRORS (--skip-invalid)", scan.issues.len(), scan.label);
+    }
+    if prepared.checkpoint.results > 0 || scan.already_done > 0 {
+        tracing::info!(
+            "resuming: {} request(s) already finished in {} are skipped",
+            scan.already_done,
+            files.results.display()
+        );
+    }
+
+    let mock = if args.mock {
+        let config = MockConfig { latency_ms: MOCK_LATENCY_MS, jitter_ms: MOCK_JITTER_MS, ..MockConfig::default() };
+        let server = MockServer::start(config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .context("cannot start the built-in mock")?;
+        tracing::info!("built-in mock serving {}", server.base_url());
+        Some(server)
+    } else {
+        None
+    };
+    let base_url = mock.as_ref().map_or_else(|| args.base_url.clone(), MockServer::base_url);
+
+    let stats = Arc::new(RunStats::new());
+    let event_file = match &args.events {
+        Some(path) => Some(Arc::new(
+            EventFile::create(path).with_context(|| format!("cannot create the events file {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let mut observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
+    if let Some(f) = &event_file {
+        observers.push(f.clone());
+    }
+
+    let show_bar = match args.progress {
+        ProgressMode::Bar => true,
+        ProgressMode::Auto => !args.quiet && std::io::stderr().is_terminal(),
+        ProgressMode::Log | ProgressMode::Off => false,
+    };
+    let show_log = !show_bar && !args.quiet && matches!(args.progress, ProgressMode::Auto | ProgressMode::Log);
+    let progress_done = CancellationToken::new();
+    let progress_task = if show_bar || show_log {
+        let bar = show_bar.then(|| progress::new_bar(scan.to_send));
+        slot.set(bar.clone());
+        Some(tokio::spawn(progress::show(stats.clone(), bar, defaults::SUMMARY_INTERVAL, progress_done.clone())))
+    } else {
+        None
+    };
+
+    let cancel = CancellationToken::new();
+    let grace = defaults::SHUTDOWN_GRACE;
+    tokio::spawn(watch_signals(cancel.clone(), grace));
+
+    let engine = EngineConfig {
+        concurrency: args.concurrency,
+        retry: RetryPolicy {
+            max_retries: args.max_retries,
+            initial_backoff: Duration::from_secs_f64(args.initial_backoff),
+            max_backoff: Duration::from_secs_f64(args.max_backoff),
+            max_wait: Duration::from_secs_f64(args.max_wait),
+        },
+        retry_budget_ratio: args.retry_budget,
+        timeout: Duration::from_secs_f64(args.timeout),
+        check,
+        grace,
+    };
+    let target = Target { base_url, keys, rpm: args.rpm, tpm: args.tpm };
+    let outcome = runner::execute(prepared, target, engine, EventBus::new(observers), cancel).await;
+
+    progress_done.cancel();
+    if let Some(task) = progress_task {
+        let _ = task.await;
+    }
+    slot.set(None);
+    if let Some(f) = &event_file
+        && let Err(e) = f.finish()
+    {
+        tracing::error!("events file: {e}");
+    }
+    if let Some(server) = mock {
+        server.shutdown().await;
+    }
+
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e @ RunError::Transport(_)) => {
+            eprintln!("error: {e}");
+            return Ok(Exit::Usage);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("finished results are on disk; re-run the same command to resume");
+            return Ok(Exit::Stopped);
+        }
+    };
+    let snapshot = stats.snapshot();
+    if !args.quiet {
+        eprintln!(
+            "{}",
+            summary::render(&snapshot, &files.results.display().to_string(), &files.errors.display().to_string())
+        );
+    }
+    Ok(match outcome.stop {
+        StopReason::Completed if outcome.errors_in_file > 0 => Exit::Failures,
+        StopReason::Completed => Exit::Success,
+        StopReason::Interrupted => {
+            eprintln!("interrupted: re-run the same command to finish the rest");
+            Exit::Stopped
+        }
+        StopReason::KeysExhausted(why) => {
+            eprintln!("stopped: {why}");
+            Exit::Stopped
+        }
+    })
+}
+
+/// First Ctrl-C (or SIGTERM): stop admitting and let in-flight requests finish.
+/// Second: exit at once; finished results are already on disk.
+async fn watch_signals(cancel: CancellationToken, grace: Duration) {
+    crate::commands::mock::shutdown_signal().await;
+    tracing::warn!(
+        "interrupted: finishing in-flight requests (up to {}); press Ctrl-C again to exit now",
+        summary::human_duration(grace)
+    );
+    cancel.cancel();
+    crate::commands::mock::shutdown_signal().await;
+    eprintln!("exiting now; finished results are on disk, re-run to resume");
+    std::process::exit(Exit::Stopped as i32);
+}
+
+/// The input, and where RESULTS and ERRORS go (SPEC §2 defaults).
+fn output_files(args: &RunArgs) -> anyhow::Result<(InputSource, OutputFiles)> {
+    let stdin = args.input.as_os_str() == "-";
+    let input = if stdin { InputSource::Stdin } else { InputSource::File(args.input.clone()) };
+    let results = match (&args.output, stdin) {
+        (Some(o), _) => o.clone(),
+        (None, false) => sibling(&args.input, "results"),
+        (None, true) => anyhow::bail!("reading from standard input needs -o OUTPUT to know where results go"),
+    };
+    let errors = match &args.errors {
+        Some(e) => e.clone(),
+        None if stdin => sibling(&strip_results(&results), "errors"),
+        None => sibling(&args.input, "errors"),
+    };
+    if results == errors {
+        anyhow::bail!("RESULTS and ERRORS must be different files ({})", results.display());
+    }
+    if !stdin && (args.input == results || args.input == errors) {
+        anyhow::bail!("the output would overwrite the input {}", args.input.display());
+    }
+    Ok((input, OutputFiles { results, errors }))
+}
+
+/// `data.jsonl` → `data.KIND.jsonl`; other names get `.KIND.jsonl` appended.
+fn sibling(path: &Path, kind: &str) -> PathBuf {
+    let text = path.to_string_lossy();
+    let stem = text.strip_suffix(".jsonl").unwrap_or(&text);
+    PathBuf::from(format!("{stem}.{kind}.jsonl"))
+}
+
+/// `out.results.jsonl` → `out.jsonl`, so ERRORS can sit beside an explicit OUTPUT.
+fn strip_results(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    match text.strip_suffix(".results.jsonl") {
+        Some(stem) => PathBuf::from(format!("{stem}.jsonl")),
+        None => path.to_path_buf(),
+    }
+}
+
+/// Reads the keys from the environment, naming only the variables in errors.
+fn resolve_keys(names: &[String]) -> Result<Vec<ApiKey>, String> {
+    let read = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if names.is_empty() {
+        return defaults::API_KEY_ENVS
+            .iter()
+            .find_map(|n| read(n))
+            .map(|k| vec![ApiKey::new(k.trim().to_string())])
+            .ok_or_else(|| {
+                format!(
+                    "no API key: set {} (or {}), name another variable with --api-key-env NAME, or try --mock",
+                    defaults::API_KEY_ENVS[0],
+                    defaults::API_KEY_ENVS[1]
+                )
+            });
+    }
+    names
+        .iter()
+        .map(|n| read(n).map(|k| ApiKey::new(k.trim().to_string())).ok_or_else(|| format!("--api-key-env {n}: the variable {n} is not set or empty")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names() {
+        assert_eq!(sibling(Path::new("a/b.jsonl"), "results"), PathBuf::from("a/b.results.jsonl"));
+        assert_eq!(sibling(Path::new("b.txt"), "errors"), PathBuf::from("b.txt.errors.jsonl"));
+        assert_eq!(strip_results(Path::new("o.results.jsonl")), PathBuf::from("o.jsonl"));
+    }
+}

@@ -1,0 +1,98 @@
+//! What a person watches during a run: a progress bar on a terminal, or one summary
+//! line every interval in logs, plus a log line for each notable event (a key paused or
+//! retired, the retry budget spent). Both only read the event stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+use volley_core::events::{Event, Observer};
+use volley_core::stats::{RunStats, Snapshot};
+
+use crate::summary::human_duration;
+
+/// How often the bar redraws.
+const BAR_REFRESH: Duration = Duration::from_millis(200);
+
+/// Logs the events a person should know about as they happen, once each.
+pub struct EventLog;
+
+impl Observer for EventLog {
+    fn on_event(&self, event: &Event) {
+        match event {
+            Event::KeyPaused { key, pause } => {
+                tracing::info!("{key} rate limited: pausing it for {}", human_duration(*pause));
+            }
+            Event::KeyRetired { key, reason, message } => {
+                tracing::warn!("{key} leaves the pool ({reason}): {message}");
+            }
+            Event::RetryBudgetExhausted { spent } => {
+                tracing::warn!(
+                    "retry budget spent ({spent} retries after errors): failing requests are no longer retried; raise --retry-budget if the provider is only briefly unwell"
+                );
+            }
+            Event::Stopping { reason } => tracing::warn!("stopping: {reason}"),
+            Event::Retrying { custom_id, reason, delay, attempt } => {
+                tracing::debug!("{custom_id}: attempt {attempt} failed ({reason}), retrying in {}", human_duration(*delay));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One periodic summary line (log mode).
+pub fn summary_line(s: &Snapshot) -> String {
+    let pct = if s.total > 0 { 100.0 * s.finished() as f64 / s.total as f64 } else { 100.0 };
+    format!(
+        "progress: {}/{} ({pct:.1}%) · {:.1} req/s · in flight {} · queued {} · retries {} · 429s {} · errors {} · waited for limits {} · tokens {} · ETA {}",
+        s.finished(),
+        s.total,
+        s.throughput(),
+        s.in_flight,
+        s.pending.saturating_sub(s.in_flight),
+        s.retries,
+        s.rate_limited,
+        s.failed,
+        human_duration(s.throttled),
+        s.usage.total_tokens,
+        s.eta().map_or("-".into(), human_duration),
+    )
+}
+
+/// Renders progress until `done` fires.
+pub async fn show(stats: Arc<RunStats>, bar: Option<ProgressBar>, interval: Duration, done: CancellationToken) {
+    match bar {
+        Some(bar) => loop {
+            let s = stats.snapshot();
+            bar.set_length(s.total);
+            bar.set_position(s.finished());
+            bar.set_message(format!(
+                "{:.1} req/s · retries {} · errors {} · ETA {}",
+                s.throughput(),
+                s.retries,
+                s.failed,
+                s.eta().map_or("-".into(), human_duration)
+            ));
+            tokio::select! {
+                _ = done.cancelled() => { bar.finish_and_clear(); return; }
+                _ = tokio::time::sleep(BAR_REFRESH) => {}
+            }
+        },
+        None => loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tokio::time::sleep(interval) => tracing::info!("{}", summary_line(&stats.snapshot())),
+            }
+        },
+    }
+}
+
+/// A bar drawn on standard error.
+pub fn new_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
