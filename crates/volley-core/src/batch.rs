@@ -89,10 +89,18 @@ pub fn parse_line(text: &str, line: u64, defaults: &LineDefaults) -> Result<Job,
         batch_line(&mut map)?
     } else if map.contains_key("prompt") {
         let custom_id = take_id(&mut map, line)?;
-        (custom_id, "/chat/completions".to_string(), shorthand_body(map)?)
+        (
+            custom_id,
+            "/chat/completions".to_string(),
+            shorthand_body(map)?,
+        )
     } else if map.contains_key("messages") || map.contains_key("input") {
         let custom_id = take_id(&mut map, line)?;
-        let path = if map.contains_key("messages") { "/chat/completions" } else { "/embeddings" };
+        let path = if map.contains_key("messages") {
+            "/chat/completions"
+        } else {
+            "/embeddings"
+        };
         (custom_id, path.to_string(), map)
     } else {
         return Err(LineProblem::NoBody);
@@ -114,7 +122,8 @@ pub fn parse_line(text: &str, line: u64, defaults: &LineDefaults) -> Result<Job,
             });
         }
     };
-    if path == "/chat/completions" && !matches!(body.get("messages"), Some(Value::Array(m)) if !m.is_empty())
+    if path == "/chat/completions"
+        && !matches!(body.get("messages"), Some(Value::Array(m)) if !m.is_empty())
     {
         return Err(LineProblem::BadField {
             field: "messages",
@@ -143,7 +152,9 @@ pub fn parse_line(text: &str, line: u64, defaults: &LineDefaults) -> Result<Job,
 }
 
 /// An OpenAI Batch API line: `{"custom_id", "method", "url", "body"}`.
-fn batch_line(map: &mut Map<String, Value>) -> Result<(String, String, Map<String, Value>), LineProblem> {
+fn batch_line(
+    map: &mut Map<String, Value>,
+) -> Result<(String, String, Map<String, Value>), LineProblem> {
     let custom_id = match map.remove("custom_id") {
         Some(v) => id_from(v, "custom_id")?,
         None => {
@@ -170,7 +181,9 @@ fn batch_line(map: &mut Map<String, Value>) -> Result<(String, String, Map<Strin
             _ => {
                 return Err(LineProblem::BadField {
                     field: "url",
-                    reason: format!("must be a path under /v1/, such as /v1/chat/completions, found {url:?}"),
+                    reason: format!(
+                        "must be a path under /v1/, such as /v1/chat/completions, found {url:?}"
+                    ),
                 });
             }
         },
@@ -190,7 +203,10 @@ fn batch_line(map: &mut Map<String, Value>) -> Result<(String, String, Map<Strin
             });
         }
         None => {
-            return Err(LineProblem::BadField { field: "body", reason: "missing".into() });
+            return Err(LineProblem::BadField {
+                field: "body",
+                reason: "missing".into(),
+            });
         }
     };
     Ok((custom_id, path, body))
@@ -232,7 +248,9 @@ mod tests {
     use super::*;
 
     fn defaults() -> LineDefaults {
-        LineDefaults { model: Some("m-default".into()) }
+        LineDefaults {
+            model: Some("m-default".into()),
+        }
     }
 
     fn body(job: &Job) -> Value {
@@ -251,19 +269,34 @@ mod tests {
 
     #[test]
     fn bare_body_takes_id_and_default_model() {
-        let job = parse_line(r#"{"id":7,"messages":[{"role":"user","content":"hi"}]}"#, 1, &defaults()).unwrap();
+        let job = parse_line(
+            r#"{"id":7,"messages":[{"role":"user","content":"hi"}]}"#,
+            1,
+            &defaults(),
+        )
+        .unwrap();
         assert_eq!(&*job.custom_id, "7");
         let b = body(&job);
         assert!(b.get("id").is_none());
         assert_eq!(b["model"], "m-default");
-        let job = parse_line(r#"{"model":"q","messages":[{"role":"user","content":"hi"}]}"#, 9, &defaults()).unwrap();
+        let job = parse_line(
+            r#"{"model":"q","messages":[{"role":"user","content":"hi"}]}"#,
+            9,
+            &defaults(),
+        )
+        .unwrap();
         assert_eq!(&*job.custom_id, "line-9");
         assert_eq!(body(&job)["model"], "q");
     }
 
     #[test]
     fn shorthand_becomes_chat() {
-        let job = parse_line(r#"{"prompt":"hello","system":"be brief","temperature":0}"#, 2, &defaults()).unwrap();
+        let job = parse_line(
+            r#"{"prompt":"hello","system":"be brief","temperature":0}"#,
+            2,
+            &defaults(),
+        )
+        .unwrap();
         let b = body(&job);
         assert_eq!(b["messages"][0]["role"], "system");
         assert_eq!(b["messages"][1]["content"], "hello");
@@ -280,19 +313,51 @@ mod tests {
     #[test]
     fn problems_are_specific() {
         let d = defaults();
-        assert!(matches!(parse_line("{nope", 1, &d), Err(LineProblem::InvalidJson(_))));
-        assert!(matches!(parse_line("[1]", 1, &d), Err(LineProblem::NotAnObject("an array"))));
+        assert!(matches!(
+            parse_line("{nope", 1, &d),
+            Err(LineProblem::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse_line("[1]", 1, &d),
+            Err(LineProblem::NotAnObject("an array"))
+        ));
         assert_eq!(parse_line(r#"{"foo":1}"#, 1, &d), Err(LineProblem::NoBody));
         let missing_body = parse_line(r#"{"custom_id":"a","url":"/v1/chat/completions"}"#, 1, &d);
-        assert!(matches!(missing_body, Err(LineProblem::BadField { field: "body", .. })));
-        let get = parse_line(r#"{"custom_id":"a","method":"GET","url":"/v1/x","body":{}}"#, 1, &d);
-        assert!(matches!(get, Err(LineProblem::BadField { field: "method", .. })));
-        let bad_url = parse_line(r#"{"custom_id":"a","url":"/chat","body":{"messages":[1]}}"#, 1, &d);
-        assert!(matches!(bad_url, Err(LineProblem::BadField { field: "url", .. })));
+        assert!(matches!(
+            missing_body,
+            Err(LineProblem::BadField { field: "body", .. })
+        ));
+        let get = parse_line(
+            r#"{"custom_id":"a","method":"GET","url":"/v1/x","body":{}}"#,
+            1,
+            &d,
+        );
+        assert!(matches!(
+            get,
+            Err(LineProblem::BadField {
+                field: "method",
+                ..
+            })
+        ));
+        let bad_url = parse_line(
+            r#"{"custom_id":"a","url":"/chat","body":{"messages":[1]}}"#,
+            1,
+            &d,
+        );
+        assert!(matches!(
+            bad_url,
+            Err(LineProblem::BadField { field: "url", .. })
+        ));
         let no_model = parse_line(r#"{"prompt":"x"}"#, 1, &LineDefaults::default());
         assert_eq!(no_model, Err(LineProblem::NoModel));
         let empty = parse_line(r#"{"model":"m","messages":[]}"#, 1, &d);
-        assert!(matches!(empty, Err(LineProblem::BadField { field: "messages", .. })));
+        assert!(matches!(
+            empty,
+            Err(LineProblem::BadField {
+                field: "messages",
+                ..
+            })
+        ));
     }
 
     #[test]

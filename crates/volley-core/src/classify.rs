@@ -151,7 +151,10 @@ pub fn classify_reply(
         None if (200..300).contains(&status) => Classified::new(
             Verdict::Retry,
             Some(Reason::MalformedResponse),
-            Some(format!("HTTP {status} with a body that is not JSON ({} bytes)", body.len())),
+            Some(format!(
+                "HTTP {status} with a body that is not JSON ({} bytes)",
+                body.len()
+            )),
         ),
         None => classify_error_status(status, &Value::Null),
     };
@@ -199,7 +202,10 @@ fn classify_success_body(json: &Value, check: Option<&ResponseCheck>) -> Classif
         );
     };
     let message = first.get("message");
-    let content = message.and_then(|m| m.get("content")).map(content_text).unwrap_or_default();
+    let content = message
+        .and_then(|m| m.get("content"))
+        .map(content_text)
+        .unwrap_or_default();
     let has_tool_calls = message
         .and_then(|m| m.get("tool_calls"))
         .and_then(Value::as_array)
@@ -253,10 +259,17 @@ fn classify_error_status(status: u16, json: &Value) -> Classified {
         .and_then(|e| e.get("message"))
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .or_else(|| json.get("message").and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| {
+            json.get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| format!("HTTP {status}"));
     let metadata = error.and_then(|e| e.get("metadata"));
-    let code = error.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("");
+    let code = error
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     // OpenRouter's availability hint overrides the status when it is explicit.
     let availability_retryable = metadata
         .and_then(|m| m.get("availability"))
@@ -326,7 +339,12 @@ mod tests {
     use serde_json::json;
 
     fn classify(status: u16, body: Value) -> Classified {
-        classify_reply(status, &HeaderMap::new(), &Bytes::from(body.to_string()), None)
+        classify_reply(
+            status,
+            &HeaderMap::new(),
+            &Bytes::from(body.to_string()),
+            None,
+        )
     }
 
     fn ok_body(content: &str) -> Value {
@@ -337,20 +355,55 @@ mod tests {
     #[test]
     fn status_table() {
         let cases: &[(u16, Value, Verdict, Reason)] = &[
-            (400, json!({"error": {"message": "bad"}}), Verdict::Fail, Reason::BadRequest),
+            (
+                400,
+                json!({"error": {"message": "bad"}}),
+                Verdict::Fail,
+                Reason::BadRequest,
+            ),
             (404, json!({}), Verdict::Fail, Reason::NotFound),
             (413, json!({}), Verdict::Fail, Reason::PayloadTooLarge),
             (422, json!({}), Verdict::Fail, Reason::Unprocessable),
             (401, json!({}), Verdict::RetireKey, Reason::Unauthorized),
-            (402, json!({"error": {"code": 402, "message": "Insufficient credits"}}), Verdict::RetireKey, Reason::CreditsExhausted),
-            (402, json!({"error": {"code": 402, "message": "busy", "metadata": {"limit_source": "openrouter_in_flight_budget"}}}), Verdict::RateLimited, Reason::RateLimited),
-            (403, json!({"error": {"message": "flagged", "metadata": {"reasons": ["violence"]}}}), Verdict::Fail, Reason::Moderation),
+            (
+                402,
+                json!({"error": {"code": 402, "message": "Insufficient credits"}}),
+                Verdict::RetireKey,
+                Reason::CreditsExhausted,
+            ),
+            (
+                402,
+                json!({"error": {"code": 402, "message": "busy", "metadata": {"limit_source": "openrouter_in_flight_budget"}}}),
+                Verdict::RateLimited,
+                Reason::RateLimited,
+            ),
+            (
+                403,
+                json!({"error": {"message": "flagged", "metadata": {"reasons": ["violence"]}}}),
+                Verdict::Fail,
+                Reason::Moderation,
+            ),
             (408, json!({}), Verdict::Retry, Reason::Timeout),
             (409, json!({}), Verdict::Retry, Reason::ServerError),
             (425, json!({}), Verdict::Retry, Reason::ServerError),
-            (429, json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}), Verdict::RateLimited, Reason::RateLimited),
-            (429, json!({"error": {"message": "Rate limit exceeded: free-models-per-day"}}), Verdict::RetireKey, Reason::QuotaExhausted),
-            (429, json!({"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}), Verdict::RetireKey, Reason::QuotaExhausted),
+            (
+                429,
+                json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}),
+                Verdict::RateLimited,
+                Reason::RateLimited,
+            ),
+            (
+                429,
+                json!({"error": {"message": "Rate limit exceeded: free-models-per-day"}}),
+                Verdict::RetireKey,
+                Reason::QuotaExhausted,
+            ),
+            (
+                429,
+                json!({"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}),
+                Verdict::RetireKey,
+                Reason::QuotaExhausted,
+            ),
             (500, json!({}), Verdict::Retry, Reason::ServerError),
             (502, json!({}), Verdict::Retry, Reason::ServerError),
             (503, json!({}), Verdict::Retry, Reason::ServerError),
@@ -359,9 +412,16 @@ mod tests {
         ];
         for (status, body, verdict, reason) in cases {
             let c = classify(*status, body.clone());
-            assert_eq!((c.verdict, c.reason), (*verdict, Some(*reason)), "status {status} body {body}");
+            assert_eq!(
+                (c.verdict, c.reason),
+                (*verdict, Some(*reason)),
+                "status {status} body {body}"
+            );
         }
-        let moderated = classify(403, json!({"error": {"message": "flagged", "metadata": {"reasons": ["violence"]}}}));
+        let moderated = classify(
+            403,
+            json!({"error": {"message": "flagged", "metadata": {"reasons": ["violence"]}}}),
+        );
         assert!(moderated.message.unwrap().contains("violence"));
     }
 
@@ -370,9 +430,15 @@ mod tests {
         let c = classify(200, ok_body("hello"));
         assert_eq!(c.verdict, Verdict::Success);
         assert_eq!(c.usage.unwrap().total_tokens, 5);
-        let emb = classify(200, json!({"data": [{"embedding": [0.1]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}));
+        let emb = classify(
+            200,
+            json!({"data": [{"embedding": [0.1]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}),
+        );
         assert_eq!(emb.verdict, Verdict::Success);
-        let tools = classify(200, json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "t"}]}}]}));
+        let tools = classify(
+            200,
+            json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "t"}]}}]}),
+        );
         assert_eq!(tools.verdict, Verdict::Success);
     }
 
@@ -382,28 +448,61 @@ mod tests {
         assert_eq!(c.verdict, Verdict::RateLimited);
         let c = classify(200, json!({"error": {"code": 400, "message": "bad"}}));
         assert_eq!(c.verdict, Verdict::Fail);
-        let c = classify(200, json!({"choices": [{"message": {"content": "part"}, "error": {"code": 502, "message": "upstream"}}]}));
-        assert_eq!((c.verdict, c.reason), (Verdict::Retry, Some(Reason::ServerError)));
-        let c = classify(200, json!({"choices": [{"message": {"content": "part"}, "finish_reason": "error"}]}));
+        let c = classify(
+            200,
+            json!({"choices": [{"message": {"content": "part"}, "error": {"code": 502, "message": "upstream"}}]}),
+        );
+        assert_eq!(
+            (c.verdict, c.reason),
+            (Verdict::Retry, Some(Reason::ServerError))
+        );
+        let c = classify(
+            200,
+            json!({"choices": [{"message": {"content": "part"}, "finish_reason": "error"}]}),
+        );
         assert_eq!(c.verdict, Verdict::Retry);
     }
 
     #[test]
     fn empty_and_malformed_replies_are_retried_with_their_tokens() {
         let c = classify(200, ok_body("  "));
-        assert_eq!((c.verdict, c.reason), (Verdict::Retry, Some(Reason::EmptyResponse)));
+        assert_eq!(
+            (c.verdict, c.reason),
+            (Verdict::Retry, Some(Reason::EmptyResponse))
+        );
         assert_eq!(c.usage.unwrap().total_tokens, 5);
-        let c = classify_reply(200, &HeaderMap::new(), &Bytes::from_static(b"{\"choices\": [{"), None);
-        assert_eq!((c.verdict, c.reason), (Verdict::Retry, Some(Reason::MalformedResponse)));
+        let c = classify_reply(
+            200,
+            &HeaderMap::new(),
+            &Bytes::from_static(b"{\"choices\": [{"),
+            None,
+        );
+        assert_eq!(
+            (c.verdict, c.reason),
+            (Verdict::Retry, Some(Reason::MalformedResponse))
+        );
     }
 
     #[test]
     fn validation_failures_are_retried() {
         let check = ResponseCheck::json();
-        let c = classify_reply(200, &HeaderMap::new(), &Bytes::from(ok_body("not json").to_string()), Some(&check));
-        assert_eq!((c.verdict, c.reason), (Verdict::Retry, Some(Reason::InvalidResponse)));
+        let c = classify_reply(
+            200,
+            &HeaderMap::new(),
+            &Bytes::from(ok_body("not json").to_string()),
+            Some(&check),
+        );
+        assert_eq!(
+            (c.verdict, c.reason),
+            (Verdict::Retry, Some(Reason::InvalidResponse))
+        );
         assert!(c.usage.is_some());
-        let c = classify_reply(200, &HeaderMap::new(), &Bytes::from(ok_body("{\"a\":1}").to_string()), Some(&check));
+        let c = classify_reply(
+            200,
+            &HeaderMap::new(),
+            &Bytes::from(ok_body("{\"a\":1}").to_string()),
+            Some(&check),
+        );
         assert_eq!(c.verdict, Verdict::Success);
     }
 
@@ -417,7 +516,10 @@ mod tests {
 
     #[test]
     fn transport_failures_are_retried() {
-        assert_eq!(classify_failure(&TransportFailure::Timeout).verdict, Verdict::Retry);
+        assert_eq!(
+            classify_failure(&TransportFailure::Timeout).verdict,
+            Verdict::Retry
+        );
         let c = classify_failure(&TransportFailure::Connection("reset".into()));
         assert_eq!(c.reason, Some(Reason::Connection));
     }

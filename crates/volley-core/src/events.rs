@@ -30,9 +30,17 @@ fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The run begins: `total` requests will be sent, `already_done` were skipped.
-    RunStarted { total: u64, already_done: u64, keys: usize },
+    RunStarted {
+        total: u64,
+        already_done: u64,
+        keys: usize,
+    },
     /// A line was invalid and recorded in ERRORS (`--skip-invalid`).
-    InputRejected { custom_id: Arc<str>, line: u64, message: String },
+    InputRejected {
+        custom_id: Arc<str>,
+        line: u64,
+        message: String,
+    },
     /// A request entered the engine.
     Admitted { custom_id: Arc<str> },
     /// A request waited for its key's rate limit or pause before sending.
@@ -43,7 +51,11 @@ pub enum Event {
         wait: Duration,
     },
     /// An attempt was sent.
-    AttemptStarted { custom_id: Arc<str>, attempt: u32, key: Arc<str> },
+    AttemptStarted {
+        custom_id: Arc<str>,
+        attempt: u32,
+        key: Arc<str>,
+    },
     /// An attempt ended: `outcome` is `success` or the reason it failed.
     AttemptFinished {
         custom_id: Arc<str>,
@@ -70,7 +82,11 @@ pub enum Event {
         pause: Duration,
     },
     /// A key left the pool for the rest of the run.
-    KeyRetired { key: Arc<str>, reason: &'static str, message: String },
+    KeyRetired {
+        key: Arc<str>,
+        reason: &'static str,
+        message: String,
+    },
     /// The run-wide retry budget is spent: errors are no longer retried.
     RetryBudgetExhausted { spent: u64 },
     /// A request is done for good: in RESULTS (`ok`) or in ERRORS.
@@ -103,7 +119,9 @@ pub struct EventBus {
 
 impl EventBus {
     pub fn new(observers: Vec<Arc<dyn Observer>>) -> EventBus {
-        EventBus { observers: Arc::new(observers) }
+        EventBus {
+            observers: Arc::new(observers),
+        }
     }
 
     pub fn emit(&self, event: Event) {
@@ -168,8 +186,13 @@ struct Stamped<'a> {
 
 impl Observer for EventFile {
     fn on_event(&self, event: &Event) {
-        let stamped = Stamped { t: self.started.elapsed().as_secs_f64(), event };
-        let Ok(mut line) = serde_json::to_vec(&stamped) else { return };
+        let stamped = Stamped {
+            t: self.started.elapsed().as_secs_f64(),
+            event,
+        };
+        let Ok(mut line) = serde_json::to_vec(&stamped) else {
+            return;
+        };
         line.push(b'\n');
         if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             // A closed channel means the file is finished; late events are dropped.
@@ -202,11 +225,18 @@ mod tests {
         let file = EventFile::create(&path).unwrap();
         let bus = EventBus::new(vec![]);
         bus.emit(Event::Stopping { reason: "x".into() });
-        file.on_event(&Event::Admitted { custom_id: Arc::from("a") });
-        file.on_event(&Event::Stopping { reason: "done".into() });
+        file.on_event(&Event::Admitted {
+            custom_id: Arc::from("a"),
+        });
+        file.on_event(&Event::Stopping {
+            reason: "done".into(),
+        });
         file.finish().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["event"], "admitted");
         assert!(lines[1]["t"].as_f64().unwrap() >= 0.0);

@@ -87,7 +87,10 @@ impl KeyPool {
 
     /// Keys still in the pool.
     pub fn live(&self) -> usize {
-        self.lanes.iter().filter(|l| l.state().retired.is_none()).count()
+        self.lanes
+            .iter()
+            .filter(|l| l.state().retired.is_none())
+            .count()
     }
 
     /// Books one request of `tokens` estimated tokens on the live key that can send it
@@ -135,7 +138,8 @@ impl KeyPool {
 
     /// Corrects a key's token booking with the real usage.
     pub fn correct_tokens(&self, lane: usize, estimated: u64, actual: u64) {
-        let delta = i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(estimated).unwrap_or(i64::MAX);
+        let delta = i64::try_from(actual).unwrap_or(i64::MAX)
+            - i64::try_from(estimated).unwrap_or(i64::MAX);
         if delta != 0 {
             self.lanes[lane].state().tokens.adjust(delta);
         }
@@ -179,7 +183,10 @@ mod tests {
         let pool = KeyPool::new(keys(2), None, None);
         let now = Instant::now();
         assert!(pool.pause(0, now + Duration::from_secs(5)));
-        assert!(!pool.pause(0, now + Duration::from_secs(3)), "a shorter pause changes nothing");
+        assert!(
+            !pool.pause(0, now + Duration::from_secs(3)),
+            "a shorter pause changes nothing"
+        );
         assert_eq!(pool.book(1, now).unwrap().lane, 1);
         assert!(pool.retire(1, Reason::Unauthorized));
         assert!(!pool.retire(1, Reason::Unauthorized));

@@ -23,7 +23,10 @@ use crate::ids::IdSet;
 use crate::job::Job;
 use crate::keys::KeyPool;
 use crate::scheduler::{Engine, EngineConfig, StopReason};
-use crate::sink::{Checkpoint, Destination, ErrorPart, OutputFiles, OutputLine, Sink, SinkError, SinkHandle, VolleyPart};
+use crate::sink::{
+    Checkpoint, Destination, ErrorPart, OutputFiles, OutputLine, Sink, SinkError, SinkHandle,
+    VolleyPart,
+};
 use crate::transport::{ApiKey, Transport, TransportError};
 use crate::usage::Usage;
 
@@ -54,7 +57,10 @@ pub struct RunPlan {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot read input {path}: {source}")]
-    Input { path: String, source: std::io::Error },
+    Input {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Output(#[from] SinkError),
     #[error(transparent)]
@@ -113,25 +119,49 @@ pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
         InputSource::File(p) => (p.clone(), p.display().to_string(), None),
         InputSource::Stdin => {
             let spool = spool_stdin(&plan.files.results)?;
-            (spool.path().to_path_buf(), "<stdin>".to_string(), Some(spool))
+            (
+                spool.path().to_path_buf(),
+                "<stdin>".to_string(),
+                Some(spool),
+            )
         }
     };
     let scan = scan(&path, label, spool, &plan, &checkpoint.done)?;
-    Ok(Prepared { plan, scan, checkpoint })
+    Ok(Prepared {
+        plan,
+        scan,
+        checkpoint,
+    })
 }
 
 fn spool_stdin(results: &Path) -> Result<tempfile::NamedTempFile, RunError> {
-    let dir = results.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let err = |source| RunError::Input { path: "<stdin>".into(), source };
-    let mut spool = tempfile::Builder::new().prefix(".volley-stdin-").tempfile_in(dir).map_err(err)?;
+    let dir = results
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let err = |source| RunError::Input {
+        path: "<stdin>".into(),
+        source,
+    };
+    let mut spool = tempfile::Builder::new()
+        .prefix(".volley-stdin-")
+        .tempfile_in(dir)
+        .map_err(err)?;
     std::io::copy(&mut std::io::stdin().lock(), spool.as_file_mut()).map_err(err)?;
     Ok(spool)
 }
 
 /// Calls `f(line_number, text)` for every line; a line that is not UTF-8 is given as
 /// `Err` so it can be reported instead of stopping the read.
-fn for_each_line(path: &Path, label: &str, mut f: impl FnMut(u64, Result<&str, String>) -> bool) -> Result<(), RunError> {
-    let err = |source| RunError::Input { path: label.to_string(), source };
+fn for_each_line(
+    path: &Path,
+    label: &str,
+    mut f: impl FnMut(u64, Result<&str, String>) -> bool,
+) -> Result<(), RunError> {
+    let err = |source| RunError::Input {
+        path: label.to_string(),
+        source,
+    };
     let file = File::open(path).map_err(err)?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut buf = Vec::new();
@@ -149,7 +179,13 @@ fn for_each_line(path: &Path, label: &str, mut f: impl FnMut(u64, Result<&str, S
     }
 }
 
-fn scan(path: &Path, label: String, spool: Option<tempfile::NamedTempFile>, plan: &RunPlan, done: &IdSet) -> Result<Scan, RunError> {
+fn scan(
+    path: &Path,
+    label: String,
+    spool: Option<tempfile::NamedTempFile>,
+    plan: &RunPlan,
+    done: &IdSet,
+) -> Result<Scan, RunError> {
     let mut seen = IdSet::new();
     // First line of each id, only for ids seen twice (to name both lines).
     let mut fates = Vec::new();
@@ -188,7 +224,11 @@ fn scan(path: &Path, label: String, spool: Option<tempfile::NamedTempFile>, plan
                     Err(problem) => {
                         let id = peek_custom_id(t, number);
                         // An id that is unusable or already taken files under line-N.
-                        let id = if seen.insert(&id) { id } else { format!("line-{number}") };
+                        let id = if seen.insert(&id) {
+                            id
+                        } else {
+                            format!("line-{number}")
+                        };
                         issue(&mut issues, number, id, problem.to_string(), done)
                     }
                 }
@@ -201,7 +241,16 @@ fn scan(path: &Path, label: String, spool: Option<tempfile::NamedTempFile>, plan
         fates.push(fate);
         true
     })?;
-    Ok(Scan { label, lines, to_send, already_done, issues, path: path.to_path_buf(), plan: fates, _spool: spool })
+    Ok(Scan {
+        label,
+        lines,
+        to_send,
+        already_done,
+        issues,
+        path: path.to_path_buf(),
+        plan: fates,
+        _spool: spool,
+    })
 }
 
 /// Remembers the first line of an id, bounded: only the hash and line number, and only
@@ -213,9 +262,23 @@ fn first_seen_note(map: &mut std::collections::HashMap<u64, u64>, id: &str, line
     }
 }
 
-fn issue(issues: &mut Vec<InputIssue>, line: u64, custom_id: String, message: String, done: &IdSet) -> LineFate {
-    let fate = if done.contains(&custom_id) { LineFate::Skip } else { LineFate::Record };
-    issues.push(InputIssue { line, custom_id, message });
+fn issue(
+    issues: &mut Vec<InputIssue>,
+    line: u64,
+    custom_id: String,
+    message: String,
+    done: &IdSet,
+) -> LineFate {
+    let fate = if done.contains(&custom_id) {
+        LineFate::Skip
+    } else {
+        LineFate::Record
+    };
+    issues.push(InputIssue {
+        line,
+        custom_id,
+        message,
+    });
     fate
 }
 
@@ -282,7 +345,10 @@ pub async fn execute(
         // Ids that failed before and succeeded now leave ERRORS.
         Checkpoint::open(&plan.files, true)?;
     }
-    Ok(RunOutcome { stop, errors_in_file: count_lines(&plan.files.errors) })
+    Ok(RunOutcome {
+        stop,
+        errors_in_file: count_lines(&plan.files.errors),
+    })
 }
 
 /// Files the invalid lines in ERRORS (`--skip-invalid`), once each across re-runs.
@@ -297,8 +363,17 @@ fn record_issues(scan: &Scan, writer: &SinkHandle, events: &EventBus) {
             id: &format!("vol-input-{}", issue.line),
             custom_id: &issue.custom_id,
             response: None,
-            error: Some(ErrorPart { code: Reason::InvalidInput.as_str(), message: &message }),
-            volley: VolleyPart { attempts: 0, latency_ms: 0.0, usage: Usage::default(), cost: None, key: None },
+            error: Some(ErrorPart {
+                code: Reason::InvalidInput.as_str(),
+                message: &message,
+            }),
+            volley: VolleyPart {
+                attempts: 0,
+                latency_ms: 0.0,
+                usage: Usage::default(),
+                cost: None,
+                key: None,
+            },
         };
         writer.write(Destination::Errors, line.to_line());
         events.emit(Event::InputRejected {
@@ -320,14 +395,23 @@ fn spawn_reader(
     tx: mpsc::Sender<Job>,
 ) -> tokio::task::JoinHandle<Result<(), RunError>> {
     tokio::task::spawn_blocking(move || {
-        let Scan { path, label, plan, _spool, .. } = scan;
+        let Scan {
+            path,
+            label,
+            plan,
+            _spool,
+            ..
+        } = scan;
         for_each_line(&path, &label, |number, text| {
             let index = usize::try_from(number - 1).unwrap_or(usize::MAX);
             if plan.get(index) != Some(&LineFate::Send) {
                 return true;
             }
             // The first pass accepted this line, so it parses the same way again.
-            let Some(job) = text.ok().and_then(|t| parse_line(t, number, &defaults).ok()) else {
+            let Some(job) = text
+                .ok()
+                .and_then(|t| parse_line(t, number, &defaults).ok())
+            else {
                 return true;
             };
             // A closed channel means the engine stopped: stop reading.

@@ -122,7 +122,11 @@ impl Engine {
 
     /// Runs every job from `jobs` to completion, or until `cancel` (given to
     /// [`Engine::new`]) fires or no key is left.
-    pub async fn run(self: &Arc<Self>, mut jobs: mpsc::Receiver<Job>, cancel: &CancellationToken) -> StopReason {
+    pub async fn run(
+        self: &Arc<Self>,
+        mut jobs: mpsc::Receiver<Job>,
+        cancel: &CancellationToken,
+    ) -> StopReason {
         let concurrency = self.config.concurrency.max(1);
         let admission = Arc::new(Semaphore::new(concurrency * defaults::ADMISSION_FACTOR));
         let wire = Arc::new(Semaphore::new(concurrency));
@@ -164,7 +168,12 @@ impl Engine {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
 
-        if let Some(why) = self.keys_exhausted.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(why) = self
+            .keys_exhausted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             StopReason::KeysExhausted(why)
         } else if cancel.is_cancelled() {
             StopReason::Interrupted
@@ -181,7 +190,12 @@ impl Engine {
         }
     }
 
-    async fn process(self: Arc<Self>, job: Job, _admitted: OwnedSemaphorePermit, wire: Arc<Semaphore>) {
+    async fn process(
+        self: Arc<Self>,
+        job: Job,
+        _admitted: OwnedSemaphorePermit,
+        wire: Arc<Semaphore>,
+    ) {
         let custom_id = job.custom_id.clone();
         if let Fate::Abandoned = self.attempt_until_done(job, wire).await {
             self.events.emit(Event::RequestAbandoned { custom_id });
@@ -191,7 +205,9 @@ impl Engine {
     /// The life of one request: attempts until success, a permanent failure, or a halt.
     async fn attempt_until_done(&self, job: Job, wire: Arc<Semaphore>) -> Fate {
         let started = Instant::now();
-        self.events.emit(Event::Admitted { custom_id: job.custom_id.clone() });
+        self.events.emit(Event::Admitted {
+            custom_id: job.custom_id.clone(),
+        });
         self.budget.record_request();
         let mut usage = Usage::default();
         let mut attempts = 0u32;
@@ -206,25 +222,40 @@ impl Engine {
             };
             attempts += 1;
             let key = self.keys.lane(lane).label.clone();
-            self.events.emit(Event::AttemptStarted { custom_id: job.custom_id.clone(), attempt: attempts, key: key.clone() });
+            self.events.emit(Event::AttemptStarted {
+                custom_id: job.custom_id.clone(),
+                attempt: attempts,
+                key: key.clone(),
+            });
             let sent = Instant::now();
             let result = self
                 .transport
-                .send(&job.path, job.body.clone(), &self.keys.lane(lane).key, self.config.timeout)
+                .send(
+                    &job.path,
+                    job.body.clone(),
+                    &self.keys.lane(lane).key,
+                    self.config.timeout,
+                )
                 .await;
             let latency = sent.elapsed();
             drop(slot);
 
             let (outcome, reply) = match result {
                 Ok(reply) => (
-                    classify_reply(reply.status, &reply.headers, &reply.body, self.config.check.as_deref()),
+                    classify_reply(
+                        reply.status,
+                        &reply.headers,
+                        &reply.body,
+                        self.config.check.as_deref(),
+                    ),
                     Some(reply),
                 ),
                 Err(failure) => (classify_failure(&failure), None),
             };
             if let Some(u) = &outcome.usage {
                 usage.add(u);
-                self.keys.correct_tokens(lane, job.estimated_tokens, u.total_tokens);
+                self.keys
+                    .correct_tokens(lane, job.estimated_tokens, u.total_tokens);
             }
             self.events.emit(Event::AttemptFinished {
                 custom_id: job.custom_id.clone(),
@@ -235,7 +266,14 @@ impl Engine {
                 latency,
                 usage: outcome.usage,
             });
-            let done = Done { job: &job, started, attempts, usage, key: &key, reply: reply.as_ref() };
+            let done = Done {
+                job: &job,
+                started,
+                attempts,
+                usage,
+                key: &key,
+                reply: reply.as_ref(),
+            };
 
             let reason = outcome.reason.unwrap_or(Reason::ServerError);
             let retry = match outcome.verdict {
@@ -259,10 +297,16 @@ impl Engine {
                         continue;
                     }
                     if self.keys.pause(lane, Instant::now() + pause) {
-                        self.events.emit(Event::KeyPaused { key: key.clone(), pause });
+                        self.events.emit(Event::KeyPaused {
+                            key: key.clone(),
+                            pause,
+                        });
                     }
                     if rate_limited_retries > defaults::MAX_RATE_LIMITED_RETRIES {
-                        let why = format!("still rate limited after {rate_limited_retries} tries: {}", message(&outcome));
+                        let why = format!(
+                            "still rate limited after {rate_limited_retries} tries: {}",
+                            message(&outcome)
+                        );
                         return self.finish(done, Some((Reason::RetriesExhausted, why)));
                     }
                     rate_limited_retries
@@ -270,12 +314,15 @@ impl Engine {
                 Verdict::Retry => {
                     error_retries += 1;
                     if error_retries > self.config.retry.max_retries {
-                        let why = format!("gave up after {attempts} attempts: {}", message(&outcome));
+                        let why =
+                            format!("gave up after {attempts} attempts: {}", message(&outcome));
                         return self.finish(done, Some((reason, why)));
                     }
                     if let Err(first) = self.budget.try_spend() {
                         if first {
-                            self.events.emit(Event::RetryBudgetExhausted { spent: self.budget.spent() });
+                            self.events.emit(Event::RetryBudgetExhausted {
+                                spent: self.budget.spent(),
+                            });
                         }
                         let why = format!(
                             "not retried: the run's retry budget is spent ({} retries after errors); last error: {}",
@@ -329,7 +376,11 @@ impl Engine {
             }
             // A key paused (by a peer's 429) while we waited: book again rather than
             // join the crowd that would fire the moment the pause ends.
-            if self.keys.paused_until(booking.lane, Instant::now()).is_some() {
+            if self
+                .keys
+                .paused_until(booking.lane, Instant::now())
+                .is_some()
+            {
                 continue;
             }
             return Some(booking.lane);
@@ -347,10 +398,15 @@ impl Engine {
     }
 
     fn stop_no_keys(&self) {
-        let mut exhausted = self.keys_exhausted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut exhausted = self
+            .keys_exhausted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if exhausted.is_none() {
             let why = "every API key left the pool (see the keys retired above); re-run with a working key to finish".to_string();
-            self.events.emit(Event::Stopping { reason: why.clone() });
+            self.events.emit(Event::Stopping {
+                reason: why.clone(),
+            });
             *exhausted = Some(why);
             self.halt.cancel();
         }
@@ -362,16 +418,22 @@ impl Engine {
         let id = format!("vol-{}-{n}", self.run_id);
         let latency = done.started.elapsed();
         let body = done.reply.map(body_as_json);
-        let response = done.reply.zip(body.as_deref()).map(|(reply, body)| ResponsePart {
-            status_code: reply.status,
-            request_id: request_id(reply, body),
-            body,
-        });
+        let response = done
+            .reply
+            .zip(body.as_deref())
+            .map(|(reply, body)| ResponsePart {
+                status_code: reply.status,
+                request_id: request_id(reply, body),
+                body,
+            });
         let line = OutputLine {
             id: &id,
             custom_id: &done.job.custom_id,
             response,
-            error: error.as_ref().map(|(reason, message)| ErrorPart { code: reason.as_str(), message }),
+            error: error.as_ref().map(|(reason, message)| ErrorPart {
+                code: reason.as_str(),
+                message,
+            }),
             volley: VolleyPart {
                 attempts: done.attempts,
                 latency_ms: latency.as_secs_f64() * 1000.0,
@@ -380,7 +442,11 @@ impl Engine {
                 key: Some(done.key),
             },
         };
-        let dest = if error.is_some() { Destination::Errors } else { Destination::Results };
+        let dest = if error.is_some() {
+            Destination::Errors
+        } else {
+            Destination::Results
+        };
         self.sink.write(dest, line.to_line());
         self.events.emit(Event::RequestFinished {
             custom_id: done.job.custom_id.clone(),
@@ -406,7 +472,10 @@ struct Done<'a> {
 }
 
 fn message(outcome: &Classified) -> String {
-    outcome.message.clone().unwrap_or_else(|| "no details".into())
+    outcome
+        .message
+        .clone()
+        .unwrap_or_else(|| "no details".into())
 }
 
 /// The reply body as JSON to embed in an output line: the provider's bytes as they
@@ -420,7 +489,9 @@ fn body_as_json(reply: &Reply) -> Box<RawValue> {
     }
     let reencoded = serde_json::from_slice::<serde_json::Value>(&reply.body)
         .map(|v| v.to_string())
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&reply.body).into_owned()).to_string());
+        .unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&reply.body).into_owned()).to_string()
+        });
     RawValue::from_string(reencoded).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 

@@ -23,15 +23,25 @@ use crate::usage::Usage;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "{path}:{line}: not a valid output line ({reason}); volley will not overwrite finished work, so fix or move the file"
     )]
-    Corrupt { path: String, line: u64, reason: String },
+    Corrupt {
+        path: String,
+        line: u64,
+        reason: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SinkError + '_ {
-    move |source| SinkError::Io { path: path.display().to_string(), source }
+    move |source| SinkError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Where a run's output goes.
@@ -182,7 +192,10 @@ pub fn compact_errors(path: &Path, succeeded: &IdSet) -> Result<u64, SinkError> 
     if kept.len() == lines.len() {
         return Ok(kept.len() as u64);
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_error(path))?;
     for line in &kept {
         tmp.write_all(line.as_bytes()).map_err(io_error(path))?;
@@ -261,7 +274,11 @@ impl Sink {
             if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(io_error(dir))?;
             }
-            let f = OpenOptions::new().create(true).append(true).open(path).map_err(io_error(path))?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io_error(path))?;
             Ok((path.to_path_buf(), BufWriter::with_capacity(1 << 16, f)))
         };
         let mut results = open(&files.results)?;
@@ -270,7 +287,8 @@ impl Sink {
         let writer = std::thread::Builder::new()
             .name("volley-sink".into())
             .spawn(move || -> Result<(), SinkError> {
-                let flush = |(path, w): &mut (PathBuf, BufWriter<File>)| w.flush().map_err(io_error(path));
+                let flush =
+                    |(path, w): &mut (PathBuf, BufWriter<File>)| w.flush().map_err(io_error(path));
                 while let Ok(first) = rx.recv() {
                     // Write everything queued, then flush once: each finished request is
                     // on disk as soon as the writer catches up with it.
@@ -288,7 +306,10 @@ impl Sink {
                 flush(&mut errors)
             })
             .map_err(io_error(&files.results))?;
-        Ok(Sink { tx: Some(tx), writer: Some(writer) })
+        Ok(Sink {
+            tx: Some(tx),
+            writer: Some(writer),
+        })
     }
 
     /// A handle for the engine's tasks to queue lines with.
@@ -314,7 +335,9 @@ impl SinkHandle {
     /// Queues one line. Returns false if the writer has stopped (after a disk error,
     /// which [`Sink::finish`] reports).
     pub fn write(&self, dest: Destination, line: Vec<u8>) -> bool {
-        self.0.as_ref().is_some_and(|tx| tx.send((dest, line)).is_ok())
+        self.0
+            .as_ref()
+            .is_some_and(|tx| tx.send((dest, line)).is_ok())
     }
 }
 
@@ -330,7 +353,10 @@ mod tests {
     use super::*;
 
     fn files(dir: &Path) -> OutputFiles {
-        OutputFiles { results: dir.join("r.jsonl"), errors: dir.join("e.jsonl") }
+        OutputFiles {
+            results: dir.join("r.jsonl"),
+            errors: dir.join("e.jsonl"),
+        }
     }
 
     fn line(id: &str) -> String {
@@ -341,12 +367,19 @@ mod tests {
     fn torn_tail_is_cut_and_ids_are_collected() {
         let dir = tempfile::tempdir().unwrap();
         let f = files(dir.path());
-        std::fs::write(&f.results, format!("{}{}{{\"id\":\"vol", line("a"), line("b"))).unwrap();
+        std::fs::write(
+            &f.results,
+            format!("{}{}{{\"id\":\"vol", line("a"), line("b")),
+        )
+        .unwrap();
         let cp = Checkpoint::open(&f, false).unwrap();
         assert_eq!(cp.results, 2);
         assert!(cp.done.contains("a") && cp.done.contains("b"));
         assert_eq!(cp.repaired.len(), 1);
-        assert_eq!(std::fs::read_to_string(&f.results).unwrap(), format!("{}{}", line("a"), line("b")));
+        assert_eq!(
+            std::fs::read_to_string(&f.results).unwrap(),
+            format!("{}{}", line("a"), line("b"))
+        );
     }
 
     #[test]
@@ -375,7 +408,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = files(dir.path());
         std::fs::write(&f.results, line("a")).unwrap();
-        std::fs::write(&f.errors, format!("{}{}{}", line("a"), line("x"), line("x"))).unwrap();
+        std::fs::write(
+            &f.errors,
+            format!("{}{}{}", line("a"), line("x"), line("x")),
+        )
+        .unwrap();
         let cp = Checkpoint::open(&f, false).unwrap();
         assert_eq!(cp.errors, 1);
         assert!(cp.done.contains("x"));

@@ -16,9 +16,16 @@ use crate::ids::id_hash;
 #[derive(Debug, thiserror::Error)]
 pub enum SortError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: not a valid output line: {reason}")]
-    Corrupt { path: String, line: u64, reason: String },
+    Corrupt {
+        path: String,
+        line: u64,
+        reason: String,
+    },
 }
 
 /// What a sort did.
@@ -46,7 +53,8 @@ pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
     } {
         number += 1;
         if !line.trim().is_empty() {
-            rank.entry(id_hash(&peek_custom_id(&line, number))).or_insert(number);
+            rank.entry(id_hash(&peek_custom_id(&line, number)))
+                .or_insert(number);
         }
     }
 
@@ -67,11 +75,12 @@ pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
         }
         number += 1;
         if !line.trim().is_empty() {
-            let parsed: IdOnly<'_> = serde_json::from_str(&line).map_err(|e| SortError::Corrupt {
-                path: results.display().to_string(),
-                line: number,
-                reason: e.to_string(),
-            })?;
+            let parsed: IdOnly<'_> =
+                serde_json::from_str(&line).map_err(|e| SortError::Corrupt {
+                    path: results.display().to_string(),
+                    line: number,
+                    reason: e.to_string(),
+                })?;
             let r = match rank.get(&id_hash(&parsed.custom_id)) {
                 Some(r) => *r,
                 None => {
@@ -85,7 +94,10 @@ pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
     }
     entries.sort_unstable();
 
-    let dir = results.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = results
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(results))?;
     {
         let mut src = File::open(results).map_err(io(results))?;
@@ -104,7 +116,10 @@ pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
     }
     tmp.as_file().sync_all().map_err(io(results))?;
     tmp.persist(results).map_err(|e| io(results)(e.error))?;
-    Ok(Sorted { lines: entries.len() as u64, unmatched })
+    Ok(Sorted {
+        lines: entries.len() as u64,
+        unmatched,
+    })
 }
 
 #[cfg(test)]
@@ -118,10 +133,23 @@ mod tests {
         let results = dir.path().join("out.jsonl");
         std::fs::write(&input, "{\"custom_id\":\"a\",\"body\":{}}\n\n{\"prompt\":\"x\"}\n{\"id\":\"c\",\"prompt\":\"y\"}\n").unwrap();
         let r = |id: &str| format!("{{\"custom_id\":\"{id}\",\"n\":1}}\n");
-        std::fs::write(&results, format!("{}{}{}{}", r("zz"), r("c"), r("line-3"), r("a"))).unwrap();
+        std::fs::write(
+            &results,
+            format!("{}{}{}{}", r("zz"), r("c"), r("line-3"), r("a")),
+        )
+        .unwrap();
         let sorted = sort_results(&results, &input).unwrap();
-        assert_eq!(sorted, Sorted { lines: 4, unmatched: 1 });
+        assert_eq!(
+            sorted,
+            Sorted {
+                lines: 4,
+                unmatched: 1
+            }
+        );
         let text = std::fs::read_to_string(&results).unwrap();
-        assert_eq!(text, format!("{}{}{}{}", r("a"), r("line-3"), r("c"), r("zz")));
+        assert_eq!(
+            text,
+            format!("{}{}{}{}", r("a"), r("line-3"), r("c"), r("zz"))
+        );
     }
 }

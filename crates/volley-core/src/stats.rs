@@ -104,7 +104,11 @@ impl Snapshot {
     /// Finished requests per second over the run so far.
     pub fn throughput(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 { self.finished() as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            self.finished() as f64 / secs
+        } else {
+            0.0
+        }
     }
 
     /// Estimated time left at the average rate so far.
@@ -177,7 +181,12 @@ impl RunStats {
             latency_ms: if d.latency_us.is_empty() {
                 Percentiles::default()
             } else {
-                Percentiles { p50: pct(0.5), p95: pct(0.95), p99: pct(0.99), max: d.latency_us.max() as f64 / 1000.0 }
+                Percentiles {
+                    p50: pct(0.5),
+                    p95: pct(0.95),
+                    p99: pct(0.99),
+                    max: d.latency_us.max() as f64 / 1000.0,
+                }
             },
             attempts_histogram: d.attempts.clone(),
             retries_by_reason: d.retries_by_reason.clone(),
@@ -194,18 +203,29 @@ impl Observer for RunStats {
             a.fetch_add(n, Ordering::Relaxed);
         };
         match event {
-            Event::RunStarted { total, already_done, .. } => {
+            Event::RunStarted {
+                total,
+                already_done,
+                ..
+            } => {
                 self.total.store(*total, Ordering::Relaxed);
                 self.already_done.store(*already_done, Ordering::Relaxed);
             }
             Event::InputRejected { .. } => {
                 add(&self.invalid, 1);
                 add(&self.failed, 1);
-                *self.detail().errors_by_code.entry("invalid_input").or_default() += 1;
+                *self
+                    .detail()
+                    .errors_by_code
+                    .entry("invalid_input")
+                    .or_default() += 1;
             }
             Event::Admitted { .. } => add(&self.admitted, 1),
             Event::Throttled { wait, .. } => {
-                add(&self.throttled_us, u64::try_from(wait.as_micros()).unwrap_or(u64::MAX));
+                add(
+                    &self.throttled_us,
+                    u64::try_from(wait.as_micros()).unwrap_or(u64::MAX),
+                );
             }
             Event::AttemptStarted { .. } => {
                 add(&self.attempts, 1);
@@ -225,12 +245,22 @@ impl Observer for RunStats {
                 *self.detail().retries_by_reason.entry(reason).or_default() += 1;
             }
             Event::KeyRetired { key, reason, .. } => {
-                self.detail().keys_retired.push((key.to_string(), reason.to_string()));
+                self.detail()
+                    .keys_retired
+                    .push((key.to_string(), reason.to_string()));
             }
-            Event::RequestFinished { ok, attempts, error, latency, .. } => {
+            Event::RequestFinished {
+                ok,
+                attempts,
+                error,
+                latency,
+                ..
+            } => {
                 add(if *ok { &self.succeeded } else { &self.failed }, 1);
                 let mut d = self.detail();
-                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, LATENCY_MAX_US);
+                let us = u64::try_from(latency.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, LATENCY_MAX_US);
                 // Cannot fail: the value is clamped into the histogram's bounds.
                 let _ = d.latency_us.record(us);
                 *d.attempts.entry(*attempts).or_default() += 1;
@@ -240,7 +270,9 @@ impl Observer for RunStats {
             }
             Event::RequestAbandoned { .. } => add(&self.abandoned, 1),
             Event::Stopping { reason } => {
-                self.detail().stop_reason.get_or_insert_with(|| reason.clone());
+                self.detail()
+                    .stop_reason
+                    .get_or_insert_with(|| reason.clone());
             }
             Event::KeyPaused { .. } | Event::RetryBudgetExhausted { .. } => {}
         }
@@ -257,10 +289,25 @@ mod tests {
         let s = RunStats::new();
         let id: Arc<str> = Arc::from("a");
         let key: Arc<str> = Arc::from("key#1");
-        s.on_event(&Event::RunStarted { total: 2, already_done: 1, keys: 1 });
-        s.on_event(&Event::Admitted { custom_id: id.clone() });
-        s.on_event(&Event::AttemptStarted { custom_id: id.clone(), attempt: 1, key: key.clone() });
-        let usage = Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5, ..Usage::default() };
+        s.on_event(&Event::RunStarted {
+            total: 2,
+            already_done: 1,
+            keys: 1,
+        });
+        s.on_event(&Event::Admitted {
+            custom_id: id.clone(),
+        });
+        s.on_event(&Event::AttemptStarted {
+            custom_id: id.clone(),
+            attempt: 1,
+            key: key.clone(),
+        });
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            total_tokens: 5,
+            ..Usage::default()
+        };
         s.on_event(&Event::AttemptFinished {
             custom_id: id.clone(),
             attempt: 1,
@@ -270,7 +317,12 @@ mod tests {
             latency: Duration::from_millis(5),
             usage: Some(usage),
         });
-        s.on_event(&Event::Retrying { custom_id: id.clone(), attempt: 1, reason: "rate_limited", delay: Duration::from_secs(1) });
+        s.on_event(&Event::Retrying {
+            custom_id: id.clone(),
+            attempt: 1,
+            reason: "rate_limited",
+            delay: Duration::from_secs(1),
+        });
         s.on_event(&Event::RequestFinished {
             custom_id: id,
             ok: true,
@@ -281,8 +333,19 @@ mod tests {
             model: None,
         });
         let snap = s.snapshot();
-        assert_eq!((snap.total, snap.already_done, snap.succeeded, snap.failed), (2, 1, 1, 0));
-        assert_eq!((snap.attempts, snap.retries, snap.rate_limited, snap.in_flight), (1, 1, 1, 0));
+        assert_eq!(
+            (snap.total, snap.already_done, snap.succeeded, snap.failed),
+            (2, 1, 1, 0)
+        );
+        assert_eq!(
+            (
+                snap.attempts,
+                snap.retries,
+                snap.rate_limited,
+                snap.in_flight
+            ),
+            (1, 1, 1, 0)
+        );
         assert_eq!(snap.usage.total_tokens, 5);
         assert_eq!(snap.attempts_histogram.get(&2), Some(&1));
         assert!((snap.latency_ms.p50 - 40.0).abs() < 0.5);

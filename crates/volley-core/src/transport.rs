@@ -115,7 +115,11 @@ impl Transport {
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let body = response.bytes().await.map_err(describe)?;
-            Ok(Reply { status, headers, body })
+            Ok(Reply {
+                status,
+                headers,
+                body,
+            })
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
@@ -161,10 +165,19 @@ mod tests {
     #[tokio::test]
     async fn refused_connection_is_a_connection_failure() {
         // Bind then drop a listener so the port is (very likely) closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let t = Transport::new(&format!("http://127.0.0.1:{port}/v1"), 1).unwrap();
         let r = t
-            .send("/chat/completions", Bytes::from_static(b"{}"), &ApiKey::new("k".into()), Duration::from_secs(5))
+            .send(
+                "/chat/completions",
+                Bytes::from_static(b"{}"),
+                &ApiKey::new("k".into()),
+                Duration::from_secs(5),
+            )
             .await;
         assert!(matches!(r, Err(TransportFailure::Connection(_))), "{r:?}");
     }

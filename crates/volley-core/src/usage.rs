@@ -30,7 +30,11 @@ impl Usage {
         let usage = body.get("usage")?.as_object()?;
         let count = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
         let prompt = count(usage.get("prompt_tokens").or(usage.get("input_tokens")));
-        let completion = count(usage.get("completion_tokens").or(usage.get("output_tokens")));
+        let completion = count(
+            usage
+                .get("completion_tokens")
+                .or(usage.get("output_tokens")),
+        );
         let total = usage
             .get("total_tokens")
             .and_then(Value::as_u64)
@@ -83,7 +87,10 @@ mod tests {
             "prompt_tokens_details": {"cached_tokens": 4},
             "completion_tokens_details": {"reasoning_tokens": 2}, "cost": 0.001}});
         let u = Usage::from_body(&body).unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (10, 5, 15));
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (10, 5, 15)
+        );
         assert_eq!((u.cached_tokens, u.reasoning_tokens), (4, 2));
         assert_eq!(u.cost, Some(0.001));
         assert!(Usage::from_body(&json!({"choices": []})).is_none());
@@ -91,8 +98,17 @@ mod tests {
 
     #[test]
     fn summing_keeps_cost_known_only_when_every_part_is() {
-        let known = Usage { prompt_tokens: 1, total_tokens: 1, cost: Some(0.5), ..Usage::default() };
-        let unknown = Usage { prompt_tokens: 2, total_tokens: 2, ..Usage::default() };
+        let known = Usage {
+            prompt_tokens: 1,
+            total_tokens: 1,
+            cost: Some(0.5),
+            ..Usage::default()
+        };
+        let unknown = Usage {
+            prompt_tokens: 2,
+            total_tokens: 2,
+            ..Usage::default()
+        };
         let mut sum = Usage::default();
         sum.add(&known);
         assert_eq!(sum.cost, Some(0.5));

@@ -10,9 +10,15 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("cannot read JSON schema {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("JSON schema {path} is not valid JSON: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("JSON schema {path} is not a valid schema: {message}")]
     Invalid { path: String, message: String },
 }
@@ -92,7 +98,11 @@ mod tests {
         assert!(c.check(r#"{"a": 1}"#).is_ok());
         assert!(c.check("```json\n{\"a\": 1}\n```").is_ok());
         assert!(c.check("```\n[1,2]\n```").is_ok());
-        assert!(c.check("sure! {\"a\": 1}").unwrap_err().contains("not JSON"));
+        assert!(
+            c.check("sure! {\"a\": 1}")
+                .unwrap_err()
+                .contains("not JSON")
+        );
     }
 
     #[test]
@@ -104,6 +114,9 @@ mod tests {
         assert!(c.check(r#"{"answer": "x"}"#).is_ok());
         assert!(c.check(r#"{"other": 1}"#).unwrap_err().contains("schema"));
         std::fs::write(&path, "{nope").unwrap();
-        assert!(matches!(ResponseCheck::schema_file(&path), Err(SchemaError::Parse { .. })));
+        assert!(matches!(
+            ResponseCheck::schema_file(&path),
+            Err(SchemaError::Parse { .. })
+        ));
     }
 }

@@ -40,7 +40,11 @@ impl Dice {
 
     /// Uniform in `[0, max]`.
     pub fn up_to(&mut self, max: u64) -> u64 {
-        if max == 0 { 0 } else { self.next_u64() % (max + 1) }
+        if max == 0 {
+            0
+        } else {
+            self.next_u64() % (max + 1)
+        }
     }
 }
 
@@ -73,8 +77,19 @@ mod tests {
 
     #[test]
     fn same_seed_same_faults_and_rates_hold() {
-        let config = MockConfig { fail_rate: 0.1, hang_rate: 0.1, malformed_rate: 0.1, reset_rate: 0.1, seed: 9, ..MockConfig::default() };
-        let run = |seed| (0..1000).map(|n| roll(&config, &mut Dice::for_request(seed, n))).collect::<Vec<_>>();
+        let config = MockConfig {
+            fail_rate: 0.1,
+            hang_rate: 0.1,
+            malformed_rate: 0.1,
+            reset_rate: 0.1,
+            seed: 9,
+            ..MockConfig::default()
+        };
+        let run = |seed| {
+            (0..1000)
+                .map(|n| roll(&config, &mut Dice::for_request(seed, n)))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(run(9), run(9));
         assert_ne!(run(9), run(10));
         let faults = run(9);

@@ -132,28 +132,58 @@ impl Ledger {
 
     /// Admits a request of `tokens` for `key` under the limits, recording it in the
     /// windows, or refuses it.
-    pub fn admit(&mut self, key: &str, tokens: u64, rpm: Option<u64>, tpm: Option<u64>, now: Instant) -> Result<RateHeaders, Limited> {
+    pub fn admit(
+        &mut self,
+        key: &str,
+        tokens: u64,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        now: Instant,
+    ) -> Result<RateHeaders, Limited> {
         let book = self.keys.entry(key_label(key)).or_default();
         let window = &mut book.window;
         window.prune(now);
         let headers = |w: &Window| RateHeaders {
-            requests: rpm.map(|l| (l, l.saturating_sub(w.log.len() as u64), w.frees_in(now, 1, false))),
-            tokens: tpm.map(|l| (l, l.saturating_sub(w.tokens), w.frees_in(now, tokens.max(1), true))),
+            requests: rpm.map(|l| {
+                (
+                    l,
+                    l.saturating_sub(w.log.len() as u64),
+                    w.frees_in(now, 1, false),
+                )
+            }),
+            tokens: tpm.map(|l| {
+                (
+                    l,
+                    l.saturating_sub(w.tokens),
+                    w.frees_in(now, tokens.max(1), true),
+                )
+            }),
         };
         let refusal = if rpm.is_some_and(|l| window.log.len() as u64 >= l) {
             let l = rpm.unwrap_or(0);
-            Some((LimitKind::Requests, window.frees_in(now, window.log.len() as u64 + 1 - l, false)))
+            Some((
+                LimitKind::Requests,
+                window.frees_in(now, window.log.len() as u64 + 1 - l, false),
+            ))
         } else if tpm.is_some_and(|l| window.tokens + tokens > l) {
             let l = tpm.unwrap_or(0);
             let needed = (window.tokens + tokens).saturating_sub(l);
-            let wait = if tokens > l { WINDOW } else { window.frees_in(now, needed, true) };
+            let wait = if tokens > l {
+                WINDOW
+            } else {
+                window.frees_in(now, needed, true)
+            };
             Some((LimitKind::Tokens, wait))
         } else {
             None
         };
         if let Some((kind, retry_after)) = refusal {
             book.rate_limited += 1;
-            return Err(Limited { kind, retry_after, headers: headers(&book.window) });
+            return Err(Limited {
+                kind,
+                retry_after,
+                headers: headers(&book.window),
+            });
         }
         window.push(now, tokens);
         let out = headers(window);
@@ -164,17 +194,24 @@ impl Ledger {
 
     /// The JSON served at `GET /mock/stats`.
     pub fn stats(&self) -> Value {
-        let by_status: serde_json::Map<String, Value> = self.by_status.iter().map(|(s, n)| (s.to_string(), json!(n))).collect();
+        let by_status: serde_json::Map<String, Value> = self
+            .by_status
+            .iter()
+            .map(|(s, n)| (s.to_string(), json!(n)))
+            .collect();
         let by_key: serde_json::Map<String, Value> = self
             .keys
             .iter()
             .map(|(label, b)| {
-                (label.clone(), json!({
-                    "requests": b.requests,
-                    "rate_limited": b.rate_limited,
-                    "peak_requests_per_minute": b.window.peak_requests,
-                    "peak_tokens_per_minute": b.window.peak_tokens,
-                }))
+                (
+                    label.clone(),
+                    json!({
+                        "requests": b.requests,
+                        "rate_limited": b.rate_limited,
+                        "peak_requests_per_minute": b.window.peak_requests,
+                        "peak_tokens_per_minute": b.window.peak_tokens,
+                    }),
+                )
             })
             .collect();
         let fault = |name| self.faults.get(name).copied().unwrap_or(0);
@@ -205,11 +242,19 @@ mod tests {
         for _ in 0..3 {
             assert!(l.admit("sk-abcd", 10, Some(3), None, t0).is_ok());
         }
-        let refused = l.admit("sk-abcd", 10, Some(3), None, t0 + Duration::from_secs(20)).unwrap_err();
+        let refused = l
+            .admit("sk-abcd", 10, Some(3), None, t0 + Duration::from_secs(20))
+            .unwrap_err();
         assert_eq!(refused.kind, LimitKind::Requests);
         assert_eq!(refused.retry_after, Duration::from_secs(40));
-        assert!(l.admit("sk-wxyz", 10, Some(3), None, t0).is_ok(), "limits are per key");
-        assert!(l.admit("sk-abcd", 10, Some(3), None, t0 + WINDOW).is_ok(), "the window slid");
+        assert!(
+            l.admit("sk-wxyz", 10, Some(3), None, t0).is_ok(),
+            "limits are per key"
+        );
+        assert!(
+            l.admit("sk-abcd", 10, Some(3), None, t0 + WINDOW).is_ok(),
+            "the window slid"
+        );
         let stats = l.stats();
         assert_eq!(stats["by_key"]["abcd"]["rate_limited"], 1);
         assert_eq!(stats["by_key"]["abcd"]["peak_requests_per_minute"], 3);
@@ -221,12 +266,21 @@ mod tests {
         let mut l = Ledger::default();
         let t0 = Instant::now();
         assert!(l.admit("k", 600, None, Some(1000), t0).is_ok());
-        let h = l.admit("k", 300, None, Some(1000), t0 + Duration::from_secs(1)).unwrap();
+        let h = l
+            .admit("k", 300, None, Some(1000), t0 + Duration::from_secs(1))
+            .unwrap();
         assert_eq!(h.tokens.unwrap().1, 100);
-        let refused = l.admit("k", 200, None, Some(1000), t0 + Duration::from_secs(2)).unwrap_err();
+        let refused = l
+            .admit("k", 200, None, Some(1000), t0 + Duration::from_secs(2))
+            .unwrap_err();
         assert_eq!(refused.kind, LimitKind::Tokens);
         assert_eq!(refused.retry_after, Duration::from_secs(58));
-        assert_eq!(l.admit("k", 5000, None, Some(1000), t0).unwrap_err().retry_after, WINDOW);
+        assert_eq!(
+            l.admit("k", 5000, None, Some(1000), t0)
+                .unwrap_err()
+                .retry_after,
+            WINDOW
+        );
     }
 
     #[test]

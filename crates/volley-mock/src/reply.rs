@@ -22,7 +22,10 @@ fn tokens_of(chars: usize) -> u64 {
 fn text_of(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
         _ => String::new(),
     }
 }
@@ -55,10 +58,16 @@ pub fn chat(request: &Value, messages: &[Value], n: u64, created: u64) -> ChatRe
         .map(|m| tokens_of(text_of(m.get("content")).chars().count()) + TOKENS_PER_MESSAGE)
         .sum::<u64>()
         + TOKENS_PER_REPLY;
-    let last = messages.last().map(|m| text_of(m.get("content"))).unwrap_or_default();
+    let last = messages
+        .last()
+        .map(|m| text_of(m.get("content")))
+        .unwrap_or_default();
     let echo: String = last.chars().take(ECHO_CHARS).collect();
     let wants_json = matches!(
-        request.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str),
+        request
+            .get("response_format")
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str),
         Some("json_object" | "json_schema")
     );
     let content = if wants_json {
@@ -75,7 +84,10 @@ pub fn chat(request: &Value, messages: &[Value], n: u64, created: u64) -> ChatRe
         Some(cap) if cap < natural => (cap.max(1), "length"),
         _ => (natural, "stop"),
     };
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("mock-model");
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-model");
     ChatReply {
         body: json!({
             "id": format!("chatcmpl-mock-{n}"),
@@ -97,20 +109,33 @@ pub fn chat(request: &Value, messages: &[Value], n: u64, created: u64) -> ChatRe
 pub fn embeddings(request: &Value) -> Option<(Value, u64)> {
     let inputs: Vec<String> = match request.get("input")? {
         Value::String(s) => vec![s.clone()],
-        Value::Array(items) => items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect(),
         _ => return None,
     };
-    let tokens: u64 = inputs.iter().map(|s| tokens_of(s.chars().count()).max(1)).sum();
+    let tokens: u64 = inputs
+        .iter()
+        .map(|s| tokens_of(s.chars().count()).max(1))
+        .sum();
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let seed = s.bytes().fold(i as u64 + 1, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-            let vector: Vec<f64> = (0..8u64).map(|k| ((seed.wrapping_mul(k + 7) % 2000) as f64 / 1000.0) - 1.0).collect();
+            let seed = s.bytes().fold(i as u64 + 1, |h, b| {
+                h.wrapping_mul(31).wrapping_add(u64::from(b))
+            });
+            let vector: Vec<f64> = (0..8u64)
+                .map(|k| ((seed.wrapping_mul(k + 7) % 2000) as f64 / 1000.0) - 1.0)
+                .collect();
             json!({"object": "embedding", "index": i, "embedding": vector})
         })
         .collect();
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("mock-embedding");
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-embedding");
     Some((
         json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
         tokens,
@@ -169,14 +194,20 @@ mod tests {
         assert_eq!(r.completion_tokens, 1);
         assert_eq!(r.body["choices"][0]["finish_reason"], "length");
         let body = r.into_body();
-        assert_eq!(body["usage"]["total_tokens"], body["usage"]["prompt_tokens"].as_u64().unwrap() + 1);
+        assert_eq!(
+            body["usage"]["total_tokens"],
+            body["usage"]["prompt_tokens"].as_u64().unwrap() + 1
+        );
     }
 
     #[test]
     fn json_mode_replies_with_json() {
         let req = json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}});
         let r = chat(&req, req["messages"].as_array().unwrap(), 1, 0);
-        let content = r.body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+        let content = r.body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(serde_json::from_str::<Value>(&content).is_ok());
     }
 

@@ -29,7 +29,10 @@ const RESET_AFTER: &[u8] = b"{\"id\":\"chatcmpl-mock\",\"object\":";
 #[derive(Debug, thiserror::Error)]
 pub enum MockError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 struct Shared {
@@ -46,7 +49,11 @@ impl Shared {
 
 /// The mock's routes, for serving or for driving with `tower::ServiceExt::oneshot`.
 pub fn app(config: MockConfig) -> Router {
-    router(Arc::new(Shared { config, ledger: Mutex::new(Ledger::default()), next: AtomicU64::new(0) }))
+    router(Arc::new(Shared {
+        config,
+        ledger: Mutex::new(Ledger::default()),
+        next: AtomicU64::new(0),
+    }))
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -68,9 +75,17 @@ pub struct MockServer {
 impl MockServer {
     /// Binds `addr` (port 0 = a free port) and serves on a spawned task.
     pub async fn start(config: MockConfig, addr: SocketAddr) -> Result<MockServer, MockError> {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| MockError::Bind { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| MockError::Bind { addr, source })?;
-        let shared = Arc::new(Shared { config, ledger: Mutex::new(Ledger::default()), next: AtomicU64::new(0) });
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| MockError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| MockError::Bind { addr, source })?;
+        let shared = Arc::new(Shared {
+            config,
+            ledger: Mutex::new(Ledger::default()),
+            next: AtomicU64::new(0),
+        });
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
             // Serving ends only by abort; an accept error here has nowhere better to go.
@@ -115,27 +130,51 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-fn json_response(status: StatusCode, body: &Value, headers: Vec<(HeaderName, HeaderValue)>) -> Response {
-    let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+fn json_response(
+    status: StatusCode,
+    body: &Value,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Response {
+    let mut response = (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
     response.headers_mut().extend(headers);
     response
 }
 
 fn header(name: &'static str, value: String) -> Option<(HeaderName, HeaderValue)> {
-    Some((HeaderName::from_static(name), HeaderValue::from_str(&value).ok()?))
+    Some((
+        HeaderName::from_static(name),
+        HeaderValue::from_str(&value).ok()?,
+    ))
 }
 
 fn rate_headers(h: &RateHeaders, request_id: &str) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = vec![header("x-request-id", request_id.to_string())];
     if let Some((limit, remaining, reset)) = h.requests {
         out.push(header("x-ratelimit-limit-requests", limit.to_string()));
-        out.push(header("x-ratelimit-remaining-requests", remaining.to_string()));
-        out.push(header("x-ratelimit-reset-requests", reply::go_duration(reset)));
+        out.push(header(
+            "x-ratelimit-remaining-requests",
+            remaining.to_string(),
+        ));
+        out.push(header(
+            "x-ratelimit-reset-requests",
+            reply::go_duration(reset),
+        ));
     }
     if let Some((limit, remaining, reset)) = h.tokens {
         out.push(header("x-ratelimit-limit-tokens", limit.to_string()));
-        out.push(header("x-ratelimit-remaining-tokens", remaining.to_string()));
-        out.push(header("x-ratelimit-reset-tokens", reply::go_duration(reset)));
+        out.push(header(
+            "x-ratelimit-remaining-tokens",
+            remaining.to_string(),
+        ));
+        out.push(header(
+            "x-ratelimit-reset-tokens",
+            reply::go_duration(reset),
+        ));
     }
     out.into_iter().flatten().collect()
 }
@@ -159,17 +198,31 @@ impl<'a> Arrival<'a> {
     fn refuse(&self, status: StatusCode, message: &str, kind: &str) -> Response {
         self.shared.ledger().count_status(status.as_u16());
         let id = format!("req-mock-{}", self.n);
-        json_response(status, &reply::error(message, kind, None), rate_headers(&RateHeaders::default(), &id))
+        json_response(
+            status,
+            &reply::error(message, kind, None),
+            rate_headers(&RateHeaders::default(), &id),
+        )
     }
 
     /// Limits, latency and faults, then `body` (with `prompt`/`completion` billed).
     async fn answer(self, body: Value, prompt: u64, completion: u64) -> Response {
         let config = &self.shared.config;
         let Some(key) = self.key.as_deref() else {
-            return self.refuse(StatusCode::UNAUTHORIZED, "No API key provided: send Authorization: Bearer KEY", "invalid_request_error");
+            return self.refuse(
+                StatusCode::UNAUTHORIZED,
+                "No API key provided: send Authorization: Bearer KEY",
+                "invalid_request_error",
+            );
         };
         let request_id = format!("req-mock-{}", self.n);
-        let admitted = self.shared.ledger().admit(key, prompt + completion, config.rpm, config.tpm, Instant::now());
+        let admitted = self.shared.ledger().admit(
+            key,
+            prompt + completion,
+            config.rpm,
+            config.tpm,
+            Instant::now(),
+        );
         let limits = match admitted {
             Ok(h) => h,
             Err(limited) => {
@@ -186,8 +239,15 @@ impl<'a> Arrival<'a> {
                 let mut headers = rate_headers(&limited.headers, &request_id);
                 let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 headers.extend(header("retry-after", secs.to_string()));
-                headers.extend(header("retry-after-ms", limited.retry_after.as_millis().max(1).to_string()));
-                return json_response(StatusCode::TOO_MANY_REQUESTS, &reply::error(&message, kind, Some("rate_limit_exceeded")), headers);
+                headers.extend(header(
+                    "retry-after-ms",
+                    limited.retry_after.as_millis().max(1).to_string(),
+                ));
+                return json_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &reply::error(&message, kind, Some("rate_limit_exceeded")),
+                    headers,
+                );
             }
         };
         let mut dice = Dice::for_request(config.seed, self.n);
@@ -214,15 +274,21 @@ impl<'a> Arrival<'a> {
         match fault {
             Fault::None => json_response(StatusCode::OK, &body, headers),
             Fault::Fail(status) => {
-                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let message = "The server had an error while processing your request (injected fault)";
+                let code =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let message =
+                    "The server had an error while processing your request (injected fault)";
                 json_response(code, &reply::error(message, "server_error", None), headers)
             }
             Fault::Malformed => {
                 let text = body.to_string();
                 let cut = Bytes::copy_from_slice(&text.as_bytes()[..text.len() / 2]);
-                let mut response =
-                    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], cut).into_response();
+                let mut response = (
+                    StatusCode::OK,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    cut,
+                )
+                    .into_response();
                 response.headers_mut().extend(headers);
                 response
             }
@@ -231,42 +297,75 @@ impl<'a> Arrival<'a> {
                     Ok(Bytes::from_static(RESET_AFTER)),
                     Err(std::io::Error::other("injected connection reset")),
                 ];
-                let mut response = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+                let mut response =
+                    Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
                 response.headers_mut().extend(headers);
                 response
             }
             Fault::Hang => {
                 tokio::time::sleep(HANG).await;
-                json_response(StatusCode::GATEWAY_TIMEOUT, &reply::error("hung (injected fault)", "server_error", None), headers)
+                json_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &reply::error("hung (injected fault)", "server_error", None),
+                    headers,
+                )
             }
         }
     }
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let arrival = Arrival::new(&shared, &headers);
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return arrival.refuse(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request.", "invalid_request_error");
+        return arrival.refuse(
+            StatusCode::BAD_REQUEST,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+        );
     };
-    let Some(messages) = request.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty()) else {
-        return arrival.refuse(StatusCode::BAD_REQUEST, "'messages' is a required property and must be a non-empty array", "invalid_request_error");
+    let Some(messages) = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+    else {
+        return arrival.refuse(
+            StatusCode::BAD_REQUEST,
+            "'messages' is a required property and must be a non-empty array",
+            "invalid_request_error",
+        );
     };
     let planned = reply::chat(&request, messages, arrival.n, unix_now());
     let (prompt, completion) = (planned.prompt_tokens, planned.completion_tokens);
-    arrival.answer(planned.into_body(), prompt, completion).await
+    arrival
+        .answer(planned.into_body(), prompt, completion)
+        .await
 }
 
-async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let arrival = Arrival::new(&shared, &headers);
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return arrival.refuse(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request.", "invalid_request_error");
+        return arrival.refuse(
+            StatusCode::BAD_REQUEST,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+        );
     };
     let Some((reply, tokens)) = reply::embeddings(&request) else {
-        return arrival.refuse(StatusCode::BAD_REQUEST, "'input' is a required property: a string or an array of strings", "invalid_request_error");
+        return arrival.refuse(
+            StatusCode::BAD_REQUEST,
+            "'input' is a required property: a string or an array of strings",
+            "invalid_request_error",
+        );
     };
     arrival.answer(reply, tokens, 0).await
 }

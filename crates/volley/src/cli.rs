@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use volley_core::defaults;
 
 #[derive(Debug, Parser)]
-#[command(name = "volley", version, about = "Send JSONL batches of LLM requests through OpenAI-compatible APIs: fast, within limits, resumable.")]
+#[command(
+    name = "volley",
+    version,
+    about = "Send JSONL batches of LLM requests through OpenAI-compatible APIs: fast, within limits, resumable."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -174,8 +178,10 @@ pub struct SortArgs {
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if v.is_finite() && v >= 0.0 && v < 1e9 {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if (0.0..1e9).contains(&v) {
         Ok(v)
     } else {
         Err(format!("{s:?} must be a non-negative number of seconds"))

@@ -55,7 +55,10 @@ impl Drop for LineWriter {
 impl<'a> MakeWriter<'a> for BarSlot {
     type Writer = LineWriter;
     fn make_writer(&'a self) -> LineWriter {
-        LineWriter { slot: self.clone(), buf: Vec::new() }
+        LineWriter {
+            slot: self.clone(),
+            buf: Vec::new(),
+        }
     }
 }
 
@@ -63,7 +66,10 @@ impl<'a> MakeWriter<'a> for BarSlot {
 pub fn init(format: LogFormat, quiet: bool, slot: BarSlot) {
     let level = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(slot).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(slot)
+        .with_target(false);
     // A second init (tests calling twice) is harmless: the first subscriber stays.
     let _ = match format {
         LogFormat::Text => builder.without_time().try_init(),

@@ -22,9 +22,16 @@ impl Observer for EventLog {
     fn on_event(&self, event: &Event) {
         match event {
             Event::KeyPaused { key, pause } => {
-                tracing::info!("{key} rate limited: pausing it for {}", human_duration(*pause));
+                tracing::info!(
+                    "{key} rate limited: pausing it for {}",
+                    human_duration(*pause)
+                );
             }
-            Event::KeyRetired { key, reason, message } => {
+            Event::KeyRetired {
+                key,
+                reason,
+                message,
+            } => {
                 tracing::warn!("{key} leaves the pool ({reason}): {message}");
             }
             Event::RetryBudgetExhausted { spent } => {
@@ -33,8 +40,16 @@ impl Observer for EventLog {
                 );
             }
             Event::Stopping { reason } => tracing::warn!("stopping: {reason}"),
-            Event::Retrying { custom_id, reason, delay, attempt } => {
-                tracing::debug!("{custom_id}: attempt {attempt} failed ({reason}), retrying in {}", human_duration(*delay));
+            Event::Retrying {
+                custom_id,
+                reason,
+                delay,
+                attempt,
+            } => {
+                tracing::debug!(
+                    "{custom_id}: attempt {attempt} failed ({reason}), retrying in {}",
+                    human_duration(*delay)
+                );
             }
             _ => {}
         }
@@ -43,7 +58,11 @@ impl Observer for EventLog {
 
 /// One periodic summary line (log mode).
 pub fn summary_line(s: &Snapshot) -> String {
-    let pct = if s.total > 0 { 100.0 * s.finished() as f64 / s.total as f64 } else { 100.0 };
+    let pct = if s.total > 0 {
+        100.0 * s.finished() as f64 / s.total as f64
+    } else {
+        100.0
+    };
     format!(
         "progress: {}/{} ({pct:.1}%) · {:.1} req/s · in flight {} · queued {} · retries {} · 429s {} · errors {} · waited for limits {} · tokens {} · ETA {}",
         s.finished(),
@@ -61,7 +80,12 @@ pub fn summary_line(s: &Snapshot) -> String {
 }
 
 /// Renders progress until `done` fires.
-pub async fn show(stats: Arc<RunStats>, bar: Option<ProgressBar>, interval: Duration, done: CancellationToken) {
+pub async fn show(
+    stats: Arc<RunStats>,
+    bar: Option<ProgressBar>,
+    interval: Duration,
+    done: CancellationToken,
+) {
     match bar {
         Some(bar) => loop {
             let s = stats.snapshot();
@@ -91,8 +115,9 @@ pub async fn show(stats: Arc<RunStats>, bar: Option<ProgressBar>, interval: Dura
 /// A bar drawn on standard error.
 pub fn new_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }

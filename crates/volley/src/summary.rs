@@ -43,18 +43,30 @@ pub fn render(s: &Snapshot, results: &str, errors: &str) -> String {
         s.already_done,
         s.total.saturating_sub(s.finished() - s.invalid),
     );
-    let reasons: Vec<String> = s.retries_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    let reasons: Vec<String> = s
+        .retries_by_reason
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
     let _ = writeln!(
         out,
         "  attempts {} · retries {}{} · 429s {} · waited for limits {}",
         s.attempts,
         s.retries,
-        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        },
         s.rate_limited,
         human_duration(s.throttled),
     );
     if !s.attempts_histogram.is_empty() {
-        let hist: Vec<String> = s.attempts_histogram.iter().map(|(a, n)| format!("{a}×{n}")).collect();
+        let hist: Vec<String> = s
+            .attempts_histogram
+            .iter()
+            .map(|(a, n)| format!("{a}×{n}"))
+            .collect();
         let _ = writeln!(out, "  attempts per request: {}", hist.join(" "));
     }
     let _ = writeln!(
@@ -77,7 +89,11 @@ pub fn render(s: &Snapshot, results: &str, errors: &str) -> String {
         u.cost.map_or("unknown".into(), |c| format!("${c:.4}"))
     );
     if !s.errors_by_code.is_empty() {
-        let codes: Vec<String> = s.errors_by_code.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        let codes: Vec<String> = s
+            .errors_by_code
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
         let _ = writeln!(out, "  errors: {}", codes.join(", "));
     }
     for (key, why) in &s.keys_retired {

@@ -10,7 +10,10 @@ use common::*;
 use serde_json::{Value, json};
 
 fn ids(lines: &[Value]) -> Vec<String> {
-    lines.iter().map(|l| l["custom_id"].as_str().unwrap().to_string()).collect()
+    lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn assert_each_once(lines: &[Value], n: usize) {
@@ -21,7 +24,10 @@ fn assert_each_once(lines: &[Value], n: usize) {
 }
 
 fn total_tokens(lines: &[Value]) -> u64 {
-    lines.iter().map(|l| l["volley"]["usage"]["total_tokens"].as_u64().unwrap()).sum()
+    lines
+        .iter()
+        .map(|l| l["volley"]["usage"]["total_tokens"].as_u64().unwrap())
+        .sum()
 }
 
 /// Flags that keep retries quick in tests.
@@ -29,17 +35,44 @@ const FAST_RETRY: [&str; 4] = ["--initial-backoff", "0.01", "--max-backoff", "0.
 
 #[test]
 fn faults_are_retried_until_every_request_succeeds_and_tokens_match_the_bill() {
-    let mock = MockProc::start(&["--fail-rate", "0.05", "--malformed-rate", "0.01", "--reset-rate", "0.01", "--seed", "7"]);
+    let mock = MockProc::start(&[
+        "--fail-rate",
+        "0.05",
+        "--malformed-rate",
+        "0.01",
+        "--reset-rate",
+        "0.01",
+        "--seed",
+        "7",
+    ]);
     let ws = Workspace::new();
     ws.prompts("batch.jsonl", 2000);
     let out = ws.run(&[
-        "run", "batch.jsonl", "--base-url", &mock.base_url, "--api-key-env", KEY_ENV, "--model", "m",
-        "--concurrency", "64", "--progress", "off", "--initial-backoff", "0.01", "--max-backoff", "0.2",
+        "run",
+        "batch.jsonl",
+        "--base-url",
+        &mock.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model",
+        "m",
+        "--concurrency",
+        "64",
+        "--progress",
+        "off",
+        "--initial-backoff",
+        "0.01",
+        "--max-backoff",
+        "0.2",
     ]);
     assert_exit(&out, 0);
     let results = ws.jsonl("batch.results.jsonl");
     assert_each_once(&results, 2000);
-    assert!(ws.jsonl("batch.errors.jsonl").is_empty(), "{}", explain(&out));
+    assert!(
+        ws.jsonl("batch.errors.jsonl").is_empty(),
+        "{}",
+        explain(&out)
+    );
     for r in &results {
         assert_eq!(r["response"]["status_code"], 200);
         assert!(r["error"].is_null());
@@ -47,17 +80,33 @@ fn faults_are_retried_until_every_request_succeeds_and_tokens_match_the_bill() {
         assert!(r["id"].as_str().unwrap().starts_with("vol-"));
     }
     let stats = mock.stats();
-    let faults: u64 = ["fail", "malformed", "reset"].iter().map(|f| stats["faults"][f].as_u64().unwrap()).sum();
+    let faults: u64 = ["fail", "malformed", "reset"]
+        .iter()
+        .map(|f| stats["faults"][f].as_u64().unwrap())
+        .sum();
     assert!(faults > 50, "the mock should have injected faults: {stats}");
-    let retried = results.iter().filter(|r| r["volley"]["attempts"].as_u64().unwrap() > 1).count();
+    let retried = results
+        .iter()
+        .filter(|r| r["volley"]["attempts"].as_u64().unwrap() > 1)
+        .count();
     assert!(retried as u64 >= faults / 2, "faults were retried");
     // Tokens volley recorded over all attempts equal what the mock billed.
-    assert_eq!(total_tokens(&results), stats["tokens_billed"]["total"].as_u64().unwrap(), "{stats}");
+    assert_eq!(
+        total_tokens(&results),
+        stats["tokens_billed"]["total"].as_u64().unwrap(),
+        "{stats}"
+    );
     let key = std::env::var(KEY_ENV).unwrap_or_default();
     let text = std::fs::read_to_string(ws.path("batch.results.jsonl")).unwrap();
     assert!(key.is_empty() || !text.contains(&key));
-    assert!(!text.contains("sk-test-0000000000001234"), "the key leaked into RESULTS");
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("sk-test-"), "the key leaked into the log");
+    assert!(
+        !text.contains("sk-test-0000000000001234"),
+        "the key leaked into RESULTS"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("sk-test-"),
+        "the key leaked into the log"
+    );
 }
 
 #[test]
@@ -66,13 +115,29 @@ fn killed_mid_run_and_resumed_every_request_lands_exactly_once() {
     let ws = Workspace::new();
     ws.prompts("batch.jsonl", 400);
     let args = [
-        "run", "batch.jsonl", "--base-url", &mock.base_url, "--api-key-env", KEY_ENV, "--model", "m",
-        "--concurrency", "32", "--progress", "off",
+        "run",
+        "batch.jsonl",
+        "--base-url",
+        &mock.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model",
+        "m",
+        "--concurrency",
+        "32",
+        "--progress",
+        "off",
     ];
-    let mut child = volley().args(args).current_dir(ws.dir.path()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = volley()
+        .args(args)
+        .current_dir(ws.dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let done = std::fs::read_to_string(ws.path("batch.results.jsonl")).map_or(0, |t| t.lines().count());
+        let done = std::fs::read_to_string(ws.path("batch.results.jsonl"))
+            .map_or(0, |t| t.lines().count());
         if done >= 100 {
             break;
         }
@@ -81,28 +146,53 @@ fn killed_mid_run_and_resumed_every_request_lands_exactly_once() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let before = std::fs::read_to_string(ws.path("batch.results.jsonl")).unwrap().lines().count();
+    let before = std::fs::read_to_string(ws.path("batch.results.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
     assert!(before < 400, "the run finished before it was killed");
     // Simulate the worst moment too: a crash halfway through writing a line.
-    let mut f = std::fs::OpenOptions::new().append(true).open(ws.path("batch.results.jsonl")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ws.path("batch.results.jsonl"))
+        .unwrap();
     std::io::Write::write_all(&mut f, b"{\"id\":\"vol-torn\",\"custom_id\":\"r39").unwrap();
     drop(f);
 
     let out = ws.run(&args);
     assert_exit(&out, 0);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("torn"), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("torn"),
+        "{}",
+        explain(&out)
+    );
     assert_each_once(&ws.jsonl("batch.results.jsonl"), 400);
     // Everything finished before the kill was skipped.
     let sent = mock.stats()["requests"].as_u64().unwrap();
-    assert!(sent <= 400 + 32 + 1, "re-run re-sent finished work: {sent} requests");
+    assert!(
+        sent <= 400 + 32 + 1,
+        "re-run re-sent finished work: {sent} requests"
+    );
 }
 
 #[test]
 fn a_400_fails_after_one_attempt() {
-    let server = ScriptServer::start(vec![Scripted::new(400, json!({"error": {"message": "bad parameter", "type": "invalid_request_error", "param": null, "code": null}}))]);
+    let server = ScriptServer::start(vec![Scripted::new(
+        400,
+        json!({"error": {"message": "bad parameter", "type": "invalid_request_error", "param": null, "code": null}}),
+    )]);
     let ws = Workspace::new();
     ws.write("b.jsonl", "{\"custom_id\":\"x\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}}\n");
-    let out = ws.run(&["run", "b.jsonl", "--base-url", &server.base_url, "--api-key-env", KEY_ENV, "--progress", "off"]);
+    let out = ws.run(&[
+        "run",
+        "b.jsonl",
+        "--base-url",
+        &server.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--progress",
+        "off",
+    ]);
     assert_exit(&out, 1);
     assert_eq!(server.requests(), 1);
     let errors = ws.jsonl("b.errors.jsonl");
@@ -118,12 +208,27 @@ fn a_400_fails_after_one_attempt() {
 #[test]
 fn a_429_with_retry_after_is_not_retried_sooner() {
     let server = ScriptServer::start(vec![
-        Scripted::new(429, json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}})).header("retry-after", "2"),
+        Scripted::new(
+            429,
+            json!({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}),
+        )
+        .header("retry-after", "2"),
         Scripted::new(200, completion("hello")),
     ]);
     let ws = Workspace::new();
     ws.write("b.jsonl", "{\"prompt\":\"hi\"}\n");
-    let out = ws.run(&["run", "b.jsonl", "--base-url", &server.base_url, "--api-key-env", KEY_ENV, "--model", "m", "--progress", "off"]);
+    let out = ws.run(&[
+        "run",
+        "b.jsonl",
+        "--base-url",
+        &server.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model",
+        "m",
+        "--progress",
+        "off",
+    ]);
     assert_exit(&out, 0);
     let arrivals = server.arrivals.lock().unwrap().clone();
     assert_eq!(arrivals.len(), 2);
@@ -147,23 +252,47 @@ fn bad_input_exits_2_naming_file_and_line_before_any_request() {
         r#"{"custom_id":"d","body":{"model":"m","messages":[{"role":"user","content":"4"}]}}"#,
     ];
     ws.write("in.jsonl", &(lines.join("\n") + "\n"));
-    let base = ["run", "in.jsonl", "--base-url", &server.base_url, "--api-key-env", KEY_ENV, "--progress", "off"];
+    let base = [
+        "run",
+        "in.jsonl",
+        "--base-url",
+        &server.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--progress",
+        "off",
+    ];
     let out = ws.run(&base);
     assert_exit(&out, 2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in.jsonl:2: not valid JSON"), "{err}");
     assert!(err.contains("in.jsonl:3: field \"body\""), "{err}");
-    assert!(err.contains("in.jsonl:5: custom_id \"a\" repeats line 1"), "{err}");
-    assert_eq!(server.requests(), 0, "nothing may be sent when the input is bad");
+    assert!(
+        err.contains("in.jsonl:5: custom_id \"a\" repeats line 1"),
+        "{err}"
+    );
+    assert_eq!(
+        server.requests(),
+        0,
+        "nothing may be sent when the input is bad"
+    );
 
     let out = ws.run(&[&base[..], &["--skip-invalid"]].concat());
     assert_exit(&out, 1);
     let results = ws.jsonl("in.results.jsonl");
-    assert_eq!(ids(&results).into_iter().collect::<HashSet<_>>(), HashSet::from(["a".to_string(), "d".to_string()]));
+    assert_eq!(
+        ids(&results).into_iter().collect::<HashSet<_>>(),
+        HashSet::from(["a".to_string(), "d".to_string()])
+    );
     let errors = ws.jsonl("in.errors.jsonl");
     assert_eq!(errors.len(), 3, "{errors:?}");
     assert!(errors.iter().all(|e| e["error"]["code"] == "invalid_input"));
-    assert!(errors.iter().any(|e| e["error"]["message"].as_str().unwrap().contains("in.jsonl:5")));
+    assert!(errors.iter().any(|e| {
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in.jsonl:5")
+    }));
 
     // A re-run finds nothing left to do and files nothing twice.
     let out = ws.run(&[&base[..], &["--skip-invalid"]].concat());
@@ -177,9 +306,30 @@ fn the_retry_budget_stops_a_retry_storm() {
     let mock = MockProc::start(&["--fail-rate", "1.0"]);
     let ws = Workspace::new();
     ws.prompts("b.jsonl", 100);
-    let out = ws.run(&[&["run", "b.jsonl", "--base-url", &mock.base_url, "--api-key-env", KEY_ENV, "--model", "m", "--progress", "off"][..], &FAST_RETRY].concat());
+    let out = ws.run(
+        &[
+            &[
+                "run",
+                "b.jsonl",
+                "--base-url",
+                &mock.base_url,
+                "--api-key-env",
+                KEY_ENV,
+                "--model",
+                "m",
+                "--progress",
+                "off",
+            ][..],
+            &FAST_RETRY,
+        ]
+        .concat(),
+    );
     assert_exit(&out, 1);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("retry budget spent"), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retry budget spent"),
+        "{}",
+        explain(&out)
+    );
     assert_eq!(ws.jsonl("b.errors.jsonl").len(), 100);
     // 100 first attempts + at most 10 + 20% of 100 retries.
     let sent = mock.stats()["requests"].as_u64().unwrap();
@@ -192,20 +342,72 @@ fn json_schema_failures_are_retried_and_their_tokens_kept() {
     let ws = Workspace::new();
     ws.write("schema.json", r#"{"type":"object","required":["verdict"]}"#);
     ws.write("b.jsonl", "{\"id\":\"j\",\"prompt\":\"answer in JSON\",\"response_format\":{\"type\":\"json_object\"}}\n");
-    let out = ws.run(&[&["run", "b.jsonl", "--base-url", &mock.base_url, "--api-key-env", KEY_ENV, "--model", "m", "--progress", "off", "--json-schema", "schema.json", "--max-retries", "2"][..], &FAST_RETRY].concat());
+    let out = ws.run(
+        &[
+            &[
+                "run",
+                "b.jsonl",
+                "--base-url",
+                &mock.base_url,
+                "--api-key-env",
+                KEY_ENV,
+                "--model",
+                "m",
+                "--progress",
+                "off",
+                "--json-schema",
+                "schema.json",
+                "--max-retries",
+                "2",
+            ][..],
+            &FAST_RETRY,
+        ]
+        .concat(),
+    );
     assert_exit(&out, 1);
     let errors = ws.jsonl("b.errors.jsonl");
     assert_eq!(errors[0]["error"]["code"], "invalid_response");
-    assert!(errors[0]["error"]["message"].as_str().unwrap().contains("schema"));
+    assert!(
+        errors[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("schema")
+    );
     assert_eq!(errors[0]["volley"]["attempts"], 3);
     let billed = mock.stats()["tokens_billed"]["total"].as_u64().unwrap();
     assert!(billed > 0);
-    assert_eq!(errors[0]["volley"]["usage"]["total_tokens"].as_u64().unwrap(), billed);
+    assert_eq!(
+        errors[0]["volley"]["usage"]["total_tokens"]
+            .as_u64()
+            .unwrap(),
+        billed
+    );
 
     // --expect json accepts the same replies.
-    let out = ws.run(&["run", "b.jsonl", "-o", "json.results.jsonl", "--errors", "json.errors.jsonl", "--base-url", &mock.base_url, "--api-key-env", KEY_ENV, "--model", "m", "--progress", "off", "--expect", "json"]);
+    let out = ws.run(&[
+        "run",
+        "b.jsonl",
+        "-o",
+        "json.results.jsonl",
+        "--errors",
+        "json.errors.jsonl",
+        "--base-url",
+        &mock.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model",
+        "m",
+        "--progress",
+        "off",
+        "--expect",
+        "json",
+    ]);
     assert_exit(&out, 0);
-    let content = ws.jsonl("json.results.jsonl")[0]["response"]["body"]["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let content =
+        ws.jsonl("json.results.jsonl")[0]["response"]["body"]["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
     assert!(serde_json::from_str::<Value>(&content).is_ok());
 }
 
@@ -214,21 +416,57 @@ fn limit_offset_events_stdin_and_sort() {
     let mock = MockProc::start(&["--jitter-ms", "20"]);
     let ws = Workspace::new();
     ws.prompts("b.jsonl", 30);
-    let common = ["--base-url", &mock.base_url, "--api-key-env", KEY_ENV, "--model", "m", "--progress", "off"];
-    let out = ws.run(&[&["run", "b.jsonl", "--offset", "5", "--limit", "10", "--events", "ev.jsonl"][..], &common].concat());
+    let common = [
+        "--base-url",
+        &mock.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model",
+        "m",
+        "--progress",
+        "off",
+    ];
+    let out = ws.run(
+        &[
+            &[
+                "run", "b.jsonl", "--offset", "5", "--limit", "10", "--events", "ev.jsonl",
+            ][..],
+            &common,
+        ]
+        .concat(),
+    );
     assert_exit(&out, 0);
     let got: HashSet<String> = ids(&ws.jsonl("b.results.jsonl")).into_iter().collect();
     let want: HashSet<String> = (5..15).map(|i| format!("r{i}")).collect();
     assert_eq!(got, want);
     let events = ws.jsonl("ev.jsonl");
-    assert_eq!(events.iter().filter(|e| e["event"] == "request_finished").count(), 10);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "request_finished")
+            .count(),
+        10
+    );
     assert_eq!(events[0]["event"], "run_started");
     assert_eq!(events[0]["total"], 10);
 
     // The rest, read from standard input.
     let input = std::fs::read(ws.path("b.jsonl")).unwrap();
     let mut child = volley()
-        .args([&["run", "-", "-o", "b.results.jsonl", "--errors", "b.errors.jsonl"][..], &common].concat())
+        .args(
+            [
+                &[
+                    "run",
+                    "-",
+                    "-o",
+                    "b.results.jsonl",
+                    "--errors",
+                    "b.errors.jsonl",
+                ][..],
+                &common,
+            ]
+            .concat(),
+        )
         .current_dir(ws.dir.path())
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -247,18 +485,49 @@ fn limit_offset_events_stdin_and_sort() {
 
 #[test]
 fn a_key_that_is_refused_stops_the_run_with_exit_3_and_it_resumes() {
-    let server = ScriptServer::start(vec![Scripted::new(401, json!({"error": {"message": "No auth credentials found", "code": 401}}))]);
+    let server = ScriptServer::start(vec![Scripted::new(
+        401,
+        json!({"error": {"message": "No auth credentials found", "code": 401}}),
+    )]);
     let ws = Workspace::new();
     ws.prompts("b.jsonl", 5);
-    let out = ws.run(&["run", "b.jsonl", "--base-url", &server.base_url, "--api-key-env", KEY_ENV, "--model", "m", "--progress", "off"]);
+    let out = ws.run(&[
+        "run",
+        "b.jsonl",
+        "--base-url",
+        &server.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model",
+        "m",
+        "--progress",
+        "off",
+    ]);
     assert_exit(&out, 3);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("key#1") && err.contains("unauthorized"), "{err}");
+    assert!(
+        err.contains("key#1") && err.contains("unauthorized"),
+        "{err}"
+    );
     assert!(!err.contains("sk-test-"), "the key leaked: {err}");
-    assert!(ws.jsonl("b.results.jsonl").is_empty() && ws.jsonl("b.errors.jsonl").is_empty(), "no request is lost as a failure");
+    assert!(
+        ws.jsonl("b.results.jsonl").is_empty() && ws.jsonl("b.errors.jsonl").is_empty(),
+        "no request is lost as a failure"
+    );
 
     let good = MockProc::start(&[]);
-    let out = ws.run(&["run", "b.jsonl", "--base-url", &good.base_url, "--api-key-env", KEY_ENV, "--model", "m", "--progress", "off"]);
+    let out = ws.run(&[
+        "run",
+        "b.jsonl",
+        "--base-url",
+        &good.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model",
+        "m",
+        "--progress",
+        "off",
+    ]);
     assert_exit(&out, 0);
     assert_each_once(&ws.jsonl("b.results.jsonl"), 5);
 }
@@ -267,26 +536,53 @@ fn a_key_that_is_refused_stops_the_run_with_exit_3_and_it_resumes() {
 fn usage_errors_exit_2() {
     let ws = Workspace::new();
     ws.prompts("b.jsonl", 1);
-    let out = volley().env_remove(KEY_ENV).args(["run", "b.jsonl", "--model", "m"]).current_dir(ws.dir.path()).output().unwrap();
+    let out = volley()
+        .env_remove(KEY_ENV)
+        .args(["run", "b.jsonl", "--model", "m"])
+        .current_dir(ws.dir.path())
+        .output()
+        .unwrap();
     assert_exit(&out, 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no API key"), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no API key"),
+        "{}",
+        explain(&out)
+    );
     let out = ws.run(&["run", "missing.jsonl", "--mock"]);
     assert_exit(&out, 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.jsonl"), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.jsonl"),
+        "{}",
+        explain(&out)
+    );
     let out = ws.run(&["run", "b.jsonl", "--mock"]);
     assert_exit(&out, 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("b.jsonl:1: no model"), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("b.jsonl:1: no model"),
+        "{}",
+        explain(&out)
+    );
 }
 
 #[test]
 fn the_bundled_example_runs_on_the_built_in_mock() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/questions.jsonl");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/questions.jsonl"
+    );
     let ws = Workspace::new();
     std::fs::copy(example, ws.path("questions.jsonl")).unwrap();
     let out = ws.run(&["run", "questions.jsonl", "--mock"]);
     assert_exit(&out, 0);
-    let n = std::fs::read_to_string(example).unwrap().lines().filter(|l| !l.trim().is_empty()).count();
+    let n = std::fs::read_to_string(example)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
     assert_each_once(&ws.jsonl("questions.results.jsonl"), n);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("succeeded") && err.contains("p50"), "the final summary is printed: {err}");
+    assert!(
+        err.contains("succeeded") && err.contains("p50"),
+        "the final summary is printed: {err}"
+    );
 }

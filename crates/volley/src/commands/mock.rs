@@ -33,7 +33,11 @@ pub async fn mock(args: MockArgs) -> anyhow::Result<Exit> {
     writeln!(stdout, "{}", server.base_url())?;
     stdout.flush()?;
     drop(stdout);
-    eprintln!("volley mock serving {} (stats: GET http://{}/mock/stats); Ctrl-C stops it", server.base_url(), server.addr());
+    eprintln!(
+        "volley mock serving {} (stats: GET http://{}/mock/stats); Ctrl-C stops it",
+        server.base_url(),
+        server.addr()
+    );
     shutdown_signal().await;
     server.shutdown().await;
     Ok(Exit::Success)

@@ -56,14 +56,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         }
     };
     if args.initial_backoff > args.max_backoff {
-        eprintln!("error: --initial-backoff ({}) is larger than --max-backoff ({})", args.initial_backoff, args.max_backoff);
+        eprintln!(
+            "error: --initial-backoff ({}) is larger than --max-backoff ({})",
+            args.initial_backoff, args.max_backoff
+        );
         return Ok(Exit::Usage);
     }
 
     let plan = RunPlan {
         input,
         files: files.clone(),
-        defaults: LineDefaults { model: args.model.clone() },
+        defaults: LineDefaults {
+            model: args.model.clone(),
+        },
         offset: args.offset,
         limit: args.limit,
         skip_invalid: args.skip_invalid,
@@ -77,7 +82,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         }
     };
     for (path, bytes) in &prepared.checkpoint.repaired {
-        tracing::warn!("{path}: cut a torn last line ({bytes} bytes) left by a crash; that request will be sent again");
+        tracing::warn!(
+            "{path}: cut a torn last line ({bytes} bytes) left by a crash; that request will be sent again"
+        );
     }
     let scan = &prepared.scan;
     if !scan.issues.is_empty() {
@@ -86,7 +93,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
                 eprintln!("error: {}", scan.describe(issue));
             }
             if scan.issues.len() > defaults::INPUT_ERRORS_SHOWN {
-                eprintln!("error: ... and {} more invalid lines", scan.issues.len() - defaults::INPUT_ERRORS_SHOWN);
+                eprintln!(
+                    "error: ... and {} more invalid lines",
+                    scan.issues.len() - defaults::INPUT_ERRORS_SHOWN
+                );
             }
             eprintln!(
                 "{} invalid line(s) in {}; nothing was sent. Fix them, or pass --skip-invalid to record them in ERRORS and send the rest.",
@@ -95,7 +105,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             );
             return Ok(Exit::Usage);
         }
-        tracing::warn!("{} invalid line(s) in {} go to ERRORS (--skip-invalid)", scan.issues.len(), scan.label);
+        tracing::warn!(
+            "{} invalid line(s) in {} go to ERRORS (--skip-invalid)",
+            scan.issues.len(),
+            scan.label
+        );
     }
     if prepared.checkpoint.results > 0 || scan.already_done > 0 {
         tracing::info!(
@@ -106,7 +120,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     }
 
     let mock = if args.mock {
-        let config = MockConfig { latency_ms: MOCK_LATENCY_MS, jitter_ms: MOCK_JITTER_MS, ..MockConfig::default() };
+        let config = MockConfig {
+            latency_ms: MOCK_LATENCY_MS,
+            jitter_ms: MOCK_JITTER_MS,
+            ..MockConfig::default()
+        };
         let server = MockServer::start(config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .context("cannot start the built-in mock")?;
@@ -115,13 +133,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     } else {
         None
     };
-    let base_url = mock.as_ref().map_or_else(|| args.base_url.clone(), MockServer::base_url);
+    let base_url = mock
+        .as_ref()
+        .map_or_else(|| args.base_url.clone(), MockServer::base_url);
 
     let stats = Arc::new(RunStats::new());
     let event_file = match &args.events {
-        Some(path) => Some(Arc::new(
-            EventFile::create(path).with_context(|| format!("cannot create the events file {}", path.display()))?,
-        )),
+        Some(path) => Some(Arc::new(EventFile::create(path).with_context(|| {
+            format!("cannot create the events file {}", path.display())
+        })?)),
         None => None,
     };
     let mut observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
@@ -134,12 +154,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         ProgressMode::Auto => !args.quiet && std::io::stderr().is_terminal(),
         ProgressMode::Log | ProgressMode::Off => false,
     };
-    let show_log = !show_bar && !args.quiet && matches!(args.progress, ProgressMode::Auto | ProgressMode::Log);
+    let show_log =
+        !show_bar && !args.quiet && matches!(args.progress, ProgressMode::Auto | ProgressMode::Log);
     let progress_done = CancellationToken::new();
     let progress_task = if show_bar || show_log {
         let bar = show_bar.then(|| progress::new_bar(scan.to_send));
         slot.set(bar.clone());
-        Some(tokio::spawn(progress::show(stats.clone(), bar, defaults::SUMMARY_INTERVAL, progress_done.clone())))
+        Some(tokio::spawn(progress::show(
+            stats.clone(),
+            bar,
+            defaults::SUMMARY_INTERVAL,
+            progress_done.clone(),
+        )))
     } else {
         None
     };
@@ -161,7 +187,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         check,
         grace,
     };
-    let target = Target { base_url, keys, rpm: args.rpm, tpm: args.tpm };
+    let target = Target {
+        base_url,
+        keys,
+        rpm: args.rpm,
+        tpm: args.tpm,
+    };
     let outcome = runner::execute(prepared, target, engine, EventBus::new(observers), cancel).await;
 
     progress_done.cancel();
@@ -194,7 +225,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     if !args.quiet {
         eprintln!(
             "{}",
-            summary::render(&snapshot, &files.results.display().to_string(), &files.errors.display().to_string())
+            summary::render(
+                &snapshot,
+                &files.results.display().to_string(),
+                &files.errors.display().to_string()
+            )
         );
     }
     Ok(match outcome.stop {
@@ -228,11 +263,17 @@ async fn watch_signals(cancel: CancellationToken, grace: Duration) {
 /// The input, and where RESULTS and ERRORS go (SPEC §2 defaults).
 fn output_files(args: &RunArgs) -> anyhow::Result<(InputSource, OutputFiles)> {
     let stdin = args.input.as_os_str() == "-";
-    let input = if stdin { InputSource::Stdin } else { InputSource::File(args.input.clone()) };
+    let input = if stdin {
+        InputSource::Stdin
+    } else {
+        InputSource::File(args.input.clone())
+    };
     let results = match (&args.output, stdin) {
         (Some(o), _) => o.clone(),
         (None, false) => sibling(&args.input, "results"),
-        (None, true) => anyhow::bail!("reading from standard input needs -o OUTPUT to know where results go"),
+        (None, true) => {
+            anyhow::bail!("reading from standard input needs -o OUTPUT to know where results go")
+        }
     };
     let errors = match &args.errors {
         Some(e) => e.clone(),
@@ -240,10 +281,16 @@ fn output_files(args: &RunArgs) -> anyhow::Result<(InputSource, OutputFiles)> {
         None => sibling(&args.input, "errors"),
     };
     if results == errors {
-        anyhow::bail!("RESULTS and ERRORS must be different files ({})", results.display());
+        anyhow::bail!(
+            "RESULTS and ERRORS must be different files ({})",
+            results.display()
+        );
     }
     if !stdin && (args.input == results || args.input == errors) {
-        anyhow::bail!("the output would overwrite the input {}", args.input.display());
+        anyhow::bail!(
+            "the output would overwrite the input {}",
+            args.input.display()
+        );
     }
     Ok((input, OutputFiles { results, errors }))
 }
@@ -282,7 +329,11 @@ fn resolve_keys(names: &[String]) -> Result<Vec<ApiKey>, String> {
     }
     names
         .iter()
-        .map(|n| read(n).map(|k| ApiKey::new(k.trim().to_string())).ok_or_else(|| format!("--api-key-env {n}: the variable {n} is not set or empty")))
+        .map(|n| {
+            read(n)
+                .map(|k| ApiKey::new(k.trim().to_string()))
+                .ok_or_else(|| format!("--api-key-env {n}: the variable {n} is not set or empty"))
+        })
         .collect()
 }
 
@@ -292,8 +343,17 @@ mod tests {
 
     #[test]
     fn output_names() {
-        assert_eq!(sibling(Path::new("a/b.jsonl"), "results"), PathBuf::from("a/b.results.jsonl"));
-        assert_eq!(sibling(Path::new("b.txt"), "errors"), PathBuf::from("b.txt.errors.jsonl"));
-        assert_eq!(strip_results(Path::new("o.results.jsonl")), PathBuf::from("o.jsonl"));
+        assert_eq!(
+            sibling(Path::new("a/b.jsonl"), "results"),
+            PathBuf::from("a/b.results.jsonl")
+        );
+        assert_eq!(
+            sibling(Path::new("b.txt"), "errors"),
+            PathBuf::from("b.txt.errors.jsonl")
+        );
+        assert_eq!(
+            strip_results(Path::new("o.results.jsonl")),
+            PathBuf::from("o.jsonl")
+        );
     }
 }

@@ -17,7 +17,9 @@ pub const KEY_ENV: &str = "VOLLEY_TEST_KEY";
 
 pub fn volley() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
-    cmd.env_remove("OPENROUTER_API_KEY").env_remove("OPENAI_API_KEY").env_remove("VOLLEY_BASE_URL");
+    cmd.env_remove("OPENROUTER_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("VOLLEY_BASE_URL");
     cmd.env(KEY_ENV, "sk-test-0000000000001234");
     cmd
 }
@@ -29,7 +31,9 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new() -> Workspace {
-        Workspace { dir: tempfile::tempdir().expect("temp dir") }
+        Workspace {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -56,8 +60,11 @@ impl Workspace {
 
     /// Runs volley with `args` in this directory.
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = volley().args(args).current_dir(self.dir.path()).output().expect("run volley");
-        out
+        volley()
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run volley")
     }
 
     /// Lines of a JSONL file (missing file = none); every line must parse.
@@ -67,7 +74,11 @@ impl Workspace {
 
     pub fn listing(&self) -> String {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         names.join(", ")
@@ -75,10 +86,19 @@ impl Workspace {
 }
 
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    assert!(text.is_empty() || text.ends_with('\n'), "{} has a torn last line", path.display());
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{} has a torn last line",
+        path.display()
+    );
     text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display())))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()))
+        })
         .collect()
 }
 
@@ -114,11 +134,23 @@ impl MockProc {
             .expect("start volley mock");
         let stdout = child.stdout.take().expect("mock stdout");
         let mut first = String::new();
-        BufReader::new(stdout).read_line(&mut first).expect("mock prints its address");
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("mock prints its address");
         let base_url = first.trim().to_string();
-        assert!(base_url.starts_with("http://127.0.0.1:"), "mock printed {base_url:?}");
-        let addr = base_url.trim_start_matches("http://").trim_end_matches("/v1").to_string();
-        MockProc { child, base_url, addr }
+        assert!(
+            base_url.starts_with("http://127.0.0.1:"),
+            "mock printed {base_url:?}"
+        );
+        let addr = base_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/v1")
+            .to_string();
+        MockProc {
+            child,
+            base_url,
+            addr,
+        }
     }
 
     /// `GET /mock/stats`.
@@ -139,11 +171,18 @@ impl Drop for MockProc {
 pub fn http_get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut raw = String::new();
     s.read_to_string(&mut raw).expect("read");
     let (head, body) = raw.split_once("\r\n\r\n").expect("http response");
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -173,7 +212,11 @@ pub struct Scripted {
 
 impl Scripted {
     pub fn new(status: u16, body: Value) -> Scripted {
-        Scripted { status, headers: Vec::new(), body: body.to_string() }
+        Scripted {
+            status,
+            headers: Vec::new(),
+            body: body.to_string(),
+        }
     }
     pub fn header(mut self, name: &str, value: &str) -> Scripted {
         self.headers.push((name.into(), value.into()));
@@ -228,7 +271,10 @@ impl ScriptServer {
                 });
             }
         });
-        ScriptServer { base_url: format!("http://{addr}/v1"), arrivals }
+        ScriptServer {
+            base_url: format!("http://{addr}/v1"),
+            arrivals,
+        }
     }
 
     pub fn requests(&self) -> usize {
