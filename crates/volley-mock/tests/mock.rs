@@ -6,14 +6,21 @@ use serde_json::{Value, json};
 use volley_mock::{MockConfig, MockServer};
 
 async fn start(config: MockConfig) -> MockServer {
-    MockServer::start(config, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("mock starts")
+    MockServer::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("mock starts")
 }
 
 fn chat_body() -> Value {
     json!({"model": "m", "messages": [{"role": "user", "content": "How many tokens is this question?"}]})
 }
 
-async fn post(client: &reqwest::Client, server: &MockServer, key: &str, body: &Value) -> reqwest::Response {
+async fn post(
+    client: &reqwest::Client,
+    server: &MockServer,
+    key: &str,
+    body: &Value,
+) -> reqwest::Response {
     client
         .post(format!("{}/chat/completions", server.base_url()))
         .bearer_auth(key)
@@ -34,9 +41,17 @@ async fn a_chat_reply_is_well_formed_and_billed() {
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "m");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
-    assert!(body["choices"][0]["message"]["content"].as_str().unwrap().contains("How many tokens"));
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("How many tokens")
+    );
     let usage = &body["usage"];
-    assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap());
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
     let stats = server.stats();
     assert_eq!(stats["tokens_billed"]["total"], usage["total_tokens"]);
     assert_eq!(stats["by_status"]["200"], 1);
@@ -62,11 +77,20 @@ async fn client_errors() {
     let url = format!("{}/chat/completions", server.base_url());
     let r = client.post(&url).json(&chat_body()).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = client.post(&url).bearer_auth("k").body("{not json").send().await.unwrap();
+    let r = client
+        .post(&url)
+        .bearer_auth("k")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let err: Value = r.json().await.unwrap();
     for field in ["message", "type", "param", "code"] {
-        assert!(err["error"].get(field).is_some(), "error body lacks {field}: {err}");
+        assert!(
+            err["error"].get(field).is_some(),
+            "error body lacks {field}: {err}"
+        );
     }
     let r = post(&client, &server, "k", &json!({"model": "m"})).await;
     assert_eq!(r.status(), 400);
@@ -75,24 +99,47 @@ async fn client_errors() {
 
 #[tokio::test]
 async fn the_request_limit_is_per_key_with_retry_after_and_headers() {
-    let server = start(MockConfig { rpm: Some(3), ..MockConfig::default() }).await;
+    let server = start(MockConfig {
+        rpm: Some(3),
+        ..MockConfig::default()
+    })
+    .await;
     let client = reqwest::Client::new();
     for i in 0..3 {
         let r = post(&client, &server, "sk-aaaa", &chat_body()).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-ratelimit-limit-requests"], "3");
-        assert_eq!(r.headers()["x-ratelimit-remaining-requests"].to_str().unwrap(), (2 - i).to_string());
-        assert!(r.headers()["x-ratelimit-reset-requests"].to_str().unwrap().ends_with('s'));
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining-requests"]
+                .to_str()
+                .unwrap(),
+            (2 - i).to_string()
+        );
+        assert!(
+            r.headers()["x-ratelimit-reset-requests"]
+                .to_str()
+                .unwrap()
+                .ends_with('s')
+        );
     }
     let r = post(&client, &server, "sk-aaaa", &chat_body()).await;
     assert_eq!(r.status(), 429);
-    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry_after));
     assert!(r.headers().get("retry-after-ms").is_some());
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     // Another key has its own window.
-    assert_eq!(post(&client, &server, "sk-bbbb", &chat_body()).await.status(), 200);
+    assert_eq!(
+        post(&client, &server, "sk-bbbb", &chat_body())
+            .await
+            .status(),
+        200
+    );
     let stats = server.stats();
     assert_eq!(stats["by_key"]["aaaa"]["rate_limited"], 1);
     assert_eq!(stats["by_key"]["aaaa"]["peak_requests_per_minute"], 3);
@@ -103,11 +150,20 @@ async fn the_request_limit_is_per_key_with_retry_after_and_headers() {
 
 #[tokio::test]
 async fn the_token_limit_refuses_what_does_not_fit() {
-    let server = start(MockConfig { tpm: Some(40), ..MockConfig::default() }).await;
+    let server = start(MockConfig {
+        tpm: Some(40),
+        ..MockConfig::default()
+    })
+    .await;
     let client = reqwest::Client::new();
     let r = post(&client, &server, "k", &chat_body()).await;
     assert_eq!(r.status(), 200);
-    let used = 40 - r.headers()["x-ratelimit-remaining-tokens"].to_str().unwrap().parse::<u64>().unwrap();
+    let used = 40
+        - r.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
     assert!(used > 0);
     let mut refused = false;
     for _ in 0..5 {
@@ -117,34 +173,64 @@ async fn the_token_limit_refuses_what_does_not_fit() {
         }
     }
     assert!(refused, "tokens over the limit are refused");
-    assert!(server.stats()["by_key"]["k"]["peak_tokens_per_minute"].as_u64().unwrap() <= 40);
+    assert!(
+        server.stats()["by_key"]["k"]["peak_tokens_per_minute"]
+            .as_u64()
+            .unwrap()
+            <= 40
+    );
 }
 
 #[tokio::test]
 async fn faults_are_what_they_say() {
     let client = reqwest::Client::new();
-    let fail = start(MockConfig { fail_rate: 1.0, ..MockConfig::default() }).await;
+    let fail = start(MockConfig {
+        fail_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
     let r = post(&client, &fail, "k", &chat_body()).await;
     assert!([500, 502, 503].contains(&r.status().as_u16()));
     assert_eq!(fail.stats()["tokens_billed"]["total"], 0);
 
-    let malformed = start(MockConfig { malformed_rate: 1.0, ..MockConfig::default() }).await;
+    let malformed = start(MockConfig {
+        malformed_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
     let r = post(&client, &malformed, "k", &chat_body()).await;
     assert_eq!(r.status(), 200);
     assert!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).is_err());
 
-    let reset = start(MockConfig { reset_rate: 1.0, ..MockConfig::default() }).await;
+    let reset = start(MockConfig {
+        reset_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
     // The connection drops mid-reply: the client sees either no response or a body
     // that breaks off, depending on how much hyper flushed first.
-    let sent = client.post(format!("{}/chat/completions", reset.base_url())).bearer_auth("k").json(&chat_body()).send().await;
+    let sent = client
+        .post(format!("{}/chat/completions", reset.base_url()))
+        .bearer_auth("k")
+        .json(&chat_body())
+        .send()
+        .await;
     match sent {
         Ok(r) => assert!(r.bytes().await.is_err(), "the body breaks off"),
         Err(e) => assert!(!e.is_timeout(), "{e}"),
     }
     assert_eq!(reset.stats()["faults"]["reset"], 1);
 
-    let hang = start(MockConfig { hang_rate: 1.0, ..MockConfig::default() }).await;
-    let timed_out = tokio::time::timeout(std::time::Duration::from_millis(300), post(&client, &hang, "k", &chat_body())).await;
+    let hang = start(MockConfig {
+        hang_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    let timed_out = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        post(&client, &hang, "k", &chat_body()),
+    )
+    .await;
     assert!(timed_out.is_err(), "a hung request never answers");
 }
 
@@ -153,13 +239,30 @@ async fn the_same_seed_gives_the_same_faults_and_reset_clears() {
     let client = reqwest::Client::new();
     let mut runs = Vec::new();
     for _ in 0..2 {
-        let server = start(MockConfig { fail_rate: 0.5, seed: 42, ..MockConfig::default() }).await;
+        let server = start(MockConfig {
+            fail_rate: 0.5,
+            seed: 42,
+            ..MockConfig::default()
+        })
+        .await;
         let mut statuses = Vec::new();
         for _ in 0..20 {
-            statuses.push(post(&client, &server, "k", &chat_body()).await.status().as_u16());
+            statuses.push(
+                post(&client, &server, "k", &chat_body())
+                    .await
+                    .status()
+                    .as_u16(),
+            );
         }
         runs.push(statuses);
-        let reset: Value = client.post(format!("http://{}/mock/reset", server.addr())).send().await.unwrap().json().await.unwrap();
+        let reset: Value = client
+            .post(format!("http://{}/mock/reset", server.addr()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(reset["ok"], true);
         assert_eq!(server.stats()["requests"], 0);
     }

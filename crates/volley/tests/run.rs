@@ -586,3 +586,95 @@ fn the_bundled_example_runs_on_the_built_in_mock() {
         "the final summary is printed: {err}"
     );
 }
+
+#[test]
+fn ctrl_c_finishes_in_flight_requests_exits_3_and_resumes() {
+    let mock = MockProc::start(&["--latency-ms", "300"]);
+    let ws = Workspace::new();
+    ws.prompts("b.jsonl", 200);
+    let args = [
+        "run",
+        "b.jsonl",
+        "--base-url",
+        &mock.base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model",
+        "m",
+        "--concurrency",
+        "8",
+        "--progress",
+        "log",
+    ];
+    let child = volley()
+        .args(args)
+        .current_dir(ws.dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(ws.path("b.results.jsonl")).map_or(0, |t| t.lines().count()) < 16
+    {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 3);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interrupted"), "{err}");
+    let partial = ws.jsonl("b.results.jsonl");
+    assert!(partial.len() < 200, "the interrupt stopped admissions");
+    // In-flight requests were allowed to finish: nothing the mock answered was lost.
+    let answered = mock.stats()["by_status"]["200"].as_u64().unwrap();
+    assert_eq!(
+        answered,
+        partial.len() as u64,
+        "every answered request was recorded"
+    );
+
+    let out = ws.run(&args);
+    assert_exit(&out, 0);
+    assert_each_once(&ws.jsonl("b.results.jsonl"), 200);
+}
+
+#[test]
+fn hung_requests_time_out_and_are_retried() {
+    let mock = MockProc::start(&["--hang-rate", "0.1", "--seed", "5"]);
+    let ws = Workspace::new();
+    ws.prompts("b.jsonl", 100);
+    let out = ws.run(
+        &[
+            &[
+                "run",
+                "b.jsonl",
+                "--base-url",
+                &mock.base_url,
+                "--api-key-env",
+                KEY_ENV,
+                "--model",
+                "m",
+                "--progress",
+                "off",
+                "--timeout",
+                "1",
+            ][..],
+            &FAST_RETRY,
+        ]
+        .concat(),
+    );
+    assert_exit(&out, 0);
+    let results = ws.jsonl("b.results.jsonl");
+    assert_each_once(&results, 100);
+    let hangs = mock.stats()["faults"]["hang"].as_u64().unwrap();
+    assert!(hangs > 0);
+    let extra: u64 = results
+        .iter()
+        .map(|r| r["volley"]["attempts"].as_u64().unwrap() - 1)
+        .sum();
+    assert_eq!(extra, hangs, "each hang cost exactly one timed-out attempt");
+}
