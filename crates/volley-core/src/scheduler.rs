@@ -204,7 +204,9 @@ impl Engine {
 
     /// The life of one request: attempts until success, a permanent failure, or a halt.
     async fn attempt_until_done(&self, job: Job, wire: Arc<Semaphore>) -> Fate {
-        let started = Instant::now();
+        // Latency is counted from the first send, not from admission, so that time spent
+        // queued behind the concurrency limit does not pass for provider latency.
+        let mut started = None;
         self.events.emit(Event::Admitted {
             custom_id: job.custom_id.clone(),
         });
@@ -228,6 +230,7 @@ impl Engine {
                 key: key.clone(),
             });
             let sent = Instant::now();
+            let started = *started.get_or_insert(sent);
             let result = self
                 .transport
                 .send(

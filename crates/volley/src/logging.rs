@@ -1,7 +1,7 @@
 //! Log output: tracing to standard error, text or JSON, drawn around the progress bar
 //! so log lines never tear it.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
 use indicatif::ProgressBar;
@@ -69,7 +69,8 @@ pub fn init(format: LogFormat, quiet: bool, slot: BarSlot) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(slot)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests calling twice) is harmless: the first subscriber stays.
     let _ = match format {
         LogFormat::Text => builder.without_time().try_init(),
