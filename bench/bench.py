@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Whole-process benchmark of `volley run` against `volley mock` (issue 2's targets).
 
-Reports, for N requests (default 100,000) against a zero-latency mock at concurrency
+With two or more cores, volley runs pinned to core 0 and the mock to core 1, so that
+the busy share of each core says which process limits throughput. Reports, for N requests (default 100,000) against a zero-latency mock at concurrency
 256: requests/s, volley's CPU seconds and peak RSS, and the mock's CPU seconds; then the
 peak RSS of a run over a 1,000,000-line input. Run from the repository root:
 
@@ -13,6 +14,7 @@ Not part of the test suite: timing belongs here, not in tests.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "volley")
 TICK = os.sysconf("SC_CLK_TCK")
+PIN = True
 
 
 def write_input(path, n):
@@ -36,15 +39,23 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def pin(core):
+    """Runs a process on one core, so each process's share of the machine is plain: the
+    one whose core is saturated is the bottleneck."""
+    if PIN and os.cpu_count() and os.cpu_count() >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(core)]
+    return []
+
+
 def start_mock():
-    mock = subprocess.Popen([BIN, "mock", "--addr", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    mock = subprocess.Popen(pin(1) + [BIN, "mock", "--addr", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     base = mock.stdout.readline().strip()
     return mock, base
 
 
 def timed_run(args, env):
     start = time.monotonic()
-    p = subprocess.Popen([BIN] + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    p = subprocess.Popen(pin(0) + [BIN] + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.monotonic() - start
     stderr = p.stderr.read().decode(errors="replace")
@@ -60,7 +71,10 @@ def main():
     ap.add_argument("--big-lines", type=int, default=1_000_000)
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--no-pin", action="store_true", help="let both processes share both cores")
     a = ap.parse_args()
+    global PIN
+    PIN = not a.no_pin
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "volley"], cwd=ROOT, check=True)
     env = dict(os.environ, BENCH_KEY="bench-key-0000")
@@ -79,6 +93,8 @@ def main():
                 "requests": a.requests, "concurrency": a.concurrency, "wall_s": round(wall, 2),
                 "requests_per_s": round(a.requests / wall), "volley_cpu_s": round(cpu, 2),
                 "mock_cpu_s": round(mock_cpu, 2), "volley_peak_rss_mb": round(rss, 1),
+                "pinned_one_core_each": bool(pin(0)),
+                "volley_core_busy_pct": round(100 * cpu / wall), "mock_core_busy_pct": round(100 * mock_cpu / wall),
             }
             print(json.dumps(report["throughput"]), flush=True)
 

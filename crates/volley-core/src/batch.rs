@@ -77,8 +77,53 @@ pub fn peek_custom_id(text: &str, line: u64) -> String {
         .unwrap_or_else(fallback)
 }
 
-/// Parses one non-blank input line.
+/// A valid request line, not yet serialized for sending.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub custom_id: String,
+    pub line: u64,
+    path: String,
+    body: Map<String, Value>,
+    model: String,
+}
+
+impl Request {
+    /// Serializes the body once, for every attempt to reuse.
+    pub fn into_job(self) -> Job {
+        let max_tokens = self
+            .body
+            .get("max_tokens")
+            .or_else(|| self.body.get("max_completion_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(defaults::COMPLETION_TOKENS_ESTIMATE);
+        // A map of JSON values with string keys always serializes.
+        let bytes = serde_json::to_vec(&self.body).unwrap_or_default();
+        // Roughly four bytes of JSON per token; the limiter corrects the estimate with
+        // the real usage once the reply arrives.
+        let estimated_tokens = (bytes.len() as u64).div_ceil(4) + max_tokens;
+        Job {
+            custom_id: Arc::from(self.custom_id),
+            line: self.line,
+            path: Arc::from(self.path),
+            body: bytes.into(),
+            model: Some(Arc::from(self.model)),
+            estimated_tokens,
+        }
+    }
+}
+
+/// Parses one non-blank input line into a job ready to send.
 pub fn parse_line(text: &str, line: u64, defaults: &LineDefaults) -> Result<Job, LineProblem> {
+    parse_request(text, line, defaults).map(Request::into_job)
+}
+
+/// Parses and checks one non-blank input line, without serializing its body: the
+/// validation pass over a large file needs only the verdict and the custom_id.
+pub fn parse_request(
+    text: &str,
+    line: u64,
+    defaults: &LineDefaults,
+) -> Result<Request, LineProblem> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| LineProblem::InvalidJson(e.to_string()))?;
     let Value::Object(mut map) = value else {
@@ -131,23 +176,12 @@ pub fn parse_line(text: &str, line: u64, defaults: &LineDefaults) -> Result<Job,
         });
     }
 
-    let max_tokens = body
-        .get("max_tokens")
-        .or_else(|| body.get("max_completion_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(defaults::COMPLETION_TOKENS_ESTIMATE);
-    let body = Value::Object(body);
-    let bytes = serde_json::to_vec(&body).map_err(|e| LineProblem::InvalidJson(e.to_string()))?;
-    // Roughly four bytes of JSON per token; the limiter corrects the estimate with the
-    // real usage once the reply arrives.
-    let estimated_tokens = (bytes.len() as u64).div_ceil(4) + max_tokens;
-    Ok(Job {
-        custom_id: Arc::from(custom_id),
+    Ok(Request {
+        custom_id,
         line,
-        path: Arc::from(path),
-        body: bytes.into(),
-        model: Some(Arc::from(model)),
-        estimated_tokens,
+        path,
+        body,
+        model,
     })
 }
 

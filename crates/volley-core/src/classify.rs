@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::retry::retry_after;
@@ -97,8 +99,6 @@ pub struct Classified {
     pub usage: Option<Usage>,
     /// The server's Retry-After, if any.
     pub retry_after: Option<Duration>,
-    /// The parsed body, when it was JSON.
-    pub body: Option<Value>,
 }
 
 impl Classified {
@@ -109,7 +109,6 @@ impl Classified {
             message,
             usage: None,
             retry_after: None,
-            body: None,
         }
     }
 }
@@ -144,49 +143,70 @@ pub fn classify_reply(
     body: &Bytes,
     check: Option<&ResponseCheck>,
 ) -> Classified {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let mut out = match &parsed {
-        Some(json) if (200..300).contains(&status) => classify_success_body(json, check),
-        Some(json) => classify_error_status(status, json),
-        None if (200..300).contains(&status) => Classified::new(
-            Verdict::Retry,
-            Some(Reason::MalformedResponse),
-            Some(format!(
-                "HTTP {status} with a body that is not JSON ({} bytes)",
-                body.len()
-            )),
-        ),
-        None => classify_error_status(status, &Value::Null),
+    let mut out = if (200..300).contains(&status) {
+        // The hot path: read only the fields that matter, skip the rest unparsed.
+        match serde_json::from_slice::<SuccessShape>(body) {
+            Ok(shape) => {
+                let mut out = classify_success_body(&shape, check);
+                out.usage = shape.usage.as_ref().and_then(Usage::from_usage);
+                out
+            }
+            Err(e) => Classified::new(
+                Verdict::Retry,
+                Some(Reason::MalformedResponse),
+                Some(format!(
+                    "HTTP {status} with a body that is not a JSON reply ({} bytes): {e}",
+                    body.len()
+                )),
+            ),
+        }
+    } else {
+        let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let mut out = classify_error_status(status, &parsed);
+        out.usage = Usage::from_body(&parsed);
+        out
     };
-    out.usage = parsed.as_ref().and_then(Usage::from_body);
     out.retry_after = retry_after(headers);
-    out.body = parsed;
     out
 }
 
+/// The parts of a 2xx body that classification reads.
+#[derive(Debug, Deserialize)]
+struct SuccessShape {
+    choices: Option<Vec<ChoiceShape>>,
+    error: Option<Value>,
+    usage: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChoiceShape {
+    message: Option<MessageShape>,
+    error: Option<Value>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageShape {
+    content: Option<Value>,
+    tool_calls: Option<Vec<IgnoredAny>>,
+}
+
 /// A 2xx body: a success unless it carries an error, is empty, or fails validation.
-fn classify_success_body(json: &Value, check: Option<&ResponseCheck>) -> Classified {
-    let choices = json.get("choices").and_then(Value::as_array);
+fn classify_success_body(reply: &SuccessShape, check: Option<&ResponseCheck>) -> Classified {
     // OpenRouter: HTTP 200 whose body is an error and has no choices.
-    if let (Some(error), None) = (json.get("error"), choices) {
-        return classify_inner_error(error);
-    }
-    let Some(choices) = choices else {
-        if json.is_object() {
-            return Classified::new(Verdict::Success, None, None);
-        }
-        return Classified::new(
-            Verdict::Retry,
-            Some(Reason::MalformedResponse),
-            Some("the body is JSON but not an object".into()),
-        );
+    let Some(choices) = &reply.choices else {
+        return match &reply.error {
+            Some(error) => classify_inner_error(error),
+            // Not a chat reply (embeddings, moderations, ...): its status says it all.
+            None => Classified::new(Verdict::Success, None, None),
+        };
     };
     // OpenRouter: a choice that failed mid-generation.
     for choice in choices {
-        if let Some(error) = choice.get("error") {
+        if let Some(error) = &choice.error {
             return classify_inner_error(error);
         }
-        if choice.get("finish_reason").and_then(Value::as_str) == Some("error") {
+        if choice.finish_reason.as_deref() == Some("error") {
             return Classified::new(
                 Verdict::Retry,
                 Some(Reason::ServerError),
@@ -201,14 +221,13 @@ fn classify_success_body(json: &Value, check: Option<&ResponseCheck>) -> Classif
             Some("the reply has no choices".into()),
         );
     };
-    let message = first.get("message");
+    let message = first.message.as_ref();
     let content = message
-        .and_then(|m| m.get("content"))
+        .and_then(|m| m.content.as_ref())
         .map(content_text)
         .unwrap_or_default();
     let has_tool_calls = message
-        .and_then(|m| m.get("tool_calls"))
-        .and_then(Value::as_array)
+        .and_then(|m| m.tool_calls.as_ref())
         .is_some_and(|calls| !calls.is_empty());
     if content.trim().is_empty() && !has_tool_calls {
         return Classified::new(

@@ -163,7 +163,9 @@ mod tests {
     use std::time::Duration;
 
     fn keys(n: usize) -> Vec<ApiKey> {
-        (0..n).map(|i| ApiKey::new(format!("k{i}"))).collect()
+        (0..n)
+            .map(|i| ApiKey::new(format!("k{i}")).unwrap())
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{LineDefaults, parse_line, peek_custom_id};
+use crate::batch::{LineDefaults, parse_line, parse_request, peek_custom_id};
 use crate::classify::Reason;
 use crate::events::{Event, EventBus};
 use crate::ids::IdSet;
@@ -198,9 +198,9 @@ fn scan(
             _ if number <= plan.offset => LineFate::Skip,
             Ok(t) => {
                 lines += 1;
-                match parse_line(t, number, &plan.defaults) {
-                    Ok(job) => {
-                        let id = &*job.custom_id;
+                match parse_request(t, number, &plan.defaults) {
+                    Ok(request) => {
+                        let id = request.custom_id.as_str();
                         if !seen.insert(id) {
                             let first = first_seen.get(&crate::ids::id_hash(id)).copied();
                             let message = match first {

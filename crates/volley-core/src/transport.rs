@@ -4,7 +4,9 @@
 //! body, or a [`TransportFailure`]. API keys travel only in the `Authorization` header and
 //! never appear in anything this module returns.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,18 +14,18 @@ use http::HeaderMap;
 
 use crate::classify::TransportFailure;
 
-/// An API key. Its value is never printed: `Debug` and `Display` show only that it is
-/// hidden, so a key cannot leak through a log line or a panic message.
+/// An API key. Its value is never printed: `Debug` shows only that it is hidden, so a
+/// key cannot leak through a log line or a panic message. It is kept as the ready-made
+/// `Authorization` header value, marked sensitive so HTTP tooling will not log it either.
 #[derive(Clone)]
-pub struct ApiKey(String);
+pub struct ApiKey(http::HeaderValue);
 
 impl ApiKey {
-    pub fn new(secret: String) -> ApiKey {
-        ApiKey(secret)
-    }
-    /// The value, for the `Authorization` header only.
-    fn expose(&self) -> &str {
-        &self.0
+    /// `None` if the key cannot be sent in a header (control characters, say).
+    pub fn new(secret: String) -> Option<ApiKey> {
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", secret.trim())).ok()?;
+        value.set_sensitive(true);
+        Some(ApiKey(value))
     }
 }
 
@@ -64,6 +66,9 @@ pub enum TransportError {
 pub struct Transport {
     client: reqwest::Client,
     base_url: String,
+    /// Parsed URLs by path: parsing (with IDNA checks) on every request showed up in
+    /// profiles, and a batch has only a handful of distinct paths.
+    urls: Arc<RwLock<HashMap<Box<str>, reqwest::Url>>>,
 }
 
 impl Transport {
@@ -86,7 +91,11 @@ impl Transport {
             .user_agent(concat!("volley/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TransportError::Client(e.to_string()))?;
-        Ok(Transport { client, base_url })
+        Ok(Transport {
+            client,
+            base_url,
+            urls: Arc::default(),
+        })
     }
 
     pub fn base_url(&self) -> &str {
@@ -101,12 +110,12 @@ impl Transport {
         key: &ApiKey,
         timeout: Duration,
     ) -> Result<Reply, TransportFailure> {
-        let url = format!("{}{}", self.base_url, path);
+        let url = self.url(path)?;
         let attempt = async {
             let response = self
                 .client
                 .post(url)
-                .bearer_auth(key.expose())
+                .header(http::header::AUTHORIZATION, key.0.clone())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(body)
                 .send()
@@ -125,6 +134,27 @@ impl Transport {
             Ok(result) => result,
             Err(_) => Err(TransportFailure::Timeout),
         }
+    }
+}
+
+impl Transport {
+    fn url(&self, path: &str) -> Result<reqwest::Url, TransportFailure> {
+        if let Some(url) = self
+            .urls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+        {
+            return Ok(url.clone());
+        }
+        let joined = format!("{}{}", self.base_url, path);
+        let url = reqwest::Url::parse(&joined)
+            .map_err(|e| TransportFailure::Connection(format!("invalid URL {joined:?}: {e}")))?;
+        self.urls
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.into(), url.clone());
+        Ok(url)
     }
 }
 
@@ -150,7 +180,8 @@ mod tests {
 
     #[test]
     fn keys_never_print() {
-        let key = ApiKey::new("sk-secret-value".into());
+        let key = ApiKey::new("sk-secret-value".into()).unwrap();
+        assert!(ApiKey::new("bad\nkey".into()).is_none());
         assert!(!format!("{key:?}").contains("secret"));
     }
 
@@ -175,7 +206,7 @@ mod tests {
             .send(
                 "/chat/completions",
                 Bytes::from_static(b"{}"),
-                &ApiKey::new("k".into()),
+                &ApiKey::new("k".into()).unwrap(),
                 Duration::from_secs(5),
             )
             .await;

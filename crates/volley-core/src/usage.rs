@@ -25,9 +25,14 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Reads an OpenAI/OpenRouter `usage` object; `None` when the body carries none.
+    /// Reads the `usage` object of a reply body; `None` when the body carries none.
     pub fn from_body(body: &Value) -> Option<Usage> {
-        let usage = body.get("usage")?.as_object()?;
+        body.get("usage").and_then(Usage::from_usage)
+    }
+
+    /// Reads an OpenAI/OpenRouter `usage` object.
+    pub fn from_usage(usage: &Value) -> Option<Usage> {
+        let usage = usage.as_object()?;
         let count = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
         let prompt = count(usage.get("prompt_tokens").or(usage.get("input_tokens")));
         let completion = count(

@@ -45,7 +45,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         (None, None) => None,
     };
     let keys = if args.mock {
-        vec![ApiKey::new(MOCK_KEY.into())]
+        vec![ApiKey::new(MOCK_KEY.into()).context("the mock key is a valid header")?]
     } else {
         match resolve_keys(&args.api_key_env) {
             Ok(keys) => keys,
@@ -313,27 +313,28 @@ fn strip_results(path: &Path) -> PathBuf {
 
 /// Reads the keys from the environment, naming only the variables in errors.
 fn resolve_keys(names: &[String]) -> Result<Vec<ApiKey>, String> {
-    let read = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let key_from = |name: &str| -> Result<ApiKey, String> {
+        let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let value = value.ok_or_else(|| format!("the variable {name} is not set or empty"))?;
+        ApiKey::new(value)
+            .ok_or_else(|| format!("the variable {name} holds characters a key cannot have"))
+    };
     if names.is_empty() {
-        return defaults::API_KEY_ENVS
+        let found = defaults::API_KEY_ENVS
             .iter()
-            .find_map(|n| read(n))
-            .map(|k| vec![ApiKey::new(k.trim().to_string())])
-            .ok_or_else(|| {
-                format!(
-                    "no API key: set {} (or {}), name another variable with --api-key-env NAME, or try --mock",
-                    defaults::API_KEY_ENVS[0],
-                    defaults::API_KEY_ENVS[1]
-                )
-            });
+            .find(|n| std::env::var(n).is_ok_and(|v| !v.trim().is_empty()));
+        return match found {
+            Some(name) => key_from(name).map(|k| vec![k]),
+            None => Err(format!(
+                "no API key: set {} (or {}), name another variable with --api-key-env NAME, or try --mock",
+                defaults::API_KEY_ENVS[0],
+                defaults::API_KEY_ENVS[1]
+            )),
+        };
     }
     names
         .iter()
-        .map(|n| {
-            read(n)
-                .map(|k| ApiKey::new(k.trim().to_string()))
-                .ok_or_else(|| format!("--api-key-env {n}: the variable {n} is not set or empty"))
-        })
+        .map(|n| key_from(n).map_err(|e| format!("--api-key-env {n}: {e}")))
         .collect()
 }
 
