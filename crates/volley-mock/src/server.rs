@@ -145,36 +145,30 @@ fn json_response(
     response
 }
 
-fn header(name: &'static str, value: String) -> Option<(HeaderName, HeaderValue)> {
+fn header(name: &str, value: String) -> Option<(HeaderName, HeaderValue)> {
     Some((
-        HeaderName::from_static(name),
+        HeaderName::from_bytes(name.as_bytes()).ok()?,
         HeaderValue::from_str(&value).ok()?,
     ))
 }
 
 fn rate_headers(h: &RateHeaders, request_id: &str) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = vec![header("x-request-id", request_id.to_string())];
-    if let Some((limit, remaining, reset)) = h.requests {
-        out.push(header("x-ratelimit-limit-requests", limit.to_string()));
-        out.push(header(
-            "x-ratelimit-remaining-requests",
-            remaining.to_string(),
-        ));
-        out.push(header(
-            "x-ratelimit-reset-requests",
-            reply::go_duration(reset),
-        ));
-    }
-    if let Some((limit, remaining, reset)) = h.tokens {
-        out.push(header("x-ratelimit-limit-tokens", limit.to_string()));
-        out.push(header(
-            "x-ratelimit-remaining-tokens",
-            remaining.to_string(),
-        ));
-        out.push(header(
-            "x-ratelimit-reset-tokens",
-            reply::go_duration(reset),
-        ));
+    for (kind, figures) in [("requests", h.requests), ("tokens", h.tokens)] {
+        if let Some((limit, remaining, reset)) = figures {
+            out.push(header(
+                &format!("x-ratelimit-limit-{kind}"),
+                limit.to_string(),
+            ));
+            out.push(header(
+                &format!("x-ratelimit-remaining-{kind}"),
+                remaining.to_string(),
+            ));
+            out.push(header(
+                &format!("x-ratelimit-reset-{kind}"),
+                reply::go_duration(reset),
+            ));
+        }
     }
     out.into_iter().flatten().collect()
 }

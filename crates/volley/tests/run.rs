@@ -47,24 +47,11 @@ fn faults_are_retried_until_every_request_succeeds_and_tokens_match_the_bill() {
     ]);
     let ws = Workspace::new();
     ws.prompts("batch.jsonl", 2000);
-    let out = ws.run(&[
-        "run",
+    let out = ws.run(&run_args(
         "batch.jsonl",
-        "--base-url",
         &mock.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--model",
-        "m",
-        "--concurrency",
-        "64",
-        "--progress",
-        "off",
-        "--initial-backoff",
-        "0.01",
-        "--max-backoff",
-        "0.2",
-    ]);
+        &[&["--concurrency", "64"][..], &FAST_RETRY].concat(),
+    ));
     assert_exit(&out, 0);
     let results = ws.jsonl("batch.results.jsonl");
     assert_each_once(&results, 2000);
@@ -114,22 +101,9 @@ fn killed_mid_run_and_resumed_every_request_lands_exactly_once() {
     let mock = MockProc::start(&["--latency-ms", "150", "--jitter-ms", "100", "--seed", "3"]);
     let ws = Workspace::new();
     ws.prompts("batch.jsonl", 400);
-    let args = [
-        "run",
-        "batch.jsonl",
-        "--base-url",
-        &mock.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--model",
-        "m",
-        "--concurrency",
-        "32",
-        "--progress",
-        "off",
-    ];
+    let args = run_args("batch.jsonl", &mock.base_url, &["--concurrency", "32"]);
     let mut child = volley()
-        .args(args)
+        .args(&args)
         .current_dir(ws.dir.path())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -183,16 +157,7 @@ fn a_400_fails_after_one_attempt() {
     )]);
     let ws = Workspace::new();
     ws.write("b.jsonl", "{\"custom_id\":\"x\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}}\n");
-    let out = ws.run(&[
-        "run",
-        "b.jsonl",
-        "--base-url",
-        &server.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--progress",
-        "off",
-    ]);
+    let out = ws.run(&run_args("b.jsonl", &server.base_url, &[]));
     assert_exit(&out, 1);
     assert_eq!(server.requests(), 1);
     let errors = ws.jsonl("b.errors.jsonl");
@@ -217,18 +182,7 @@ fn a_429_with_retry_after_is_not_retried_sooner() {
     ]);
     let ws = Workspace::new();
     ws.write("b.jsonl", "{\"prompt\":\"hi\"}\n");
-    let out = ws.run(&[
-        "run",
-        "b.jsonl",
-        "--base-url",
-        &server.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--model",
-        "m",
-        "--progress",
-        "off",
-    ]);
+    let out = ws.run(&run_args("b.jsonl", &server.base_url, &[]));
     assert_exit(&out, 0);
     let arrivals = server.arrivals.lock().unwrap().clone();
     assert_eq!(arrivals.len(), 2);
@@ -252,16 +206,7 @@ fn bad_input_exits_2_naming_file_and_line_before_any_request() {
         r#"{"custom_id":"d","body":{"model":"m","messages":[{"role":"user","content":"4"}]}}"#,
     ];
     ws.write("in.jsonl", &(lines.join("\n") + "\n"));
-    let base = [
-        "run",
-        "in.jsonl",
-        "--base-url",
-        &server.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--progress",
-        "off",
-    ];
+    let base = run_args("in.jsonl", &server.base_url, &[]);
     let out = ws.run(&base);
     assert_exit(&out, 2);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -306,24 +251,7 @@ fn the_retry_budget_stops_a_retry_storm() {
     let mock = MockProc::start(&["--fail-rate", "1.0"]);
     let ws = Workspace::new();
     ws.prompts("b.jsonl", 100);
-    let out = ws.run(
-        &[
-            &[
-                "run",
-                "b.jsonl",
-                "--base-url",
-                &mock.base_url,
-                "--api-key-env",
-                KEY_ENV,
-                "--model",
-                "m",
-                "--progress",
-                "off",
-            ][..],
-            &FAST_RETRY,
-        ]
-        .concat(),
-    );
+    let out = ws.run(&run_args("b.jsonl", &mock.base_url, &FAST_RETRY));
     assert_exit(&out, 1);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("retry budget spent"),
@@ -342,28 +270,15 @@ fn json_schema_failures_are_retried_and_their_tokens_kept() {
     let ws = Workspace::new();
     ws.write("schema.json", r#"{"type":"object","required":["verdict"]}"#);
     ws.write("b.jsonl", "{\"id\":\"j\",\"prompt\":\"answer in JSON\",\"response_format\":{\"type\":\"json_object\"}}\n");
-    let out = ws.run(
+    let out = ws.run(&run_args(
+        "b.jsonl",
+        &mock.base_url,
         &[
-            &[
-                "run",
-                "b.jsonl",
-                "--base-url",
-                &mock.base_url,
-                "--api-key-env",
-                KEY_ENV,
-                "--model",
-                "m",
-                "--progress",
-                "off",
-                "--json-schema",
-                "schema.json",
-                "--max-retries",
-                "2",
-            ][..],
+            &["--json-schema", "schema.json", "--max-retries", "2"][..],
             &FAST_RETRY,
         ]
         .concat(),
-    );
+    ));
     assert_exit(&out, 1);
     let errors = ws.jsonl("b.errors.jsonl");
     assert_eq!(errors[0]["error"]["code"], "invalid_response");
@@ -384,24 +299,18 @@ fn json_schema_failures_are_retried_and_their_tokens_kept() {
     );
 
     // --expect json accepts the same replies.
-    let out = ws.run(&[
-        "run",
+    let out = ws.run(&run_args(
         "b.jsonl",
-        "-o",
-        "json.results.jsonl",
-        "--errors",
-        "json.errors.jsonl",
-        "--base-url",
         &mock.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--model",
-        "m",
-        "--progress",
-        "off",
-        "--expect",
-        "json",
-    ]);
+        &[
+            "-o",
+            "json.results.jsonl",
+            "--errors",
+            "json.errors.jsonl",
+            "--expect",
+            "json",
+        ],
+    ));
     assert_exit(&out, 0);
     let content =
         ws.jsonl("json.results.jsonl")[0]["response"]["body"]["choices"][0]["message"]["content"]
@@ -416,25 +325,12 @@ fn limit_offset_events_stdin_and_sort() {
     let mock = MockProc::start(&["--jitter-ms", "20"]);
     let ws = Workspace::new();
     ws.prompts("b.jsonl", 30);
-    let common = [
-        "--base-url",
+
+    let out = ws.run(&run_args(
+        "b.jsonl",
         &mock.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--model",
-        "m",
-        "--progress",
-        "off",
-    ];
-    let out = ws.run(
-        &[
-            &[
-                "run", "b.jsonl", "--offset", "5", "--limit", "10", "--events", "ev.jsonl",
-            ][..],
-            &common,
-        ]
-        .concat(),
-    );
+        &["--offset", "5", "--limit", "10", "--events", "ev.jsonl"],
+    ));
     assert_exit(&out, 0);
     let got: HashSet<String> = ids(&ws.jsonl("b.results.jsonl")).into_iter().collect();
     let want: HashSet<String> = (5..15).map(|i| format!("r{i}")).collect();
@@ -453,20 +349,11 @@ fn limit_offset_events_stdin_and_sort() {
     // The rest, read from standard input.
     let input = std::fs::read(ws.path("b.jsonl")).unwrap();
     let mut child = volley()
-        .args(
-            [
-                &[
-                    "run",
-                    "-",
-                    "-o",
-                    "b.results.jsonl",
-                    "--errors",
-                    "b.errors.jsonl",
-                ][..],
-                &common,
-            ]
-            .concat(),
-        )
+        .args(run_args(
+            "-",
+            &mock.base_url,
+            &["-o", "b.results.jsonl", "--errors", "b.errors.jsonl"],
+        ))
         .current_dir(ws.dir.path())
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -491,18 +378,7 @@ fn a_key_that_is_refused_stops_the_run_with_exit_3_and_it_resumes() {
     )]);
     let ws = Workspace::new();
     ws.prompts("b.jsonl", 5);
-    let out = ws.run(&[
-        "run",
-        "b.jsonl",
-        "--base-url",
-        &server.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--model",
-        "m",
-        "--progress",
-        "off",
-    ]);
+    let out = ws.run(&run_args("b.jsonl", &server.base_url, &[]));
     assert_exit(&out, 3);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -516,18 +392,7 @@ fn a_key_that_is_refused_stops_the_run_with_exit_3_and_it_resumes() {
     );
 
     let good = MockProc::start(&[]);
-    let out = ws.run(&[
-        "run",
-        "b.jsonl",
-        "--base-url",
-        &good.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--model",
-        "m",
-        "--progress",
-        "off",
-    ]);
+    let out = ws.run(&run_args("b.jsonl", &good.base_url, &[]));
     assert_exit(&out, 0);
     assert_each_once(&ws.jsonl("b.results.jsonl"), 5);
 }
@@ -592,22 +457,13 @@ fn ctrl_c_finishes_in_flight_requests_exits_3_and_resumes() {
     let mock = MockProc::start(&["--latency-ms", "300"]);
     let ws = Workspace::new();
     ws.prompts("b.jsonl", 200);
-    let args = [
-        "run",
+    let args = run_args(
         "b.jsonl",
-        "--base-url",
         &mock.base_url,
-        "--api-key-env",
-        KEY_ENV,
-        "--model",
-        "m",
-        "--concurrency",
-        "8",
-        "--progress",
-        "log",
-    ];
+        &["--concurrency", "8", "--progress", "log"],
+    );
     let child = volley()
-        .args(args)
+        .args(&args)
         .current_dir(ws.dir.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -647,26 +503,11 @@ fn hung_requests_time_out_and_are_retried() {
     let mock = MockProc::start(&["--hang-rate", "0.1", "--seed", "5"]);
     let ws = Workspace::new();
     ws.prompts("b.jsonl", 100);
-    let out = ws.run(
-        &[
-            &[
-                "run",
-                "b.jsonl",
-                "--base-url",
-                &mock.base_url,
-                "--api-key-env",
-                KEY_ENV,
-                "--model",
-                "m",
-                "--progress",
-                "off",
-                "--timeout",
-                "1",
-            ][..],
-            &FAST_RETRY,
-        ]
-        .concat(),
-    );
+    let out = ws.run(&run_args(
+        "b.jsonl",
+        &mock.base_url,
+        &[&["--timeout", "1"][..], &FAST_RETRY].concat(),
+    ));
     assert_exit(&out, 0);
     let results = ws.jsonl("b.results.jsonl");
     assert_each_once(&results, 100);

@@ -302,3 +302,23 @@ fn read_request(stream: &mut TcpStream) {
     let mut body = vec![0u8; len];
     let _ = reader.read_exact(&mut body);
 }
+
+/// Arguments of `volley run INPUT` against `base_url` with the test key, model `m` for
+/// lines that name none, and no progress display; `extra` flags follow.
+pub fn run_args<'a>(input: &'a str, base_url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        input,
+        "--base-url",
+        base_url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model",
+        "m",
+    ];
+    if !extra.contains(&"--progress") {
+        args.extend(["--progress", "off"]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
