@@ -519,3 +519,23 @@ fn hung_requests_time_out_and_are_retried() {
         .sum();
     assert_eq!(extra, hangs, "each hang cost exactly one timed-out attempt");
 }
+
+#[test]
+fn a_static_rpm_limit_paces_requests_under_the_providers_limit() {
+    let mock = MockProc::start(&["--rpm", "600"]);
+    let ws = Workspace::new();
+    ws.prompts("b.jsonl", 40);
+    let started = Instant::now();
+    let out = ws.run(&run_args("b.jsonl", &mock.base_url, &["--rpm", "600"]));
+    let took = started.elapsed();
+    assert_exit(&out, 0);
+    assert_each_once(&ws.jsonl("b.results.jsonl"), 40);
+    let stats = mock.stats();
+    assert!(
+        stats["by_status"].get("429").is_none(),
+        "a paced run is never refused: {stats}"
+    );
+    assert!(stats["peak_requests_per_minute"].as_u64().unwrap() <= 600);
+    // 600/min is 10/s: after a one-second burst of 10, the other 30 take about 3 s.
+    assert!(took >= Duration::from_millis(2500), "not paced: {took:?}");
+}
