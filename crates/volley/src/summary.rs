@@ -69,18 +69,20 @@ pub fn render(s: &Snapshot, results: &str, errors: &str) -> String {
             .collect();
         let _ = writeln!(out, "  attempts per request: {}", hist.join(" "));
     }
-    let _ = writeln!(
-        out,
-        "  latency per request: p50 {} · p95 {} · p99 {} · max {}",
-        ms(s.latency_ms.p50),
-        ms(s.latency_ms.p95),
-        ms(s.latency_ms.p99),
-        ms(s.latency_ms.max)
-    );
+    if s.finished() > s.invalid {
+        let _ = writeln!(
+            out,
+            "  latency per request (first send to result): p50 {} · p95 {} · p99 {} · max {}",
+            ms(s.latency_ms.p50),
+            ms(s.latency_ms.p95),
+            ms(s.latency_ms.p99),
+            ms(s.latency_ms.max)
+        );
+    }
     let u = &s.usage;
     let _ = writeln!(
         out,
-        "  tokens (all attempts): prompt {} · completion {} · total {} (cached {}, reasoning {}) · cost {}",
+        "  tokens this run (all attempts): prompt {} · completion {} · total {} (cached {}, reasoning {}) · cost {}",
         u.prompt_tokens,
         u.completion_tokens,
         u.total_tokens,
