@@ -65,8 +65,9 @@ pub enum StopReason {
     Completed,
     /// The caller cancelled (Ctrl-C); unfinished requests are left for a re-run.
     Interrupted,
-    /// Every key left the pool; unfinished requests are left for a re-run.
-    KeysExhausted(String),
+    /// The run could not go on (no key left, output not writable); unfinished
+    /// requests are left for a re-run. The text says why.
+    Halted(String),
 }
 
 /// The engine of one run.
@@ -82,7 +83,8 @@ pub struct Engine {
     next_id: AtomicU64,
     /// Cancelled when the run must stop admitting: by the caller, or when no key is left.
     halt: CancellationToken,
-    keys_exhausted: std::sync::Mutex<Option<String>>,
+    /// Why the engine halted on its own, if it did.
+    halted: std::sync::Mutex<Option<String>>,
 }
 
 /// How a request left the engine.
@@ -116,7 +118,7 @@ impl Engine {
             run_id,
             next_id: AtomicU64::new(0),
             halt: cancel.child_token(),
-            keys_exhausted: std::sync::Mutex::new(None),
+            halted: std::sync::Mutex::new(None),
         })
     }
 
@@ -169,12 +171,12 @@ impl Engine {
         while tasks.join_next().await.is_some() {}
 
         if let Some(why) = self
-            .keys_exhausted
+            .halted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         {
-            StopReason::KeysExhausted(why)
+            StopReason::Halted(why)
         } else if cancel.is_cancelled() {
             StopReason::Interrupted
         } else {
@@ -363,7 +365,7 @@ impl Engine {
             }
             let now = Instant::now();
             let Some(booking) = self.keys.book(job.estimated_tokens, now) else {
-                self.stop_no_keys();
+                self.stop("every API key left the pool (see the keys retired above); re-run with a working key to finish");
                 return None;
             };
             if booking.at > now {
@@ -400,17 +402,14 @@ impl Engine {
         }
     }
 
-    fn stop_no_keys(&self) {
-        let mut exhausted = self
-            .keys_exhausted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if exhausted.is_none() {
-            let why = "every API key left the pool (see the keys retired above); re-run with a working key to finish".to_string();
+    /// Stops admitting and winds the run down, saying why (once).
+    fn stop(&self, why: &str) {
+        let mut halted = self.halted.lock().unwrap_or_else(|p| p.into_inner());
+        if halted.is_none() {
             self.events.emit(Event::Stopping {
-                reason: why.clone(),
+                reason: why.to_string(),
             });
-            *exhausted = Some(why);
+            *halted = Some(why.to_string());
             self.halt.cancel();
         }
     }
@@ -450,7 +449,11 @@ impl Engine {
         } else {
             Destination::Results
         };
-        self.sink.write(dest, line.to_line());
+        if !self.sink.write(dest, line.to_line()) {
+            // The writer thread died on a disk error (reported when the sink closes):
+            // sending more requests would only pay for results that cannot be kept.
+            self.stop("RESULTS or ERRORS cannot be written; stopping");
+        }
         self.events.emit(Event::RequestFinished {
             custom_id: done.job.custom_id.clone(),
             ok: error.is_none(),

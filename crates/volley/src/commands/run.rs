@@ -239,7 +239,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             eprintln!("interrupted: re-run the same command to finish the rest");
             Exit::Stopped
         }
-        StopReason::KeysExhausted(why) => {
+        StopReason::Halted(why) => {
             eprintln!("stopped: {why}");
             Exit::Stopped
         }
