@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::defaults;
 use crate::job::Job;
 
 /// What the user configured that fills gaps in input lines.
@@ -90,24 +89,15 @@ pub struct Request {
 impl Request {
     /// Serializes the body once, for every attempt to reuse.
     pub fn into_job(self) -> Job {
-        let max_tokens = self
-            .body
-            .get("max_tokens")
-            .or_else(|| self.body.get("max_completion_tokens"))
-            .and_then(Value::as_u64)
-            .unwrap_or(defaults::COMPLETION_TOKENS_ESTIMATE);
         // A map of JSON values with string keys always serializes.
         let bytes = serde_json::to_vec(&self.body).unwrap_or_default();
-        // Roughly four bytes of JSON per token; the limiter corrects the estimate with
-        // the real usage once the reply arrives.
-        let estimated_tokens = (bytes.len() as u64).div_ceil(4) + max_tokens;
         Job {
             custom_id: Arc::from(self.custom_id),
             line: self.line,
             path: Arc::from(self.path),
             body: bytes.into(),
             model: Some(Arc::from(self.model)),
-            estimated_tokens,
+            tokens: Arc::default(),
         }
     }
 }

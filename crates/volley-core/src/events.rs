@@ -81,6 +81,13 @@ pub enum Event {
         #[serde(rename = "pause_ms", serialize_with = "serialize_ms")]
         pause: Duration,
     },
+    /// A key's per-minute limits, as learned from the provider's headers (never above
+    /// a configured `--rpm`/`--tpm`), changed.
+    LimitLearned {
+        key: Arc<str>,
+        requests_per_minute: Option<u64>,
+        tokens_per_minute: Option<u64>,
+    },
     /// A key left the pool for the rest of the run.
     KeyRetired {
         key: Arc<str>,

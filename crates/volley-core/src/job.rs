@@ -1,8 +1,10 @@
 //! One request of a batch, ready to send.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+
+use crate::tokens;
 
 /// A request parsed from one input line. Cheap to clone: the body is shared.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,7 +20,18 @@ pub struct Job {
     pub body: Bytes,
     /// The model the body names, for per-model accounting.
     pub model: Option<Arc<str>>,
-    /// Tokens this request is expected to consume (prompt estimate plus `max_tokens`),
-    /// charged against a tokens-per-minute limit before sending and corrected afterwards.
-    pub estimated_tokens: u64,
+    /// The token estimate, computed on first use: tokenizing costs CPU, and only runs
+    /// that meet a tokens-per-minute limit need it.
+    pub tokens: Arc<OnceLock<u64>>,
+}
+
+impl Job {
+    /// Tokens this request is expected to consume (prompt counted with a tokenizer,
+    /// plus `max_tokens`), charged against a tokens-per-minute limit before sending and
+    /// corrected by the real usage afterwards.
+    pub fn estimated_tokens(&self) -> u64 {
+        *self
+            .tokens
+            .get_or_init(|| tokens::estimate(&self.body, self.model.as_deref()))
+    }
 }

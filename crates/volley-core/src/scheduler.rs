@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -22,7 +22,8 @@ use crate::classify::{Classified, Reason, Verdict, classify_failure, classify_re
 use crate::defaults;
 use crate::events::{Event, EventBus};
 use crate::job::Job;
-use crate::keys::KeyPool;
+use crate::keys::{Booking, KeyPool};
+use crate::ratelimit;
 use crate::retry::{RetryBudget, RetryPolicy};
 use crate::sink::{Destination, ErrorPart, OutputLine, ResponsePart, SinkHandle, VolleyPart};
 use crate::transport::{Reply, Transport};
@@ -221,9 +222,10 @@ impl Engine {
             let Ok(slot) = wire.clone().acquire_owned().await else {
                 return Fate::Abandoned;
             };
-            let Some(lane) = self.book_key(&job).await else {
+            let Some(booking) = self.book_key(&job).await else {
                 return Fate::Abandoned;
             };
+            let lane = booking.lane;
             attempts += 1;
             let key = self.keys.lane(lane).label.clone();
             self.events.emit(Event::AttemptStarted {
@@ -257,10 +259,13 @@ impl Engine {
                 ),
                 Err(failure) => (classify_failure(&failure), None),
             };
+            if let Some(reply) = &reply {
+                self.learn_limits(lane, reply);
+            }
             if let Some(u) = &outcome.usage {
                 usage.add(u);
                 self.keys
-                    .correct_tokens(lane, job.estimated_tokens, u.total_tokens);
+                    .correct_tokens(lane, booking.tokens, u.total_tokens);
             }
             self.events.emit(Event::AttemptFinished {
                 custom_id: job.custom_id.clone(),
@@ -301,12 +306,7 @@ impl Engine {
                         self.retire(lane, Reason::QuotaExhausted, &why);
                         continue;
                     }
-                    if self.keys.pause(lane, Instant::now() + pause) {
-                        self.events.emit(Event::KeyPaused {
-                            key: key.clone(),
-                            pause,
-                        });
-                    }
+                    self.pause_key(lane, pause);
                     if rate_limited_retries > defaults::MAX_RATE_LIMITED_RETRIES {
                         let why = format!(
                             "still rate limited after {rate_limited_retries} tries: {}",
@@ -358,13 +358,13 @@ impl Engine {
 
     /// Books the request on a key and waits until its instant. `None` if the run halts
     /// or no key is left.
-    async fn book_key(&self, job: &Job) -> Option<usize> {
+    async fn book_key(&self, job: &Job) -> Option<Booking> {
         loop {
             if self.halt.is_cancelled() {
                 return None;
             }
             let now = Instant::now();
-            let Some(booking) = self.keys.book(job.estimated_tokens, now) else {
+            let Some(booking) = self.keys.book(|| job.estimated_tokens(), now) else {
                 self.stop("every API key left the pool (see the keys retired above); re-run with a working key to finish");
                 return None;
             };
@@ -388,7 +388,43 @@ impl Engine {
             {
                 continue;
             }
-            return Some(booking.lane);
+            return Some(booking);
+        }
+    }
+
+    /// Feeds the limits a reply's headers announce to its key.
+    fn learn_limits(&self, lane: usize, reply: &Reply) {
+        let seen = ratelimit::observe(&reply.headers, SystemTime::now());
+        if seen.is_empty() {
+            return;
+        }
+        let learned = self.keys.learn(lane, &seen, Instant::now());
+        if let Some((requests_per_minute, tokens_per_minute)) = learned.changed {
+            self.events.emit(Event::LimitLearned {
+                key: self.keys.lane(lane).label.clone(),
+                requests_per_minute,
+                tokens_per_minute,
+            });
+        }
+        // Nothing left until a reset within reach: wait it out on this key rather than
+        // collect a 429 for every request in flight. A longer wait is left to the 429
+        // that follows, which decides whether the key is spent (--max-wait).
+        if let Some(wait) = learned
+            .exhausted_for
+            .filter(|w| *w <= self.config.retry.max_wait)
+        {
+            self.pause_key(lane, wait);
+        }
+    }
+
+    /// Pauses a key for `pause`; a new pause is one event, however many requests saw it.
+    fn pause_key(&self, lane: usize, pause: Duration) {
+        let now = Instant::now();
+        if self.keys.pause(lane, now + pause, now) {
+            self.events.emit(Event::KeyPaused {
+                key: self.keys.lane(lane).label.clone(),
+                pause,
+            });
         }
     }
 

@@ -274,7 +274,9 @@ impl Observer for RunStats {
                     .stop_reason
                     .get_or_insert_with(|| reason.clone());
             }
-            Event::KeyPaused { .. } | Event::RetryBudgetExhausted { .. } => {}
+            Event::KeyPaused { .. }
+            | Event::LimitLearned { .. }
+            | Event::RetryBudgetExhausted { .. } => {}
         }
     }
 }

@@ -40,6 +40,18 @@ impl Observer for EventLog {
                 );
             }
             Event::Stopping { reason } => tracing::warn!("stopping: {reason}"),
+            Event::LimitLearned {
+                key,
+                requests_per_minute,
+                tokens_per_minute,
+            } => {
+                let show = |v: &Option<u64>| v.map_or("unknown".to_string(), |n| n.to_string());
+                tracing::info!(
+                    "{key} limits from the provider: {} requests/min, {} tokens/min",
+                    show(requests_per_minute),
+                    show(tokens_per_minute)
+                );
+            }
             Event::Retrying {
                 custom_id,
                 reason,
