@@ -1,5 +1,7 @@
 //! What the simulator simulates.
 
+use std::collections::HashMap;
+
 /// Latency, limits and fault rates of a mock. All zero/`None` by default: a fast,
 /// unlimited, faultless server.
 #[derive(Debug, Clone, Default)]
@@ -22,4 +24,13 @@ pub struct MockConfig {
     pub reset_rate: f64,
     /// Seeds every random choice: the same seed and arrival order give the same run.
     pub seed: u64,
+    /// Send no `x-ratelimit-*` headers on successes, as OpenRouter does: a client has
+    /// to find the limit by itself.
+    pub hide_limits: bool,
+    /// Credit per key (by its last four characters), in tokens: once a key has been
+    /// billed this much it gets 402 "insufficient credits", as a spent OpenRouter key.
+    pub key_credits: HashMap<String, u64>,
+    /// Requests one key may have in flight; more get OpenRouter's 402 for its in-flight
+    /// spending budget, with a Retry-After.
+    pub in_flight_budget: Option<u64>,
 }

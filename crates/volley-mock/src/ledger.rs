@@ -81,6 +81,9 @@ struct KeyBook {
     window: Window,
     requests: u64,
     rate_limited: u64,
+    payment_required: u64,
+    billed: u64,
+    in_flight: u64,
 }
 
 /// Everything the mock counts.
@@ -125,9 +128,41 @@ impl Ledger {
         *self.faults.entry(name).or_default() += 1;
     }
 
-    pub fn bill(&mut self, prompt: u64, completion: u64) {
+    pub fn bill(&mut self, key: &str, prompt: u64, completion: u64) {
         self.prompt_billed += prompt;
         self.completion_billed += completion;
+        self.keys.entry(key_label(key)).or_default().billed += prompt + completion;
+    }
+
+    /// Tokens billed to a key so far.
+    pub fn billed(&self, key: &str) -> u64 {
+        self.keys.get(&key_label(key)).map_or(0, |b| b.billed)
+    }
+
+    /// Counts a 402 for a key.
+    pub fn count_payment_required(&mut self, key: &str) {
+        self.count_status(402);
+        self.keys
+            .entry(key_label(key))
+            .or_default()
+            .payment_required += 1;
+    }
+
+    /// Takes an in-flight slot for a key if fewer than `budget` are taken.
+    pub fn enter(&mut self, key: &str, budget: Option<u64>) -> bool {
+        let book = self.keys.entry(key_label(key)).or_default();
+        if budget.is_some_and(|b| book.in_flight >= b) {
+            return false;
+        }
+        book.in_flight += 1;
+        true
+    }
+
+    /// Gives an in-flight slot back.
+    pub fn leave(&mut self, key: &str) {
+        if let Some(book) = self.keys.get_mut(&key_label(key)) {
+            book.in_flight = book.in_flight.saturating_sub(1);
+        }
     }
 
     /// Admits a request of `tokens` for `key` under the limits, recording it in the
@@ -208,6 +243,8 @@ impl Ledger {
                     json!({
                         "requests": b.requests,
                         "rate_limited": b.rate_limited,
+                        "payment_required": b.payment_required,
+                        "tokens_billed": b.billed,
                         "peak_requests_per_minute": b.window.peak_requests,
                         "peak_tokens_per_minute": b.window.peak_tokens,
                     }),

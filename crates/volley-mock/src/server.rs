@@ -17,11 +17,13 @@ use tokio::time::Instant;
 
 use crate::config::MockConfig;
 use crate::faults::{Dice, Fault, roll};
-use crate::ledger::{Ledger, LimitKind, RateHeaders};
+use crate::ledger::{Ledger, LimitKind, RateHeaders, key_label};
 use crate::reply;
 
 /// How long a hung request waits: far past any sane client timeout.
 const HANG: Duration = Duration::from_secs(3600);
+/// Retry-After of the in-flight budget's 402: in-flight requests finish in moments.
+const IN_FLIGHT_RETRY_AFTER_SECS: u64 = 1;
 /// Bytes of a reply sent before a reset fault drops the connection.
 const RESET_AFTER: &[u8] = b"{\"id\":\"chatcmpl-mock\",\"object\":";
 
@@ -60,6 +62,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/key", get(key_info))
         .route("/mock/stats", get(stats))
         .route("/mock/reset", post(reset))
         .with_state(shared)
@@ -188,6 +191,44 @@ impl<'a> Arrival<'a> {
         Arrival { shared, n, key }
     }
 
+    /// OpenRouter's two 402s: spent credits (final for the key), or too much in flight
+    /// against the key's spending budget (come back after Retry-After). Takes the
+    /// key's in-flight slot when it answers `None`.
+    fn payment_required(&self, key: &str, request_id: &str) -> Option<Response> {
+        let config = &self.shared.config;
+        let mut ledger = self.shared.ledger();
+        let credit = config.key_credits.get(&key_label(key));
+        let (message, metadata, retry) = if credit.is_some_and(|c| ledger.billed(key) >= *c) {
+            (
+                "Insufficient credits. Add more using https://openrouter.ai/credits",
+                Value::Null,
+                false,
+            )
+        } else if !ledger.enter(key, config.in_flight_budget) {
+            (
+                "Too many requests in flight for this key's spending budget; retry shortly",
+                json!({"limit_source": "openrouter_in_flight_budget"}),
+                true,
+            )
+        } else {
+            return None;
+        };
+        ledger.count_payment_required(key);
+        drop(ledger);
+        let mut headers = rate_headers(&RateHeaders::default(), request_id);
+        if retry {
+            headers.extend(header(
+                "retry-after",
+                IN_FLIGHT_RETRY_AFTER_SECS.to_string(),
+            ));
+        }
+        let mut body = json!({"error": {"code": 402, "message": message}});
+        if !metadata.is_null() {
+            body["error"]["metadata"] = metadata;
+        }
+        Some(json_response(StatusCode::PAYMENT_REQUIRED, &body, headers))
+    }
+
     /// A client error answered at once.
     fn refuse(&self, status: StatusCode, message: &str, kind: &str) -> Response {
         self.shared.ledger().count_status(status.as_u16());
@@ -210,6 +251,13 @@ impl<'a> Arrival<'a> {
             );
         };
         let request_id = format!("req-mock-{}", self.n);
+        if let Some(refusal) = self.payment_required(key, &request_id) {
+            return refusal;
+        }
+        let _slot = InFlight {
+            shared: self.shared,
+            key,
+        };
         let admitted = self.shared.ledger().admit(
             key,
             prompt + completion,
@@ -230,7 +278,11 @@ impl<'a> Arrival<'a> {
                     limit.unwrap_or(0),
                     reply::go_duration(limited.retry_after)
                 );
-                let mut headers = rate_headers(&limited.headers, &request_id);
+                let mut headers = if config.hide_limits {
+                    openrouter_headers(limit, limited.retry_after, &request_id)
+                } else {
+                    rate_headers(&limited.headers, &request_id)
+                };
                 let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 headers.extend(header("retry-after", secs.to_string()));
                 headers.extend(header(
@@ -250,7 +302,12 @@ impl<'a> Arrival<'a> {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let fault = roll(config, &mut dice);
-        let headers = rate_headers(&limits, &request_id);
+        let shown = if config.hide_limits {
+            RateHeaders::default()
+        } else {
+            limits
+        };
+        let headers = rate_headers(&shown, &request_id);
         {
             // Book the outcome before replying, in one short critical section.
             let mut ledger = self.shared.ledger();
@@ -258,7 +315,7 @@ impl<'a> Arrival<'a> {
             match fault {
                 Fault::None => {
                     ledger.count_status(200);
-                    ledger.bill(prompt, completion);
+                    ledger.bill(key, prompt, completion);
                 }
                 Fault::Fail(status) => ledger.count_status(status),
                 Fault::Malformed => ledger.count_status(200),
@@ -306,6 +363,63 @@ impl<'a> Arrival<'a> {
             }
         }
     }
+}
+
+/// Holds a key's in-flight slot until the reply is built (or the request is dropped).
+struct InFlight<'a> {
+    shared: &'a Shared,
+    key: &'a str,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shared.ledger().leave(self.key);
+    }
+}
+
+/// OpenRouter's headers on a 429: limit, nothing remaining, reset as epoch milliseconds.
+fn openrouter_headers(
+    limit: Option<u64>,
+    retry_after: Duration,
+    request_id: &str,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let reset = std::time::SystemTime::now() + retry_after;
+    let reset_ms = reset
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    [
+        header("x-request-id", request_id.to_string()),
+        header("X-RateLimit-Limit", limit.unwrap_or(0).to_string()),
+        header("X-RateLimit-Remaining", "0".to_string()),
+        header("X-RateLimit-Reset", reset_ms.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `GET /v1/key`: OpenRouter's key-info endpoint, so a client can read its limits.
+async fn key_info(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let Some(key) = bearer(&headers) else {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            &reply::error("No API key provided", "invalid_request_error", None),
+            Vec::new(),
+        );
+    };
+    let config = &shared.config;
+    let label = key_label(key);
+    let credit = config.key_credits.get(&label).copied();
+    let billed = shared.ledger().billed(key);
+    let body = json!({"data": {
+        "label": format!("mock key …{label}"),
+        "limit": credit,
+        "limit_remaining": credit.map(|c| c.saturating_sub(billed)),
+        "usage": billed,
+        "is_free_tier": false,
+        "rate_limit": {"requests": config.rpm, "interval": "1m"},
+    }});
+    json_response(StatusCode::OK, &body, Vec::new())
 }
 
 fn unix_now() -> u64 {

@@ -269,3 +269,75 @@ async fn the_same_seed_gives_the_same_faults_and_reset_clears() {
     assert_eq!(runs[0], runs[1]);
     assert!(runs[0].contains(&200) && runs[0].iter().any(|s| *s >= 500));
 }
+
+#[tokio::test]
+async fn credits_in_flight_budget_hidden_limits_and_key_info() {
+    let client = reqwest::Client::new();
+    let config = MockConfig {
+        rpm: Some(1),
+        hide_limits: true,
+        key_credits: [("aaaa".to_string(), 1)].into_iter().collect(),
+        ..MockConfig::default()
+    };
+    let server = start(config).await;
+    // Hidden limits: a success says nothing; the 429 speaks OpenRouter's dialect.
+    let ok = post(&client, &server, "sk-bbbb", &chat_body()).await;
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers().get("x-ratelimit-limit-requests").is_none());
+    let limited = post(&client, &server, "sk-bbbb", &chat_body()).await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["x-ratelimit-limit"], "1");
+    let reset: u128 = limited.headers()["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reset > 1_700_000_000_000, "epoch milliseconds");
+    // Credits: the first request spends the credit, the next gets 402.
+    assert_eq!(
+        post(&client, &server, "sk-aaaa", &chat_body())
+            .await
+            .status(),
+        200
+    );
+    let spent = post(&client, &server, "sk-aaaa", &chat_body()).await;
+    assert_eq!(spent.status(), 402);
+    let body: Value = spent.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("credits")
+    );
+    let info: Value = client
+        .get(format!("{}/key", server.base_url()))
+        .bearer_auth("sk-aaaa")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["data"]["limit"], 1);
+    assert_eq!(info["data"]["limit_remaining"], 0);
+
+    let budget = start(MockConfig {
+        in_flight_budget: Some(1),
+        latency_ms: 300,
+        ..MockConfig::default()
+    })
+    .await;
+    let body = chat_body();
+    let (a, b) = tokio::join!(post(&client, &budget, "k", &body), async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        post(&client, &budget, "k", &body).await
+    });
+    assert_eq!(a.status(), 200);
+    assert_eq!(b.status(), 402);
+    assert_eq!(b.headers()["retry-after"], "1");
+    let body: Value = b.json().await.unwrap();
+    assert_eq!(
+        body["error"]["metadata"]["limit_source"],
+        "openrouter_in_flight_budget"
+    );
+}

@@ -166,6 +166,15 @@ pub struct MockArgs {
     /// Seed for faults and jitter: the same seed and arrival order give the same run.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Send no x-ratelimit-* headers on successes (as OpenRouter): clients must find the limit themselves.
+    #[arg(long)]
+    pub hide_limits: bool,
+    /// Credit of one key, in tokens, by the key's last four characters: past it, 402 "insufficient credits". Repeatable.
+    #[arg(long = "key-credits", value_name = "LAST4=TOKENS", value_parser = parse_key_credit)]
+    pub key_credits: Vec<(String, u64)>,
+    /// Requests one key may have in flight; more get OpenRouter's in-flight-budget 402 with Retry-After.
+    #[arg(long, value_name = "N")]
+    pub in_flight_budget: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -204,4 +213,14 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{s:?} must be a non-negative number"))
     }
+}
+
+fn parse_key_credit(s: &str) -> Result<(String, u64), String> {
+    let (key, tokens) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not LAST4=TOKENS"))?;
+    let tokens = tokens
+        .parse()
+        .map_err(|_| format!("{tokens:?} is not a number of tokens"))?;
+    Ok((key.to_string(), tokens))
 }

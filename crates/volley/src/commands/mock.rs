@@ -20,6 +20,9 @@ impl From<&MockArgs> for MockConfig {
             malformed_rate: a.malformed_rate,
             reset_rate: a.reset_rate,
             seed: a.seed,
+            hide_limits: a.hide_limits,
+            key_credits: a.key_credits.iter().cloned().collect(),
+            in_flight_budget: a.in_flight_budget,
         }
     }
 }
