@@ -88,6 +88,8 @@ pub enum Event {
         requests_per_minute: Option<u64>,
         tokens_per_minute: Option<u64>,
     },
+    /// Adaptive concurrency moved: `limit` attempts may now be in flight.
+    ConcurrencyChanged { limit: usize },
     /// A key left the pool for the rest of the run.
     KeyRetired {
         key: Arc<str>,

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod classify;
+pub mod concurrency;
 pub mod defaults;
 pub mod events;
 pub mod ids;

@@ -19,6 +19,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::{Classified, Reason, Verdict, classify_failure, classify_reply};
+use crate::concurrency::Concurrency;
 use crate::defaults;
 use crate::events::{Event, EventBus};
 use crate::job::Job;
@@ -44,6 +45,9 @@ pub struct EngineConfig {
     pub check: Option<Arc<ResponseCheck>>,
     /// After an interrupt, how long in-flight attempts may take to finish.
     pub grace: Duration,
+    /// Adapt concurrency to 429s and timeouts (AIMD, `concurrency` as the ceiling):
+    /// for runs that know no limit of their own.
+    pub adaptive: bool,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,7 @@ impl Default for EngineConfig {
             timeout: defaults::TIMEOUT,
             check: None,
             grace: defaults::SHUTDOWN_GRACE,
+            adaptive: false,
         }
     }
 }
@@ -82,6 +87,8 @@ pub struct Engine {
     /// Distinguishes the output ids of this run from those of earlier runs.
     run_id: String,
     next_id: AtomicU64,
+    /// The wire gate: attempts in flight, adapted when no limit is known.
+    wire: Concurrency,
     /// Cancelled when the run must stop admitting: by the caller, or when no key is left.
     halt: CancellationToken,
     /// Why the engine halted on its own, if it did.
@@ -111,6 +118,7 @@ impl Engine {
         );
         Arc::new(Engine {
             budget: RetryBudget::new(config.retry_budget_ratio),
+            wire: Concurrency::new(config.concurrency, config.adaptive),
             config,
             transport,
             keys,
@@ -132,7 +140,6 @@ impl Engine {
     ) -> StopReason {
         let concurrency = self.config.concurrency.max(1);
         let admission = Arc::new(Semaphore::new(concurrency * defaults::ADMISSION_FACTOR));
-        let wire = Arc::new(Semaphore::new(concurrency));
         let mut tasks = JoinSet::new();
         loop {
             // Reap finished tasks so the set stays as small as the admission gate.
@@ -153,7 +160,7 @@ impl Engine {
                     None => break,
                 },
             };
-            tasks.spawn(self.clone().process(job, permit, wire.clone()));
+            tasks.spawn(self.clone().process(job, permit));
         }
         drop(jobs);
 
@@ -193,20 +200,15 @@ impl Engine {
         }
     }
 
-    async fn process(
-        self: Arc<Self>,
-        job: Job,
-        _admitted: OwnedSemaphorePermit,
-        wire: Arc<Semaphore>,
-    ) {
+    async fn process(self: Arc<Self>, job: Job, _admitted: OwnedSemaphorePermit) {
         let custom_id = job.custom_id.clone();
-        if let Fate::Abandoned = self.attempt_until_done(job, wire).await {
+        if let Fate::Abandoned = self.attempt_until_done(job).await {
             self.events.emit(Event::RequestAbandoned { custom_id });
         }
     }
 
     /// The life of one request: attempts until success, a permanent failure, or a halt.
-    async fn attempt_until_done(&self, job: Job, wire: Arc<Semaphore>) -> Fate {
+    async fn attempt_until_done(&self, job: Job) -> Fate {
         // Latency is counted from the first send, not from admission, so that time spent
         // queued behind the concurrency limit does not pass for provider latency.
         let mut started = None;
@@ -219,7 +221,7 @@ impl Engine {
         let mut error_retries = 0u32;
         let mut rate_limited_retries = 0u32;
         loop {
-            let Ok(slot) = wire.clone().acquire_owned().await else {
+            let Some(slot) = self.wire.acquire().await else {
                 return Fate::Abandoned;
             };
             let Some(booking) = self.book_key(&job).await else {
@@ -245,7 +247,7 @@ impl Engine {
                 )
                 .await;
             let latency = sent.elapsed();
-            drop(slot);
+            self.wire.release(slot);
 
             let (outcome, reply) = match result {
                 Ok(reply) => (
@@ -262,6 +264,7 @@ impl Engine {
             if let Some(reply) = &reply {
                 self.learn_limits(lane, reply);
             }
+            self.adapt_concurrency(&outcome);
             if let Some(u) = &outcome.usage {
                 usage.add(u);
                 self.keys
@@ -389,6 +392,20 @@ impl Engine {
                 continue;
             }
             return Some(booking);
+        }
+    }
+
+    /// AIMD: a success may add a slot; a 429 or a timeout halves the slots.
+    fn adapt_concurrency(&self, outcome: &Classified) {
+        let changed = match (outcome.verdict, outcome.reason) {
+            (Verdict::Success, _) => self.wire.on_success(),
+            (Verdict::RateLimited, _) | (_, Some(Reason::Timeout)) => {
+                self.wire.on_overload(Instant::now())
+            }
+            _ => None,
+        };
+        if let Some(limit) = changed {
+            self.events.emit(Event::ConcurrencyChanged { limit });
         }
     }
 

@@ -46,6 +46,8 @@ pub struct RunStats {
     rate_limited: AtomicU64,
     throttled_us: AtomicU64,
     abandoned: AtomicU64,
+    /// The adaptive concurrency limit, 0 until it first moves.
+    concurrency: AtomicU64,
     detail: Mutex<Detail>,
 }
 
@@ -73,6 +75,8 @@ pub struct Snapshot {
     #[serde(serialize_with = "secs")]
     pub throttled: Duration,
     pub abandoned: u64,
+    /// The adaptive concurrency limit, if it ever moved.
+    pub concurrency: Option<u64>,
     pub usage: Usage,
     pub latency_ms: Percentiles,
     pub attempts_histogram: BTreeMap<u32, u64>,
@@ -141,6 +145,7 @@ impl RunStats {
             rate_limited: AtomicU64::new(0),
             throttled_us: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
+            concurrency: AtomicU64::new(0),
             detail: Mutex::new(Detail {
                 latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
                     .expect("static histogram bounds are valid"),
@@ -177,6 +182,7 @@ impl RunStats {
             rate_limited: load(&self.rate_limited),
             throttled: Duration::from_micros(load(&self.throttled_us)),
             abandoned: load(&self.abandoned),
+            concurrency: Some(load(&self.concurrency)).filter(|c| *c > 0),
             usage: d.usage,
             latency_ms: if d.latency_us.is_empty() {
                 Percentiles::default()
@@ -273,6 +279,9 @@ impl Observer for RunStats {
                 self.detail()
                     .stop_reason
                     .get_or_insert_with(|| reason.clone());
+            }
+            Event::ConcurrencyChanged { limit } => {
+                self.concurrency.store(*limit as u64, Ordering::Relaxed);
             }
             Event::KeyPaused { .. }
             | Event::LimitLearned { .. }

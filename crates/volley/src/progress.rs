@@ -52,6 +52,9 @@ impl Observer for EventLog {
                     show(tokens_per_minute)
                 );
             }
+            Event::ConcurrencyChanged { limit } => {
+                tracing::debug!("adaptive concurrency: {limit} in flight at most");
+            }
             Event::Retrying {
                 custom_id,
                 reason,
@@ -76,11 +79,13 @@ pub fn summary_line(s: &Snapshot) -> String {
         100.0
     };
     format!(
-        "progress: {}/{} ({pct:.1}%) · {:.1} req/s · in flight {} · queued {} · retries {} · 429s {} · errors {} · waited for limits {} · tokens {} · ETA {}",
+        "progress: {}/{} ({pct:.1}%) · {:.1} req/s · in flight {}{} · queued {} · retries {} · 429s {} · errors {} · waited for limits {} · tokens {} · ETA {}",
         s.finished(),
         s.total,
         s.throughput(),
         s.in_flight,
+        s.concurrency
+            .map_or(String::new(), |c| format!(" (limit {c})")),
         s.pending.saturating_sub(s.in_flight),
         s.retries,
         s.rate_limited,

@@ -186,6 +186,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         timeout: Duration::from_secs_f64(args.timeout),
         check,
         grace,
+        // With a limit of its own the run is paced; without one it finds the provider's.
+        adaptive: args.rpm.is_none() && args.tpm.is_none(),
     };
     let target = Target {
         base_url,
