@@ -35,6 +35,11 @@ pub enum Event {
         already_done: u64,
         keys: usize,
     },
+    /// What the provider said about a key before the run (`None`: it could not be read).
+    KeyInfo {
+        key: Arc<str>,
+        info: Option<crate::openrouter::KeyInfo>,
+    },
     /// A line was invalid and recorded in ERRORS (`--skip-invalid`).
     InputRejected {
         custom_id: Arc<str>,

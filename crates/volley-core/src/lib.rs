@@ -14,6 +14,7 @@ pub mod ids;
 pub mod job;
 pub mod keys;
 pub mod limiter;
+pub mod openrouter;
 pub mod ratelimit;
 pub mod retry;
 pub mod runner;

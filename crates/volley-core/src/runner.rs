@@ -22,6 +22,7 @@ use crate::events::{Event, EventBus};
 use crate::ids::IdSet;
 use crate::job::Job;
 use crate::keys::KeyPool;
+use crate::openrouter;
 use crate::scheduler::{Engine, EngineConfig, StopReason};
 use crate::sink::{
     Checkpoint, Destination, ErrorPart, OutputFiles, OutputLine, Sink, SinkError, SinkHandle,
@@ -304,6 +305,8 @@ pub struct Target {
     pub keys: Vec<ApiKey>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Read each key's standing from OpenRouter's `GET /key` before starting.
+    pub key_info: bool,
 }
 
 /// Runs a prepared batch. `events` receives every event of the run; `cancel` stops
@@ -324,6 +327,19 @@ pub async fn execute(
         already_done: scan.already_done,
         keys: keys.len(),
     });
+    if target.key_info {
+        let lookups = (0..keys.len()).map(|i| openrouter::key_info(&transport, &keys.lane(i).key));
+        for (i, info) in futures_util::future::join_all(lookups)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            events.emit(Event::KeyInfo {
+                key: keys.lane(i).label.clone(),
+                info,
+            });
+        }
+    }
     let writer = sink.handle();
     if plan.skip_invalid {
         record_issues(&scan, &writer, &events);

@@ -284,6 +284,7 @@ impl Observer for RunStats {
                 self.concurrency.store(*limit as u64, Ordering::Relaxed);
             }
             Event::KeyPaused { .. }
+            | Event::KeyInfo { .. }
             | Event::LimitLearned { .. }
             | Event::RetryBudgetExhausted { .. } => {}
         }

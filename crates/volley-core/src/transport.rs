@@ -138,6 +138,35 @@ impl Transport {
 }
 
 impl Transport {
+    /// GETs `base_url + path` as JSON: for side requests such as OpenRouter's key info.
+    pub async fn get_json(
+        &self,
+        path: &str,
+        key: &ApiKey,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, TransportFailure> {
+        let url = self.url(path)?;
+        let request = async {
+            let response = self
+                .client
+                .get(url)
+                .header(http::header::AUTHORIZATION, key.0.clone())
+                .send()
+                .await
+                .map_err(describe)?;
+            let status = response.status();
+            let body = response.bytes().await.map_err(describe)?;
+            if !status.is_success() {
+                return Err(TransportFailure::Connection(format!("HTTP {status}")));
+            }
+            serde_json::from_slice(&body)
+                .map_err(|e| TransportFailure::Connection(format!("not JSON: {e}")))
+        };
+        tokio::time::timeout(timeout, request)
+            .await
+            .unwrap_or(Err(TransportFailure::Timeout))
+    }
+
     fn url(&self, path: &str) -> Result<reqwest::Url, TransportFailure> {
         if let Some(url) = self
             .urls

@@ -73,6 +73,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "M")]
     pub model: Option<String>,
 
+    /// Read each key's credit and limits from GET BASE_URL/key before starting (on by default for openrouter.ai).
+    #[arg(long)]
+    pub key_info: bool,
     /// Requests in flight at once.
     #[arg(long, default_value_t = defaults::CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     pub concurrency: usize,

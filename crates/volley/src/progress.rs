@@ -52,6 +52,33 @@ impl Observer for EventLog {
                     show(tokens_per_minute)
                 );
             }
+            Event::KeyInfo { key, info: None } => {
+                tracing::info!(
+                    "{key}: could not read the key's limits and credit from the provider; going on"
+                );
+            }
+            Event::KeyInfo {
+                key,
+                info: Some(info),
+            } => {
+                let usd = |v: Option<f64>| v.map_or("none".to_string(), |v| format!("${v:.2}"));
+                let free = if info.is_free_tier == Some(true) {
+                    " · free tier"
+                } else {
+                    ""
+                };
+                tracing::info!(
+                    "{key}: credit limit {} · remaining {} · used {}{free}",
+                    usd(info.limit),
+                    usd(info.limit_remaining),
+                    usd(info.usage)
+                );
+                if info.limit_remaining.is_some_and(|r| r <= 0.0) {
+                    tracing::warn!(
+                        "{key} has no credit left: expect it to be refused (402) and leave the pool"
+                    );
+                }
+            }
             Event::ConcurrencyChanged { limit } => {
                 tracing::debug!("adaptive concurrency: {limit} in flight at most");
             }

@@ -201,3 +201,37 @@ fn a_wait_longer_than_max_wait_spends_the_key_and_the_run_stops_resumably() {
         "unfinished requests are left for a re-run, not failed"
     );
 }
+
+#[test]
+fn key_info_is_read_and_reported_before_the_run() {
+    let mock = MockProc::start(&["--key-credits", "1234=5000"]);
+    let ws = Workspace::new();
+    ws.prompts("b.jsonl", 3);
+    let out = ws.run(&run_args("b.jsonl", &mock.base_url, &["--key-info"]));
+    assert_exit(&out, 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key#1: credit limit $5000.00 · remaining $5000.00"),
+        "{err}"
+    );
+    // A provider without the endpoint is no reason to fail.
+    let server = ScriptServer::start(vec![Scripted::new(
+        404,
+        serde_json::json!({"error": "not found"}),
+    )]);
+    let out = ws.run(&run_args(
+        "b.jsonl",
+        &server.base_url,
+        &[
+            "--key-info",
+            "-o",
+            "x.jsonl",
+            "--errors",
+            "y.jsonl",
+            "--max-retries",
+            "0",
+        ],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not read the key's limits"), "{err}");
+}

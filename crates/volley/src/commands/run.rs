@@ -189,11 +189,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         // With a limit of its own the run is paced; without one it finds the provider's.
         adaptive: args.rpm.is_none() && args.tpm.is_none(),
     };
+    let key_info = args.key_info || volley_core::openrouter::is_openrouter(&base_url);
     let target = Target {
         base_url,
         keys,
         rpm: args.rpm,
         tpm: args.tpm,
+        key_info,
     };
     let outcome = runner::execute(prepared, target, engine, EventBus::new(observers), cancel).await;
 

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Rate-limit benchmarks (issue 3's targets), whole processes against `volley mock`.
+
+1. rpm:      900 requests against `mock --rpm 600`; volley is told nothing and learns the
+             limit from headers. Target: within 1.05x of the 90 s an evenly pacing
+             client needs, with at most 1% answered 429.
+2. tpm:      requests of varied sizes against `mock --tpm N`, tokens the binding limit.
+             Reported against the time the billed tokens need at N per minute.
+3. adaptive: `mock --rpm 600 --hide-limits` (no limits on successes, OpenRouter-style
+             headers on 429s): throughput after warm-up as a share of 600/min, and 429s.
+
+    python3 bench/limits.py [--only rpm|tpm|adaptive] [--no-build]
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "volley")
+
+
+def start_mock(*flags):
+    mock = subprocess.Popen([BIN, "mock", "--addr", "127.0.0.1:0", *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    return mock, mock.stdout.readline().strip()
+
+
+def stats(base):
+    with urllib.request.urlopen(base.replace("/v1", "/mock/stats")) as r:
+        return json.load(r)
+
+
+def run(path, base, *flags):
+    env = dict(os.environ, BENCH_KEY="bench-key-0001")
+    start = time.monotonic()
+    p = subprocess.run([BIN, "run", path, "--base-url", base, "--api-key-env", "BENCH_KEY", "--model", "m",
+                        "--progress", "off", "--events", path + ".events", *flags],
+                       env=env, stderr=subprocess.PIPE, text=True)
+    wall = time.monotonic() - start
+    if p.returncode != 0:
+        sys.exit(f"volley exited {p.returncode}:\n{p.stderr}")
+    return wall
+
+
+def finish_times(path):
+    times = []
+    with open(path + ".events") as f:
+        for line in f:
+            e = json.loads(line)
+            if e["event"] == "request_finished":
+                times.append(e["t"])
+    return sorted(times)
+
+
+def bench_rpm(tmp):
+    mock, base = start_mock("--rpm", "600", "--latency-ms", "50")
+    try:
+        path = os.path.join(tmp, "rpm.jsonl")
+        with open(path, "w") as f:
+            for i in range(900):
+                f.write(json.dumps({"id": f"r{i}", "prompt": f"question {i}", "max_tokens": 20}) + "\n")
+        wall = run(path, base)
+        s = stats(base)
+        limited = s["by_status"].get("429", 0)
+        return {"requests": 900, "limit_rpm": 600, "wall_s": round(wall, 1), "ideal_s": 90,
+                "ratio_to_ideal": round(wall / 90, 3), "answered_429": limited,
+                "pct_429": round(100 * limited / s["requests"], 2), "mock_peak_rpm": s["peak_requests_per_minute"]}
+    finally:
+        mock.kill()
+
+
+def bench_tpm(tmp, tpm=12000):
+    mock, base = start_mock("--tpm", str(tpm), "--latency-ms", "50")
+    try:
+        path = os.path.join(tmp, "tpm.jsonl")
+        rng = random.Random(7)
+        with open(path, "w") as f:
+            for i in range(300):
+                words = " ".join("word" for _ in range(rng.randint(5, 150)))
+                f.write(json.dumps({"id": f"t{i}", "prompt": f"summarise: {words}", "max_tokens": 20}) + "\n")
+        wall = run(path, base)
+        s = stats(base)
+        billed = s["tokens_billed"]["total"]
+        ideal = max(billed - tpm, 0) / tpm * 60  # the first minute's worth may go at once
+        limited = s["by_status"].get("429", 0)
+        return {"requests": 300, "limit_tpm": tpm, "tokens_billed": billed, "wall_s": round(wall, 1),
+                "ideal_s": round(ideal, 1), "ratio_to_ideal": round(wall / ideal, 3) if ideal else None,
+                "answered_429": limited, "pct_429": round(100 * limited / s["requests"], 2),
+                "mock_peak_tpm": s["peak_tokens_per_minute"]}
+    finally:
+        mock.kill()
+
+
+def bench_adaptive(tmp, n=1500):
+    mock, base = start_mock("--rpm", "600", "--hide-limits", "--latency-ms", "100")
+    try:
+        path = os.path.join(tmp, "adaptive.jsonl")
+        with open(path, "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"id": f"a{i}", "prompt": f"question {i}", "max_tokens": 20}) + "\n")
+        wall = run(path, base)
+        s = stats(base)
+        times = finish_times(path)
+        # After warm-up: the second minute onward.
+        later = [t for t in times if t >= 60]
+        rate = (len(later) / (times[-1] - 60) * 60) if later and times[-1] > 60 else None
+        limited = s["by_status"].get("429", 0)
+        return {"requests": n, "limit_rpm": 600, "wall_s": round(wall, 1),
+                "rpm_after_warmup": round(rate) if rate else None,
+                "share_of_limit_after_warmup": round(rate / 600, 3) if rate else None,
+                "answered_429": limited, "pct_429": round(100 * limited / s["requests"], 2)}
+    finally:
+        mock.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=["rpm", "tpm", "adaptive"])
+    ap.add_argument("--no-build", action="store_true")
+    a = ap.parse_args()
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "volley"], cwd=ROOT, check=True)
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn in [("rpm", bench_rpm), ("tpm", bench_tpm), ("adaptive", bench_adaptive)]:
+            if a.only in (None, name):
+                report[name] = fn(tmp)
+                print(json.dumps({name: report[name]}), flush=True)
+    os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "out", "limits.json"), "w") as f:
+        json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
