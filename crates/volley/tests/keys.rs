@@ -235,3 +235,43 @@ fn key_info_is_read_and_reported_before_the_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not read the key's limits"), "{err}");
 }
+
+#[test]
+fn a_tokens_per_minute_limit_paces_requests_of_varied_sizes() {
+    let mock = MockProc::start(&["--tpm", "60000"]);
+    let ws = Workspace::new();
+    let mut text = String::new();
+    for i in 0..60 {
+        let words = "word ".repeat(5 + (i * 37) % 150);
+        text.push_str(&format!(
+            "{{\"id\":\"t{i}\",\"prompt\":\"summarise: {words}\",\"max_tokens\":20}}\n"
+        ));
+    }
+    ws.write("b.jsonl", &text);
+    let started = Instant::now();
+    let out = ws.run(&run_args(
+        "b.jsonl",
+        &mock.base_url,
+        &["--tpm", "60000", "--events", "ev.jsonl"],
+    ));
+    let took = started.elapsed();
+    assert_exit(&out, 0);
+    each_once(&ws, "b.results.jsonl", 60);
+    let stats = mock.stats();
+    assert!(stats["by_status"].get("429").is_none(), "{stats}");
+    // 60,000 tokens/min is 1,000/s after a one-second burst: the batch books about
+    // 6,000 tokens (tokenizer estimate + max_tokens), so it cannot finish at once.
+    let throttled = ws
+        .jsonl("ev.jsonl")
+        .iter()
+        .filter(|e| e["event"] == "throttled")
+        .count();
+    assert!(
+        throttled > 10,
+        "requests waited for the token limit ({throttled} waits)"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "not paced by tokens: {took:?}"
+    );
+}
