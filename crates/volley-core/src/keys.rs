@@ -18,8 +18,9 @@ use crate::limiter::{Gcra, Limiter, WINDOW};
 use crate::ratelimit::{Observation, Quota};
 use crate::transport::ApiKey;
 
-/// Sends made while a limit was still unknown, so that the limit, once learned, starts
-/// from what this key has already spent in the current window rather than from zero.
+/// What a key spent while a limit was still unknown (requests when booked, tokens as
+/// their usage comes back), so that the limit, once learned, starts from what the key
+/// has already spent in the current window rather than from zero.
 #[derive(Debug, Default)]
 struct Unpaced {
     since: Option<Instant>,
@@ -159,7 +160,6 @@ impl KeyPool {
                 };
             }
             unpaced.requests += 1;
-            unpaced.tokens += tokens;
         }
         Some(Booking { lane, at, tokens })
     }
@@ -237,15 +237,23 @@ impl KeyPool {
     }
 
     /// Corrects a key's token booking with the real usage.
-    pub fn correct_tokens(&self, lane: usize, booked: u64, actual: u64) {
-        if !self.meters_tokens.load(Ordering::Relaxed) {
+    pub fn correct_tokens(&self, lane: usize, booked: u64, actual: u64, now: Instant) {
+        let mut state = self.lanes[lane].state();
+        if state.tokens.limit().is_none() {
+            // No token limit yet: remember what was spent, in case one is learned.
+            if state
+                .unpaced
+                .since
+                .is_some_and(|s| now.duration_since(s) < WINDOW)
+            {
+                state.unpaced.tokens += actual;
+            }
             return;
         }
-        let estimated = booked;
-        let delta = i64::try_from(actual).unwrap_or(i64::MAX)
-            - i64::try_from(estimated).unwrap_or(i64::MAX);
+        let delta =
+            i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(booked).unwrap_or(i64::MAX);
         if delta != 0 {
-            self.lanes[lane].state().tokens.adjust(delta);
+            state.tokens.adjust(delta);
         }
     }
 }

@@ -76,13 +76,13 @@ pub struct RunArgs {
     /// Read each key's credit and limits from GET BASE_URL/key before starting (on by default for openrouter.ai).
     #[arg(long)]
     pub key_info: bool,
-    /// Requests in flight at once.
+    /// Requests in flight at once (the ceiling when concurrency adapts).
     #[arg(long, default_value_t = defaults::CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
     pub concurrency: usize,
-    /// Requests per minute, per key [default: unlimited].
+    /// Requests per minute, per key [default: learned from the provider's headers; adaptive concurrency until then].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub rpm: Option<u64>,
-    /// Tokens per minute, per key (prompt estimate + max_tokens, corrected by usage) [default: unlimited].
+    /// Tokens per minute, per key (prompt counted with a tokenizer + max_tokens, corrected by usage) [default: learned from headers].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub tpm: Option<u64>,
     /// Retries after errors, per request.
