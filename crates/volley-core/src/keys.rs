@@ -34,6 +34,9 @@ struct LaneState {
     requests: Gcra,
     tokens: Gcra,
     unpaced: Unpaced,
+    /// Attempts booked on this key and not yet back: the tie-breaker between keys
+    /// that could all send now, so unlimited keys share the work.
+    in_flight: usize,
     paused_until: Option<Instant>,
     retired: Option<Reason>,
 }
@@ -96,6 +99,7 @@ impl KeyPool {
                     requests: Gcra::new(rpm),
                     tokens: Gcra::new(tpm),
                     unpaced: Unpaced::default(),
+                    in_flight: 0,
                     paused_until: None,
                     retired: None,
                 }),
@@ -141,13 +145,17 @@ impl KeyPool {
             .lanes
             .iter()
             .enumerate()
-            .filter_map(|(i, lane)| earliest(&lane.state(), tokens, now).map(|at| (i, at)))
-            .min_by_key(|(_, at)| *at)?;
+            .filter_map(|(i, lane)| {
+                let state = lane.state();
+                earliest(&state, tokens, now).map(|at| (i, (at, state.in_flight)))
+            })
+            .min_by_key(|(_, headroom)| *headroom)?;
         // Book under the lock, re-checking: another task may have booked in between.
         let mut state = self.lanes[lane].state();
         let at = earliest(&state, tokens, now)?;
         state.requests.commit(1, at);
         state.tokens.commit(tokens, at);
+        state.in_flight += 1;
         if state.requests.limit().is_none() || state.tokens.limit().is_none() {
             let unpaced = &mut state.unpaced;
             if unpaced
@@ -208,6 +216,12 @@ impl KeyPool {
             learned.changed = Some((state.requests.limit(), state.tokens.limit()));
         }
         learned
+    }
+
+    /// An attempt booked on `lane` is over (whatever its outcome).
+    pub fn release(&self, lane: usize) {
+        let mut state = self.lanes[lane].state();
+        state.in_flight = state.in_flight.saturating_sub(1);
     }
 
     /// When the key's pause ends, if it is paused past `now`.
@@ -327,6 +341,11 @@ mod tests {
     async fn paused_and_retired_keys() {
         let pool = KeyPool::new(keys(2), None, None);
         let now = Instant::now();
+        let a = pool.book(|| 0, now).unwrap();
+        let b = pool.book(|| 0, now).unwrap();
+        assert_ne!(a.lane, b.lane, "unlimited keys share the work");
+        pool.release(a.lane);
+        pool.release(b.lane);
         assert!(pool.pause(0, now + Duration::from_secs(5), now));
         assert!(
             !pool.pause(0, now + Duration::from_secs(3), now),

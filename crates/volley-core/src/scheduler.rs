@@ -248,6 +248,7 @@ impl Engine {
                 .await;
             let latency = sent.elapsed();
             self.wire.release(slot);
+            self.keys.release(lane);
 
             let (outcome, reply) = match result {
                 Ok(reply) => (
@@ -378,7 +379,10 @@ impl Engine {
                     wait: booking.at - now,
                 });
                 tokio::select! {
-                    _ = self.halt.cancelled() => return None,
+                    _ = self.halt.cancelled() => {
+                        self.keys.release(booking.lane);
+                        return None;
+                    }
                     _ = sleep_until(booking.at) => {}
                 }
             }
@@ -389,6 +393,7 @@ impl Engine {
                 .paused_until(booking.lane, Instant::now())
                 .is_some()
             {
+                self.keys.release(booking.lane);
                 continue;
             }
             return Some(booking);
