@@ -63,8 +63,16 @@ impl KeyLane {
 pub struct Booking {
     pub lane: usize,
     pub at: Instant,
+    /// Tokens booked: the estimate scaled by the calibration.
     pub tokens: u64,
+    /// The raw estimate, to calibrate against the real usage.
+    pub estimate: u64,
 }
+
+/// Weight of the newest reply in the calibration's moving average.
+const CALIBRATION_WEIGHT: f64 = 0.1;
+/// Bounds of the calibration: a tokenizer is never off by more than this.
+const CALIBRATION_RANGE: (f64, f64) = (0.25, 4.0);
 
 /// What a response taught a key about its limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -84,6 +92,11 @@ pub struct KeyPool {
     ceiling_tpm: Option<u64>,
     /// Whether any key has a token limit, i.e. whether requests must be tokenized.
     meters_tokens: AtomicBool,
+    /// Real tokens per estimated token, as a moving average over replies. Estimates
+    /// are off when the provider's tokenizer is not ours (Claude, Llama on OpenRouter)
+    /// or completions stop short of `max_tokens`; booking the estimate as it is would
+    /// then either idle the key or run into 429s.
+    calibration: Mutex<f64>,
 }
 
 impl KeyPool {
@@ -110,6 +123,7 @@ impl KeyPool {
             ceiling_rpm: rpm,
             ceiling_tpm: tpm,
             meters_tokens: AtomicBool::new(tpm.is_some()),
+            calibration: Mutex::new(1.0),
         }
     }
 
@@ -136,11 +150,13 @@ impl KeyPool {
     /// Books one request on the live key that can send it soonest; `None` when every
     /// key has been retired. `tokens` is asked for only when some key meters tokens.
     pub fn book(&self, tokens: impl FnOnce() -> u64, now: Instant) -> Option<Booking> {
-        let tokens = if self.meters_tokens.load(Ordering::Relaxed) {
+        let estimate = if self.meters_tokens.load(Ordering::Relaxed) {
             tokens()
         } else {
             0
         };
+        let scale = *self.calibration.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = (estimate as f64 * scale).ceil() as u64;
         let (lane, _) = self
             .lanes
             .iter()
@@ -169,7 +185,12 @@ impl KeyPool {
             }
             unpaced.requests += 1;
         }
-        Some(Booking { lane, at, tokens })
+        Some(Booking {
+            lane,
+            at,
+            tokens,
+            estimate,
+        })
     }
 
     /// Adjusts a key's limits to what a response's headers announced.
@@ -251,8 +272,14 @@ impl KeyPool {
     }
 
     /// Corrects a key's token booking with the real usage.
-    pub fn correct_tokens(&self, lane: usize, booked: u64, actual: u64, now: Instant) {
-        let mut state = self.lanes[lane].state();
+    pub fn correct_tokens(&self, booking: &Booking, actual: u64, now: Instant) {
+        if booking.estimate > 0 {
+            let mut scale = self.calibration.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = actual as f64 / booking.estimate as f64;
+            *scale = ((1.0 - CALIBRATION_WEIGHT) * *scale + CALIBRATION_WEIGHT * seen)
+                .clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1);
+        }
+        let mut state = self.lanes[booking.lane].state();
         if state.tokens.limit().is_none() {
             // No token limit yet: remember what was spent, in case one is learned.
             if state
@@ -264,8 +291,8 @@ impl KeyPool {
             }
             return;
         }
-        let delta =
-            i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(booked).unwrap_or(i64::MAX);
+        let delta = i64::try_from(actual).unwrap_or(i64::MAX)
+            - i64::try_from(booking.tokens).unwrap_or(i64::MAX);
         if delta != 0 {
             state.tokens.adjust(delta);
         }
@@ -462,5 +489,23 @@ mod tests {
             now,
         );
         assert_eq!(pool.book(|| 300, now).unwrap().tokens, 300);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_estimates_are_calibrated_by_real_usage() {
+        let pool = KeyPool::new(keys(1), None, Some(1_000_000));
+        let now = Instant::now();
+        for _ in 0..60 {
+            let b = pool.book(|| 100, now).unwrap();
+            pool.correct_tokens(&b, 150, now);
+            pool.release(b.lane);
+        }
+        let b = pool.book(|| 100, now).unwrap();
+        assert!(
+            (145..=151).contains(&b.tokens),
+            "the provider counts 1.5x our estimate: {}",
+            b.tokens
+        );
+        assert_eq!(b.estimate, 100);
     }
 }

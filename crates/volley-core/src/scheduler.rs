@@ -269,7 +269,7 @@ impl Engine {
             if let Some(u) = &outcome.usage {
                 usage.add(u);
                 self.keys
-                    .correct_tokens(lane, booking.tokens, u.total_tokens, Instant::now());
+                    .correct_tokens(&booking, u.total_tokens, Instant::now());
             }
             self.events.emit(Event::AttemptFinished {
                 custom_id: job.custom_id.clone(),
