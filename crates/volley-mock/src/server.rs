@@ -229,6 +229,17 @@ impl<'a> Arrival<'a> {
         Some(json_response(StatusCode::PAYMENT_REQUIRED, &body, headers))
     }
 
+    /// The request body as JSON, or the 400 OpenAI answers when it is not.
+    fn json(&self, body: &[u8]) -> Result<Value, Response> {
+        serde_json::from_slice(body).map_err(|_| {
+            self.refuse(
+                StatusCode::BAD_REQUEST,
+                "We could not parse the JSON body of your request.",
+                "invalid_request_error",
+            )
+        })
+    }
+
     /// A client error answered at once.
     fn refuse(&self, status: StatusCode, message: &str, kind: &str) -> Response {
         self.shared.ledger().count_status(status.as_u16());
@@ -430,12 +441,9 @@ fn unix_now() -> u64 {
 
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let arrival = Arrival::new(&shared, &headers);
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return arrival.refuse(
-            StatusCode::BAD_REQUEST,
-            "We could not parse the JSON body of your request.",
-            "invalid_request_error",
-        );
+    let request = match arrival.json(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
     };
     let Some(messages) = request
         .get("messages")
@@ -461,12 +469,9 @@ async fn embeddings(
     body: Bytes,
 ) -> Response {
     let arrival = Arrival::new(&shared, &headers);
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return arrival.refuse(
-            StatusCode::BAD_REQUEST,
-            "We could not parse the JSON body of your request.",
-            "invalid_request_error",
-        );
+    let request = match arrival.json(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
     };
     let Some((reply, tokens)) = reply::embeddings(&request) else {
         return arrival.refuse(
