@@ -188,10 +188,11 @@ fn scan(
     done: &IdSet,
 ) -> Result<Scan, RunError> {
     let mut seen = IdSet::new();
-    // First line of each id, only for ids seen twice (to name both lines).
     let mut fates = Vec::new();
     let mut issues = Vec::new();
     let (mut lines, mut to_send, mut already_done) = (0u64, 0u64, 0u64);
+    // The line each id was first seen on, so a repeat can name it (bounded; see
+    // `first_seen_note`).
     let mut first_seen: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     for_each_line(path, &label, |number, text| {
         let fate = match text {
