@@ -71,7 +71,11 @@ pub enum Event {
         #[serde(rename = "latency_ms", serialize_with = "serialize_ms")]
         latency: Duration,
         usage: Option<Usage>,
+        model: Option<Arc<str>>,
     },
+    /// An attempt's cost is unknown (no `usage.cost`, no price) while `--max-cost` is
+    /// set: the cap counts only known costs. Reported once.
+    CostUnknown { model: Option<Arc<str>> },
     /// A request will be tried again after `delay`.
     Retrying {
         custom_id: Arc<str>,

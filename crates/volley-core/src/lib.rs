@@ -6,6 +6,7 @@
 //! knows nothing about command lines or servers: the `volley` binary wires it up.
 
 pub mod batch;
+pub mod budget;
 pub mod classify;
 pub mod concurrency;
 pub mod defaults;
@@ -15,7 +16,9 @@ pub mod job;
 pub mod keys;
 pub mod limiter;
 pub mod openrouter;
+pub mod pricing;
 pub mod ratelimit;
+pub mod report;
 pub mod retry;
 pub mod runner;
 pub mod scheduler;

@@ -26,7 +26,7 @@ use crate::openrouter;
 use crate::scheduler::{Engine, EngineConfig, StopReason};
 use crate::sink::{
     Checkpoint, Destination, ErrorPart, OutputFiles, OutputLine, Sink, SinkError, SinkHandle,
-    VolleyPart,
+    VolleyPart, unix_now,
 };
 use crate::transport::{ApiKey, Transport, TransportError};
 use crate::usage::Usage;
@@ -390,6 +390,8 @@ fn record_issues(scan: &Scan, writer: &SinkHandle, events: &EventBus) {
                 usage: Usage::default(),
                 cost: None,
                 key: None,
+                model: None,
+                finished_at: unix_now(),
             },
         };
         writer.write(Destination::Errors, line.to_line());

@@ -18,15 +18,19 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::CostBudget;
 use crate::classify::{Classified, Reason, Verdict, classify_failure, classify_reply};
 use crate::concurrency::Concurrency;
 use crate::defaults;
 use crate::events::{Event, EventBus};
 use crate::job::Job;
 use crate::keys::{Booking, KeyPool};
+use crate::pricing::Pricing;
 use crate::ratelimit;
 use crate::retry::{RetryBudget, RetryPolicy};
-use crate::sink::{Destination, ErrorPart, OutputLine, ResponsePart, SinkHandle, VolleyPart};
+use crate::sink::{
+    Destination, ErrorPart, OutputLine, ResponsePart, SinkHandle, VolleyPart, unix_now,
+};
 use crate::transport::{Reply, Transport};
 use crate::usage::Usage;
 use crate::validate::ResponseCheck;
@@ -48,6 +52,10 @@ pub struct EngineConfig {
     /// Adapt concurrency to 429s and timeouts (AIMD, `concurrency` as the ceiling):
     /// for runs that know no limit of their own.
     pub adaptive: bool,
+    /// Prices for replies that carry no `usage.cost` (`--pricing`).
+    pub pricing: Option<Arc<Pricing>>,
+    /// `--max-cost`, USD.
+    pub max_cost: Option<f64>,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +68,8 @@ impl Default for EngineConfig {
             check: None,
             grace: defaults::SHUTDOWN_GRACE,
             adaptive: false,
+            pricing: None,
+            max_cost: None,
         }
     }
 }
@@ -89,6 +99,8 @@ pub struct Engine {
     next_id: AtomicU64,
     /// The wire gate: attempts in flight, adapted when no limit is known.
     wire: Concurrency,
+    /// What has been spent against `--max-cost`.
+    cost: CostBudget,
     /// Cancelled when the run must stop admitting: by the caller, or when no key is left.
     halt: CancellationToken,
     /// Why the engine halted on its own, if it did.
@@ -119,6 +131,7 @@ impl Engine {
         Arc::new(Engine {
             budget: RetryBudget::new(config.retry_budget_ratio),
             wire: Concurrency::new(config.concurrency, config.adaptive),
+            cost: CostBudget::new(config.max_cost),
             config,
             transport,
             keys,
@@ -221,6 +234,11 @@ impl Engine {
         let mut error_retries = 0u32;
         let mut rate_limited_retries = 0u32;
         loop {
+            if let Some(why) = self.cost.exhausted() {
+                // Neither this request nor any other starts an attempt past the cap.
+                self.stop(&why);
+                return Fate::Abandoned;
+            }
             let Some(slot) = self.wire.acquire().await else {
                 return Fate::Abandoned;
             };
@@ -237,6 +255,7 @@ impl Engine {
             });
             let sent = Instant::now();
             let started = *started.get_or_insert(sent);
+            self.cost.attempt_started();
             let result = self
                 .transport
                 .send(
@@ -250,7 +269,7 @@ impl Engine {
             self.wire.release(slot);
             self.keys.release(lane);
 
-            let (outcome, reply) = match result {
+            let (mut outcome, reply) = match result {
                 Ok(reply) => (
                     classify_reply(
                         reply.status,
@@ -266,6 +285,9 @@ impl Engine {
                 self.learn_limits(lane, reply);
             }
             self.adapt_concurrency(&outcome);
+            self.price(&mut outcome, job.model.as_deref());
+            self.cost
+                .attempt_finished(outcome.usage.and_then(|u| u.cost));
             if let Some(u) = &outcome.usage {
                 usage.add(u);
                 self.keys
@@ -279,6 +301,7 @@ impl Engine {
                 outcome: outcome.reason.map_or("success", Reason::as_str),
                 latency,
                 usage: outcome.usage,
+                model: job.model.clone(),
             });
             let done = Done {
                 job: &job,
@@ -400,6 +423,22 @@ impl Engine {
         }
     }
 
+    /// Fills in the cost of an attempt whose reply reported none, from `--pricing`.
+    fn price(&self, outcome: &mut Classified, model: Option<&str>) {
+        let Some(usage) = outcome.usage.as_mut().filter(|u| u.cost.is_none()) else {
+            return;
+        };
+        usage.cost = match (&self.config.pricing, model) {
+            (Some(pricing), Some(model)) => pricing.cost(model, usage),
+            _ => None,
+        };
+        if usage.cost.is_none() && self.cost.report_unknown() {
+            self.events.emit(Event::CostUnknown {
+                model: model.map(Arc::from),
+            });
+        }
+    }
+
     /// AIMD: a success may add a slot; a 429 or a timeout halves the slots.
     fn adapt_concurrency(&self, outcome: &Classified) {
         let changed = match (outcome.verdict, outcome.reason) {
@@ -500,6 +539,8 @@ impl Engine {
                 usage: done.usage,
                 cost: done.usage.cost,
                 key: Some(done.key),
+                model: done.job.model.as_deref(),
+                finished_at: unix_now(),
             },
         };
         let dest = if error.is_some() {

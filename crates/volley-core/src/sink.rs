@@ -232,6 +232,18 @@ pub struct VolleyPart<'a> {
     pub cost: Option<f64>,
     /// `key#N` of the key that made the last attempt, never the key itself.
     pub key: Option<&'a str>,
+    /// The model the request asked for (the provider's `body.model` says which served).
+    pub model: Option<&'a str>,
+    /// When the request finished, Unix seconds: `volley report` plots completions over
+    /// time from it.
+    pub finished_at: f64,
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// One line of RESULTS or ERRORS, in the OpenAI Batch output shape plus `volley`.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::events::{Event, Observer};
@@ -28,7 +28,23 @@ struct Detail {
     errors_by_code: BTreeMap<&'static str, u64>,
     keys_retired: Vec<(String, String)>,
     stop_reason: Option<String>,
+    models: BTreeMap<String, ModelStats>,
 }
+
+/// What one model did in a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelStats {
+    /// Requests finished (either way).
+    pub requests: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub attempts: u64,
+    /// Tokens and cost over every attempt; `usage.cost` is `null` when unknown.
+    pub usage: Usage,
+}
+
+/// The name per-model figures are filed under when a request names no model.
+const NO_MODEL: &str = "(none)";
 
 /// Counters fed by events.
 #[derive(Debug)]
@@ -45,6 +61,7 @@ pub struct RunStats {
     retries: AtomicU64,
     rate_limited: AtomicU64,
     throttled_us: AtomicU64,
+    throttled: AtomicU64,
     abandoned: AtomicU64,
     /// The adaptive concurrency limit, 0 until it first moves.
     concurrency: AtomicU64,
@@ -74,6 +91,8 @@ pub struct Snapshot {
     /// Total time requests spent waiting for a rate limit or a key's pause.
     #[serde(serialize_with = "secs")]
     pub throttled: Duration,
+    /// Attempts that had to wait for a limit or a pause before sending.
+    pub throttled_attempts: u64,
     pub abandoned: u64,
     /// The adaptive concurrency limit, if it ever moved.
     pub concurrency: Option<u64>,
@@ -84,6 +103,7 @@ pub struct Snapshot {
     pub errors_by_code: BTreeMap<&'static str, u64>,
     pub keys_retired: Vec<(String, String)>,
     pub stop_reason: Option<String>,
+    pub models: BTreeMap<String, ModelStats>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -91,7 +111,7 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Request latency percentiles in milliseconds (per request, retries included).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p95: f64,
@@ -144,6 +164,7 @@ impl RunStats {
             retries: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             throttled_us: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             concurrency: AtomicU64::new(0),
             detail: Mutex::new(Detail {
@@ -155,6 +176,7 @@ impl RunStats {
                 errors_by_code: BTreeMap::new(),
                 keys_retired: Vec::new(),
                 stop_reason: None,
+                models: BTreeMap::new(),
             }),
         }
     }
@@ -181,6 +203,7 @@ impl RunStats {
             retries: load(&self.retries),
             rate_limited: load(&self.rate_limited),
             throttled: Duration::from_micros(load(&self.throttled_us)),
+            throttled_attempts: load(&self.throttled),
             abandoned: load(&self.abandoned),
             concurrency: Some(load(&self.concurrency)).filter(|c| *c > 0),
             usage: d.usage,
@@ -199,6 +222,7 @@ impl RunStats {
             errors_by_code: d.errors_by_code.clone(),
             keys_retired: d.keys_retired.clone(),
             stop_reason: d.stop_reason.clone(),
+            models: d.models.clone(),
         }
     }
 }
@@ -228,6 +252,7 @@ impl Observer for RunStats {
             }
             Event::Admitted { .. } => add(&self.admitted, 1),
             Event::Throttled { wait, .. } => {
+                add(&self.throttled, 1);
                 add(
                     &self.throttled_us,
                     u64::try_from(wait.as_micros()).unwrap_or(u64::MAX),
@@ -237,13 +262,25 @@ impl Observer for RunStats {
                 add(&self.attempts, 1);
                 add(&self.in_flight, 1);
             }
-            Event::AttemptFinished { outcome, usage, .. } => {
+            Event::AttemptFinished {
+                outcome,
+                usage,
+                model,
+                ..
+            } => {
                 self.in_flight.fetch_sub(1, Ordering::Relaxed);
                 if *outcome == "rate_limited" {
                     add(&self.rate_limited, 1);
                 }
+                let mut d = self.detail();
+                let per_model = d
+                    .models
+                    .entry(model.as_deref().unwrap_or(NO_MODEL).to_string())
+                    .or_default();
+                per_model.attempts += 1;
                 if let Some(u) = usage {
-                    self.detail().usage.add(u);
+                    per_model.usage.add(u);
+                    d.usage.add(u);
                 }
             }
             Event::Retrying { reason, .. } => {
@@ -260,10 +297,21 @@ impl Observer for RunStats {
                 attempts,
                 error,
                 latency,
+                model,
                 ..
             } => {
                 add(if *ok { &self.succeeded } else { &self.failed }, 1);
                 let mut d = self.detail();
+                let per_model = d
+                    .models
+                    .entry(model.as_deref().unwrap_or(NO_MODEL).to_string())
+                    .or_default();
+                per_model.requests += 1;
+                if *ok {
+                    per_model.succeeded += 1;
+                } else {
+                    per_model.failed += 1;
+                }
                 let us = u64::try_from(latency.as_micros())
                     .unwrap_or(u64::MAX)
                     .clamp(1, LATENCY_MAX_US);
@@ -284,6 +332,7 @@ impl Observer for RunStats {
                 self.concurrency.store(*limit as u64, Ordering::Relaxed);
             }
             Event::KeyPaused { .. }
+            | Event::CostUnknown { .. }
             | Event::KeyInfo { .. }
             | Event::LimitLearned { .. }
             | Event::RetryBudgetExhausted { .. } => {}
@@ -328,6 +377,7 @@ mod tests {
             outcome: "rate_limited",
             latency: Duration::from_millis(5),
             usage: Some(usage),
+            model: Some(Arc::from("m")),
         });
         s.on_event(&Event::Retrying {
             custom_id: id.clone(),
@@ -342,7 +392,7 @@ mod tests {
             error: None,
             latency: Duration::from_millis(40),
             usage,
-            model: None,
+            model: Some(Arc::from("m")),
         });
         let snap = s.snapshot();
         assert_eq!(
@@ -362,5 +412,10 @@ mod tests {
         assert_eq!(snap.attempts_histogram.get(&2), Some(&1));
         assert!((snap.latency_ms.p50 - 40.0).abs() < 0.5);
         assert_eq!(snap.pending, 0);
+        let m = &snap.models["m"];
+        assert_eq!(
+            (m.requests, m.succeeded, m.attempts, m.usage.total_tokens),
+            (1, 1, 1, 5)
+        );
     }
 }

@@ -33,4 +33,7 @@ pub struct MockConfig {
     /// Requests one key may have in flight; more get OpenRouter's 402 for its in-flight
     /// spending budget, with a Retry-After.
     pub in_flight_budget: Option<u64>,
+    /// Put `usage.cost` (USD) in every reply that carries usage, at this price per
+    /// million tokens, as OpenRouter does.
+    pub cost_per_million_tokens: Option<f64>,
 }

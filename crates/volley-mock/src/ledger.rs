@@ -93,6 +93,8 @@ pub struct Ledger {
     by_status: BTreeMap<u16, u64>,
     prompt_billed: u64,
     completion_billed: u64,
+    /// USD reported in `usage.cost`, when the mock reports cost.
+    cost_billed: f64,
     all: Window,
     keys: HashMap<String, KeyBook>,
     faults: BTreeMap<&'static str, u64>,
@@ -128,7 +130,8 @@ impl Ledger {
         *self.faults.entry(name).or_default() += 1;
     }
 
-    pub fn bill(&mut self, key: &str, prompt: u64, completion: u64) {
+    pub fn bill(&mut self, key: &str, prompt: u64, completion: u64, cost: Option<f64>) {
+        self.cost_billed += cost.unwrap_or(0.0);
         self.prompt_billed += prompt;
         self.completion_billed += completion;
         self.keys.entry(key_label(key)).or_default().billed += prompt + completion;
@@ -260,6 +263,7 @@ impl Ledger {
                 "completion": self.completion_billed,
                 "total": self.prompt_billed + self.completion_billed,
             },
+            "cost_billed": self.cost_billed,
             "peak_requests_per_minute": self.all.peak_requests,
             "peak_tokens_per_minute": self.all.peak_tokens,
             "by_key": by_key,

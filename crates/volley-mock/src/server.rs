@@ -229,14 +229,15 @@ impl<'a> Arrival<'a> {
         Some(json_response(StatusCode::PAYMENT_REQUIRED, &body, headers))
     }
 
-    /// The request body as JSON, or the 400 OpenAI answers when it is not.
-    fn json(&self, body: &[u8]) -> Result<Value, Response> {
+    /// The request body as JSON, or the 400 OpenAI answers when it is not
+    /// (boxed: a `Response` is large and the error is the rare path).
+    fn json(&self, body: &[u8]) -> Result<Value, Box<Response>> {
         serde_json::from_slice(body).map_err(|_| {
-            self.refuse(
+            Box::new(self.refuse(
                 StatusCode::BAD_REQUEST,
                 "We could not parse the JSON body of your request.",
                 "invalid_request_error",
-            )
+            ))
         })
     }
 
@@ -252,7 +253,7 @@ impl<'a> Arrival<'a> {
     }
 
     /// Limits, latency and faults, then `body` (with `prompt`/`completion` billed).
-    async fn answer(self, body: Value, prompt: u64, completion: u64) -> Response {
+    async fn answer(self, mut body: Value, prompt: u64, completion: u64) -> Response {
         let config = &self.shared.config;
         let Some(key) = self.key.as_deref() else {
             return self.refuse(
@@ -313,6 +314,13 @@ impl<'a> Arrival<'a> {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let fault = roll(config, &mut dice);
+        // OpenRouter reports the cost of every reply in `usage.cost` (USD).
+        let cost = config
+            .cost_per_million_tokens
+            .map(|usd| (prompt + completion) as f64 * usd / 1_000_000.0);
+        if let (Some(cost), Some(usage)) = (cost, body.get_mut("usage")) {
+            usage["cost"] = json!(cost);
+        }
         let shown = if config.hide_limits {
             RateHeaders::default()
         } else {
@@ -326,7 +334,7 @@ impl<'a> Arrival<'a> {
             match fault {
                 Fault::None => {
                     ledger.count_status(200);
-                    ledger.bill(key, prompt, completion);
+                    ledger.bill(key, prompt, completion, cost);
                 }
                 Fault::Fail(status) => ledger.count_status(status),
                 Fault::Malformed => ledger.count_status(200),
@@ -443,7 +451,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let arrival = Arrival::new(&shared, &headers);
     let request = match arrival.json(&body) {
         Ok(request) => request,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some(messages) = request
         .get("messages")
@@ -471,7 +479,7 @@ async fn embeddings(
     let arrival = Arrival::new(&shared, &headers);
     let request = match arrival.json(&body) {
         Ok(request) => request,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some((reply, tokens)) = reply::embeddings(&request) else {
         return arrival.refuse(

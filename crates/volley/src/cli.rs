@@ -26,6 +26,8 @@ pub enum Command {
     Mock(MockArgs),
     /// Rewrite a RESULTS file in input order.
     Sort(SortArgs),
+    /// Recompute the final report of a past run from its RESULTS (and ERRORS); optionally as HTML with plots.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -123,6 +125,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub retry_failed: bool,
 
+    /// Prices (USD per million tokens) for providers that report no usage.cost: a JSON or TOML table of model → {prompt, completion, cached?, reasoning?}.
+    #[arg(long, value_name = "FILE")]
+    pub pricing: Option<PathBuf>,
+    /// Stop starting requests once the cost recorded (plus what may be in flight) reaches USD; exit 3, resumable.
+    #[arg(long, value_name = "USD", value_parser = parse_ratio)]
+    pub max_cost: Option<f64>,
+    /// Write the final report as JSON to FILE (schema: docs/report.md).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Progress display.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
@@ -178,6 +189,24 @@ pub struct MockArgs {
     /// Requests one key may have in flight; more get OpenRouter's in-flight-budget 402 with Retry-After.
     #[arg(long, value_name = "N")]
     pub in_flight_budget: Option<u64>,
+    /// Report usage.cost (USD) in every reply with usage, at this price per million tokens.
+    #[arg(long, value_name = "USD", value_parser = parse_ratio)]
+    pub cost_per_million_tokens: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The RESULTS file of a run.
+    pub results: PathBuf,
+    /// Its ERRORS file.
+    #[arg(long)]
+    pub errors: Option<PathBuf>,
+    /// Write a self-contained HTML page with plots.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Write the report as JSON (schema: docs/report.md).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

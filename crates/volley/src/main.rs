@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod html;
 mod logging;
 mod progress;
 mod summary;
@@ -30,6 +31,7 @@ fn main() -> std::process::ExitCode {
             Command::Run(args) => commands::run::run(*args).await,
             Command::Mock(args) => commands::mock::mock(args).await,
             Command::Sort(args) => commands::sort::sort(args),
+            Command::Report(args) => commands::report::report(args),
         }
     });
     // In-flight work that outlived the grace period must not keep the process alive.

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use volley_core::events::{Event, Observer};
 use volley_core::stats::{RunStats, Snapshot};
 
-use crate::summary::human_duration;
+use crate::summary::{human_duration, usd};
 
 /// How often the bar redraws.
 const BAR_REFRESH: Duration = Duration::from_millis(200);
@@ -79,6 +79,12 @@ impl Observer for EventLog {
                     );
                 }
             }
+            Event::CostUnknown { model } => {
+                tracing::warn!(
+                    "the cost of {} is unknown (no usage.cost, no --pricing entry): --max-cost counts only known costs",
+                    model.as_deref().unwrap_or("a request without a model")
+                );
+            }
             Event::ConcurrencyChanged { limit } => {
                 tracing::debug!("adaptive concurrency: {limit} in flight at most");
             }
@@ -98,15 +104,32 @@ impl Observer for EventLog {
     }
 }
 
-/// One periodic summary line (log mode).
-pub fn summary_line(s: &Snapshot) -> String {
+fn tokens_per_second(s: &Snapshot) -> f64 {
+    let secs = s.elapsed.as_secs_f64();
+    if secs > 0.0 {
+        s.usage.total_tokens as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// One periodic summary line (log mode): totals so far, and what the last interval
+/// saw of the limiter ("12 of 60 attempts throttled").
+pub fn summary_line(before: &Snapshot, s: &Snapshot) -> String {
     let pct = if s.total > 0 {
         100.0 * s.finished() as f64 / s.total as f64
     } else {
         100.0
     };
+    let attempts = s.attempts - before.attempts;
+    let throttled = s.throttled_attempts - before.throttled_attempts;
+    let share = if attempts > 0 {
+        100.0 * throttled as f64 / attempts as f64
+    } else {
+        0.0
+    };
     format!(
-        "progress: {}/{} ({pct:.1}%) · {:.1} req/s · in flight {}{} · queued {} · retries {} · 429s {} · errors {} · waited for limits {} · tokens {} · ETA {}",
+        "progress: {}/{} ({pct:.1}%) · {:.1} req/s · in flight {}{} · queued {} · last {}: {attempts} attempts, {throttled} throttled ({share:.0}%), {} 429s · retries {} · errors {} · {:.0} tok/s · cost {} · ETA {}",
         s.finished(),
         s.total,
         s.throughput(),
@@ -114,11 +137,12 @@ pub fn summary_line(s: &Snapshot) -> String {
         s.concurrency
             .map_or(String::new(), |c| format!(" (limit {c})")),
         s.pending.saturating_sub(s.in_flight),
+        human_duration(s.elapsed.saturating_sub(before.elapsed)),
+        s.rate_limited - before.rate_limited,
         s.retries,
-        s.rate_limited,
         s.failed,
-        human_duration(s.throttled),
-        s.usage.total_tokens,
+        tokens_per_second(s),
+        usd(s.usage.cost),
         s.eta().map_or("-".into(), human_duration),
     )
 }
@@ -136,8 +160,10 @@ pub async fn show(
             bar.set_length(s.total);
             bar.set_position(s.finished());
             bar.set_message(format!(
-                "{:.1} req/s · retries {} · errors {} · ETA {}",
+                "{:.1} req/s · {:.0} tok/s · {} · retries {} · errors {} · ETA {}",
                 s.throughput(),
+                tokens_per_second(&s),
+                usd(s.usage.cost),
                 s.retries,
                 s.failed,
                 s.eta().map_or("-".into(), human_duration)
@@ -147,12 +173,19 @@ pub async fn show(
                 _ = tokio::time::sleep(BAR_REFRESH) => {}
             }
         },
-        None => loop {
-            tokio::select! {
-                _ = done.cancelled() => return,
-                _ = tokio::time::sleep(interval) => tracing::info!("{}", summary_line(&stats.snapshot())),
+        None => {
+            let mut before = stats.snapshot();
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {
+                        let now = stats.snapshot();
+                        tracing::info!("{}", summary_line(&before, &now));
+                        before = now;
+                    }
+                }
             }
-        },
+        }
     }
 }
 

@@ -1,10 +1,9 @@
-//! The final report printed when a run ends: honest counts, time, throughput,
-//! latency and tokens.
+//! The final report as text: printed when a run ends and by `volley report`.
 
 use std::fmt::Write;
 use std::time::Duration;
 
-use volley_core::stats::Snapshot;
+use volley_core::report::Report;
 
 /// "1.5 s", "2m05s", "1h02m".
 pub fn human_duration(d: Duration) -> String {
@@ -24,84 +23,98 @@ fn ms(v: f64) -> String {
     human_duration(Duration::from_secs_f64(v.max(0.0) / 1000.0))
 }
 
-/// The final report as text.
-pub fn render(s: &Snapshot, results: &str, errors: &str) -> String {
+/// `$1.2345`, or `unknown` — never a made-up zero.
+pub fn usd(cost: Option<f64>) -> String {
+    cost.map_or("unknown".into(), |c| format!("${c:.4}"))
+}
+
+/// The report as text.
+pub fn render(r: &Report, results: &str, errors: &str) -> String {
     let mut out = String::new();
+    let c = &r.requests;
+    let finished = c.succeeded + c.failed;
     let _ = writeln!(
         out,
-        "volley: {} requests finished in {} ({:.1} req/s)",
-        s.finished() - s.invalid,
-        human_duration(s.elapsed),
-        s.throughput()
+        "volley: {finished} requests finished in {} ({:.1} req/s)",
+        human_duration(Duration::from_secs_f64(r.wall_seconds)),
+        r.throughput_per_second
     );
     let _ = writeln!(
         out,
         "  succeeded {} · failed {} · invalid input {} · already done before {} · not finished {}",
-        s.succeeded,
-        s.failed - s.invalid,
-        s.invalid,
-        s.already_done,
-        s.total.saturating_sub(s.finished() - s.invalid),
+        c.succeeded, c.failed, c.invalid_input, c.already_done, c.not_finished,
     );
-    let reasons: Vec<String> = s
+    let reasons: Vec<String> = r
         .retries_by_reason
         .iter()
-        .map(|(r, n)| format!("{r} {n}"))
+        .map(|(k, n)| format!("{k} {n}"))
         .collect();
     let _ = writeln!(
         out,
-        "  attempts {} · retries {}{} · 429s {} · waited for limits {}",
-        s.attempts,
-        s.retries,
+        "  attempts {} · retries {}{} · 429s {} · waited for limits {} (summed over requests)",
+        r.attempts,
+        r.retries,
         if reasons.is_empty() {
             String::new()
         } else {
             format!(" ({})", reasons.join(", "))
         },
-        s.rate_limited,
-        human_duration(s.throttled),
+        r.rate_limited,
+        human_duration(Duration::from_secs_f64(r.throttled_seconds)),
     );
-    if !s.attempts_histogram.is_empty() {
-        let hist: Vec<String> = s
+    if !r.attempts_histogram.is_empty() {
+        let hist: Vec<String> = r
             .attempts_histogram
             .iter()
             .map(|(a, n)| format!("{a}×{n}"))
             .collect();
         let _ = writeln!(out, "  attempts per request: {}", hist.join(" "));
     }
-    if s.finished() > s.invalid {
+    if finished > 0 {
+        let l = &r.latency_ms;
         let _ = writeln!(
             out,
             "  latency per request (first send to result): p50 {} · p95 {} · p99 {} · max {}",
-            ms(s.latency_ms.p50),
-            ms(s.latency_ms.p95),
-            ms(s.latency_ms.p99),
-            ms(s.latency_ms.max)
+            ms(l.p50),
+            ms(l.p95),
+            ms(l.p99),
+            ms(l.max)
         );
     }
-    let u = &s.usage;
+    let u = &r.usage;
     let _ = writeln!(
         out,
-        "  tokens this run (all attempts): prompt {} · completion {} · total {} (cached {}, reasoning {}) · cost {}",
+        "  tokens (all attempts): prompt {} · completion {} · total {} (cached {}, reasoning {}) · cost {}",
         u.prompt_tokens,
         u.completion_tokens,
         u.total_tokens,
         u.cached_tokens,
         u.reasoning_tokens,
-        u.cost.map_or("unknown".into(), |c| format!("${c:.4}"))
+        usd(u.cost)
     );
-    if !s.errors_by_code.is_empty() {
-        let codes: Vec<String> = s
+    for (model, m) in &r.models {
+        let _ = writeln!(
+            out,
+            "    {model}: {} requests ({} failed) · {} attempts · {} tokens · cost {}",
+            m.requests,
+            m.failed,
+            m.attempts,
+            m.usage.total_tokens,
+            usd(m.usage.cost)
+        );
+    }
+    if !r.errors_by_code.is_empty() {
+        let codes: Vec<String> = r
             .errors_by_code
             .iter()
-            .map(|(c, n)| format!("{c} {n}"))
+            .map(|(k, n)| format!("{k} {n}"))
             .collect();
         let _ = writeln!(out, "  errors: {}", codes.join(", "));
     }
-    for (key, why) in &s.keys_retired {
-        let _ = writeln!(out, "  {key} retired: {why}");
+    for k in &r.keys_retired {
+        let _ = writeln!(out, "  {} retired: {}", k.key, k.reason);
     }
-    if let Some(reason) = &s.stop_reason {
+    if let Some(reason) = &r.stop_reason {
         let _ = writeln!(out, "  stopped early: {reason}");
     }
     let _ = write!(out, "  results: {results} · errors: {errors}");
@@ -113,10 +126,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_well() {
+    fn durations_and_costs_read_well() {
         assert_eq!(human_duration(Duration::from_millis(250)), "250 ms");
         assert_eq!(human_duration(Duration::from_millis(1500)), "1.5 s");
         assert_eq!(human_duration(Duration::from_secs(125)), "2m05s");
         assert_eq!(human_duration(Duration::from_secs(3720)), "1h02m");
+        assert_eq!(usd(None), "unknown");
+        assert_eq!(usd(Some(0.5)), "$0.5000");
     }
 }

@@ -23,6 +23,7 @@ impl From<&MockArgs> for MockConfig {
             hide_limits: a.hide_limits,
             key_credits: a.key_credits.iter().cloned().collect(),
             in_flight_budget: a.in_flight_budget,
+            cost_per_million_tokens: a.cost_per_million_tokens,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
 pub mod mock;
+pub mod report;
 pub mod run;
 pub mod sort;

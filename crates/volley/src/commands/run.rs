@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use volley_core::batch::LineDefaults;
 use volley_core::defaults;
 use volley_core::events::{EventBus, EventFile, Observer};
+use volley_core::pricing::Pricing;
+use volley_core::report::Report;
 use volley_core::retry::RetryPolicy;
 use volley_core::runner::{self, InputSource, RunError, RunPlan, Target};
 use volley_core::scheduler::{EngineConfig, StopReason};
@@ -43,6 +45,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         (_, Some(path)) => Some(Arc::new(ResponseCheck::schema_file(path)?)),
         (Some(Expect::Json), None) => Some(Arc::new(ResponseCheck::json())),
         (None, None) => None,
+    };
+    let pricing = match &args.pricing {
+        Some(path) => Some(Arc::new(Pricing::load(path)?)),
+        None => None,
     };
     let keys = if args.mock {
         vec![ApiKey::new(MOCK_KEY.into()).context("the mock key is a valid header")?]
@@ -188,6 +194,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         grace,
         // With a limit of its own the run is paced; without one it finds the provider's.
         adaptive: args.rpm.is_none() && args.tpm.is_none(),
+        pricing,
+        max_cost: args.max_cost,
     };
     let key_info = args.key_info || volley_core::openrouter::is_openrouter(&base_url);
     let target = Target {
@@ -225,12 +233,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Stopped);
         }
     };
-    let snapshot = stats.snapshot();
+    let report = Report::from_snapshot(&stats.snapshot());
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write the report {}", path.display()))?;
+    }
     if !args.quiet {
         eprintln!(
             "{}",
             summary::render(
-                &snapshot,
+                &report,
                 &files.results.display().to_string(),
                 &files.errors.display().to_string()
             )

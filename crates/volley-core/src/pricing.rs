@@ -1,0 +1,174 @@
+//! What tokens cost, for providers that do not report `usage.cost` (SPEC §4).
+//!
+//! `--pricing FILE` maps model ids to USD per million tokens, as JSON or TOML:
+//!
+//! ```toml
+//! ["openai/gpt-4o-mini"]
+//! prompt = 0.15
+//! completion = 0.60
+//! cached = 0.075      # optional: cached prompt tokens
+//! reasoning = 0.60    # optional: reasoning tokens, part of completion
+//! ```
+//!
+//! A model that is not in the table has an unknown cost, never a cost of zero.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::usage::Usage;
+
+const PER: f64 = 1_000_000.0;
+
+/// Prices of one model, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub prompt: f64,
+    pub completion: f64,
+    /// Cached prompt tokens; the prompt price when not given.
+    pub cached: Option<f64>,
+    /// Reasoning tokens (counted inside completion tokens); the completion price when
+    /// not given.
+    pub reasoning: Option<f64>,
+}
+
+/// Why a pricing file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PricingError {
+    #[error("cannot read pricing file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("pricing file {path} is neither valid JSON nor valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("pricing file {path}: model {model:?} has a negative price")]
+    Negative { path: String, model: String },
+}
+
+/// The price table.
+#[derive(Debug, Clone, Default)]
+pub struct Pricing(HashMap<String, Price>);
+
+impl Pricing {
+    /// Reads a JSON (`.json`) or TOML file; other names are tried as both.
+    pub fn load(path: &Path) -> Result<Pricing, PricingError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PricingError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let is_json = path.extension().is_some_and(|e| e == "json");
+        let parsed: Result<HashMap<String, Price>, String> = if is_json {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str(&text)
+                .map_err(|e| e.to_string())
+                .or_else(|toml_error| serde_json::from_str(&text).map_err(|_| toml_error))
+        };
+        let table = parsed.map_err(|message| PricingError::Parse {
+            path: shown.clone(),
+            message,
+        })?;
+        for (model, p) in &table {
+            let prices = [Some(p.prompt), Some(p.completion), p.cached, p.reasoning];
+            if prices.iter().flatten().any(|v| *v < 0.0 || !v.is_finite()) {
+                return Err(PricingError::Negative {
+                    path: shown,
+                    model: model.clone(),
+                });
+            }
+        }
+        Ok(Pricing(table))
+    }
+
+    /// The price of a model: its exact id, else the id without (or with) a vendor
+    /// prefix, so `gpt-4o-mini` prices `openai/gpt-4o-mini` and the other way round.
+    pub fn price(&self, model: &str) -> Option<&Price> {
+        self.0.get(model).or_else(|| {
+            let bare = model.rsplit('/').next().unwrap_or(model);
+            self.0.get(bare).or_else(|| {
+                self.0
+                    .iter()
+                    .find(|(id, _)| id.rsplit('/').next() == Some(bare))
+                    .map(|(_, p)| p)
+            })
+        })
+    }
+
+    /// The cost of an attempt's usage, if the model has a price.
+    pub fn cost(&self, model: &str, usage: &Usage) -> Option<f64> {
+        let p = self.price(model)?;
+        let cached = usage.cached_tokens.min(usage.prompt_tokens);
+        let reasoning = usage.reasoning_tokens.min(usage.completion_tokens);
+        let cost = (usage.prompt_tokens - cached) as f64 * p.prompt
+            + cached as f64 * p.cached.unwrap_or(p.prompt)
+            + (usage.completion_tokens - reasoning) as f64 * p.completion
+            + reasoning as f64 * p.reasoning.unwrap_or(p.completion);
+        Some(cost / PER)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(prompt: u64, cached: u64, completion: u64, reasoning: u64) -> Usage {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            cached_tokens: cached,
+            reasoning_tokens: reasoning,
+            cost: None,
+        }
+    }
+
+    #[test]
+    fn toml_and_json_tables_price_every_kind_of_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("p.toml");
+        std::fs::write(
+            &toml_path,
+            "[\"openai/gpt-4o-mini\"]\nprompt = 1.0\ncompletion = 4.0\ncached = 0.5\nreasoning = 8.0\n",
+        )
+        .unwrap();
+        let p = Pricing::load(&toml_path).unwrap();
+        // 1000 prompt (200 cached), 500 completion (100 reasoning):
+        // 800×1 + 200×0.5 + 400×4 + 100×8 = 3300 per million.
+        let c = p
+            .cost("openai/gpt-4o-mini", &usage(1000, 200, 500, 100))
+            .unwrap();
+        assert!((c - 0.0033).abs() < 1e-12, "{c}");
+        assert!(
+            p.cost("gpt-4o-mini", &usage(1000, 0, 0, 0)).is_some(),
+            "bare id matches"
+        );
+        assert_eq!(
+            p.cost("other/model", &usage(1, 0, 1, 0)),
+            None,
+            "unknown is unknown, not 0"
+        );
+
+        let json_path = dir.path().join("p.json");
+        std::fs::write(&json_path, r#"{"m": {"prompt": 2, "completion": 2}}"#).unwrap();
+        let p = Pricing::load(&json_path).unwrap();
+        assert!((p.cost("vendor/m", &usage(500_000, 0, 500_000, 0)).unwrap() - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bad_files_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[m]\nprompt = -1.0\ncompletion = 1.0\n").unwrap();
+        assert!(matches!(
+            Pricing::load(&path),
+            Err(PricingError::Negative { .. })
+        ));
+        std::fs::write(&path, "[m]\nprompt = 1.0\n").unwrap();
+        let err = Pricing::load(&path).unwrap_err().to_string();
+        assert!(err.contains("completion"), "{err}");
+    }
+}

@@ -1,0 +1,369 @@
+//! The final report of a run (`--report FILE.json`, `volley report`), one schema for
+//! both: built from the event stream while running, or recomputed from RESULTS and
+//! ERRORS alone for any past run. The schema is documented in `docs/report.md`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{ModelStats, Percentiles, Snapshot};
+use crate::usage::Usage;
+
+/// Bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Request counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Requests this run set out to send (for a report from files: lines found).
+    pub total: u64,
+    pub succeeded: u64,
+    /// Failed for good (in ERRORS), invalid input excluded.
+    pub failed: u64,
+    pub invalid_input: u64,
+    /// Skipped because an earlier run had finished them.
+    pub already_done: u64,
+    /// Left for a re-run (interrupted, cost cap, no key left).
+    pub not_finished: u64,
+}
+
+/// A key that left the pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetiredKey {
+    pub key: String,
+    pub reason: String,
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    /// `run` (from the live event stream) or `files` (recomputed by `volley report`).
+    pub source: String,
+    pub wall_seconds: f64,
+    pub requests: Counts,
+    /// Finished requests per second of wall time.
+    pub throughput_per_second: f64,
+    pub attempts: u64,
+    pub retries: u64,
+    /// Retries by reason (empty for a report from files: they do not record it).
+    pub retries_by_reason: BTreeMap<String, u64>,
+    /// Attempts answered 429 (run only).
+    pub rate_limited: u64,
+    /// Request-seconds spent waiting for a rate limit or a key's pause (run only).
+    pub throttled_seconds: f64,
+    /// Number of attempts → requests that took that many.
+    pub attempts_histogram: BTreeMap<u32, u64>,
+    /// Per request, first send to result.
+    pub latency_ms: Percentiles,
+    /// Tokens and cost over every attempt; `usage.cost` is null when unknown.
+    pub usage: Usage,
+    pub models: BTreeMap<String, ModelStats>,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub keys_retired: Vec<RetiredKey>,
+    pub stop_reason: Option<String>,
+}
+
+impl Report {
+    /// The report of a live run.
+    pub fn from_snapshot(s: &Snapshot) -> Report {
+        let finished = s.finished() - s.invalid;
+        Report {
+            schema_version: SCHEMA_VERSION,
+            source: "run".into(),
+            wall_seconds: s.elapsed.as_secs_f64(),
+            requests: Counts {
+                total: s.total,
+                succeeded: s.succeeded,
+                failed: s.failed - s.invalid,
+                invalid_input: s.invalid,
+                already_done: s.already_done,
+                not_finished: s.total.saturating_sub(finished),
+            },
+            throughput_per_second: s.throughput(),
+            attempts: s.attempts,
+            retries: s.retries,
+            retries_by_reason: s
+                .retries_by_reason
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            rate_limited: s.rate_limited,
+            throttled_seconds: s.throttled.as_secs_f64(),
+            attempts_histogram: s.attempts_histogram.clone(),
+            latency_ms: s.latency_ms,
+            usage: s.usage,
+            models: s.models.clone(),
+            errors_by_code: s
+                .errors_by_code
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            keys_retired: s
+                .keys_retired
+                .iter()
+                .map(|(key, reason)| RetiredKey {
+                    key: key.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            stop_reason: s.stop_reason.clone(),
+        }
+    }
+}
+
+/// Why a report could not be recomputed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: not an output line of volley: {reason}")]
+    Line {
+        path: String,
+        line: u64,
+        reason: String,
+    },
+}
+
+/// One finished request, as the output files record it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finished {
+    pub custom_id: String,
+    pub ok: bool,
+    /// Unix seconds.
+    pub finished_at: f64,
+    pub latency_ms: f64,
+    pub attempts: u32,
+    pub model: String,
+    pub usage: Usage,
+    pub error_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    custom_id: String,
+    #[serde(default)]
+    response: Option<ResponsePart>,
+    #[serde(default)]
+    error: Option<ErrorPart>,
+    volley: VolleyPart,
+}
+
+#[derive(Deserialize)]
+struct ResponsePart {
+    #[serde(default)]
+    body: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct ErrorPart {
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct VolleyPart {
+    attempts: u32,
+    latency_ms: f64,
+    usage: Usage,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    finished_at: Option<f64>,
+}
+
+/// Reads the finished requests of RESULTS (and ERRORS, if given).
+pub fn read_finished(results: &Path, errors: Option<&Path>) -> Result<Vec<Finished>, ReportError> {
+    let mut out = Vec::new();
+    read_file(results, true, &mut out)?;
+    if let Some(errors) = errors {
+        read_file(errors, false, &mut out)?;
+    }
+    out.sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
+    Ok(out)
+}
+
+fn read_file(path: &Path, ok: bool, out: &mut Vec<Finished>) -> Result<(), ReportError> {
+    let shown = || path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| ReportError::Io {
+        path: shown(),
+        source,
+    })?;
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| ReportError::Io {
+            path: shown(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(&line).map_err(|e| ReportError::Line {
+            path: shown(),
+            line: i as u64 + 1,
+            reason: e.to_string(),
+        })?;
+        // The model that served (billing follows it), else the one asked for.
+        let served = parsed
+            .response
+            .as_ref()
+            .and_then(|r| r.body.get("model"))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned);
+        out.push(Finished {
+            custom_id: parsed.custom_id,
+            ok,
+            finished_at: parsed.volley.finished_at.unwrap_or(0.0),
+            latency_ms: parsed.volley.latency_ms,
+            attempts: parsed.volley.attempts,
+            model: served
+                .or(parsed.volley.model)
+                .unwrap_or_else(|| "(none)".into()),
+            usage: parsed.volley.usage,
+            error_code: parsed.error.map(|e| e.code),
+        });
+    }
+    Ok(())
+}
+
+/// Recomputes a report from finished requests (see [`read_finished`]).
+pub fn from_finished(finished: &[Finished]) -> Report {
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds");
+    let mut report = Report {
+        schema_version: SCHEMA_VERSION,
+        source: "files".into(),
+        wall_seconds: 0.0,
+        requests: Counts::default(),
+        throughput_per_second: 0.0,
+        attempts: 0,
+        retries: 0,
+        retries_by_reason: BTreeMap::new(),
+        rate_limited: 0,
+        throttled_seconds: 0.0,
+        attempts_histogram: BTreeMap::new(),
+        latency_ms: Percentiles::default(),
+        usage: Usage::default(),
+        models: BTreeMap::new(),
+        errors_by_code: BTreeMap::new(),
+        keys_retired: Vec::new(),
+        stop_reason: None,
+    };
+    for f in finished {
+        let invalid = f.error_code.as_deref() == Some("invalid_input");
+        report.requests.total += 1;
+        match (f.ok, invalid) {
+            (true, _) => report.requests.succeeded += 1,
+            (false, true) => report.requests.invalid_input += 1,
+            (false, false) => report.requests.failed += 1,
+        }
+        if let Some(code) = &f.error_code {
+            *report.errors_by_code.entry(code.clone()).or_default() += 1;
+        }
+        if invalid {
+            continue;
+        }
+        report.attempts += u64::from(f.attempts);
+        report.retries += u64::from(f.attempts.saturating_sub(1));
+        *report.attempts_histogram.entry(f.attempts).or_default() += 1;
+        let _ = latency.record(((f.latency_ms * 1000.0) as u64).clamp(1, 3_600_000_000));
+        report.usage.add(&f.usage);
+        let m = report.models.entry(f.model.clone()).or_default();
+        m.requests += 1;
+        m.attempts += u64::from(f.attempts);
+        if f.ok {
+            m.succeeded += 1;
+        } else {
+            m.failed += 1;
+        }
+        m.usage.add(&f.usage);
+    }
+    let times: Vec<f64> = finished
+        .iter()
+        .map(|f| f.finished_at)
+        .filter(|t| *t > 0.0)
+        .collect();
+    if let (Some(first), Some(last)) = (times.first(), times.last()) {
+        // From the first request's start (its finish less its latency) to the last finish.
+        let start = finished
+            .iter()
+            .filter(|f| f.finished_at > 0.0)
+            .map(|f| f.finished_at - f.latency_ms / 1000.0)
+            .fold(*first, f64::min);
+        report.wall_seconds = (last - start).max(0.0);
+    }
+    let done = report.requests.succeeded + report.requests.failed;
+    if report.wall_seconds > 0.0 {
+        report.throughput_per_second = done as f64 / report.wall_seconds;
+    }
+    if !latency.is_empty() {
+        let q = |p: f64| latency.value_at_quantile(p) as f64 / 1000.0;
+        report.latency_ms = Percentiles {
+            p50: q(0.5),
+            p95: q(0.95),
+            p99: q(0.99),
+            max: latency.max() as f64 / 1000.0,
+        };
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recomputed_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("r.jsonl");
+        let errors = dir.path().join("e.jsonl");
+        let line = |id: &str, at: f64, attempts: u32, tokens: u64, model: &str| {
+            format!(
+                "{{\"id\":\"v\",\"custom_id\":\"{id}\",\"response\":{{\"status_code\":200,\"request_id\":\"\",\"body\":{{\"model\":\"{model}\"}}}},\"error\":null,\"volley\":{{\"attempts\":{attempts},\"latency_ms\":100.0,\"usage\":{{\"prompt_tokens\":{tokens},\"completion_tokens\":0,\"total_tokens\":{tokens},\"cost\":0.5}},\"cost\":0.5,\"key\":\"key#1\",\"model\":\"asked\",\"finished_at\":{at}}}}}\n"
+            )
+        };
+        std::fs::write(
+            &results,
+            line("a", 1000.0, 1, 10, "m1") + &line("b", 1002.0, 3, 30, "m2"),
+        )
+        .unwrap();
+        std::fs::write(
+            &errors,
+            "{\"id\":\"v\",\"custom_id\":\"c\",\"response\":null,\"error\":{\"code\":\"invalid_input\",\"message\":\"x\"},\"volley\":{\"attempts\":0,\"latency_ms\":0,\"usage\":{\"prompt_tokens\":0,\"completion_tokens\":0,\"total_tokens\":0},\"cost\":null,\"key\":null}}\n",
+        )
+        .unwrap();
+        let finished = read_finished(&results, Some(&errors)).unwrap();
+        let r = from_finished(&finished);
+        assert_eq!(
+            (
+                r.requests.total,
+                r.requests.succeeded,
+                r.requests.invalid_input
+            ),
+            (3, 2, 1)
+        );
+        assert_eq!((r.attempts, r.retries), (4, 2));
+        assert_eq!(r.usage.total_tokens, 40);
+        assert_eq!(r.usage.cost, Some(1.0));
+        assert_eq!(
+            r.models["m2"].usage.total_tokens, 30,
+            "billing follows the model that served"
+        );
+        assert!((r.wall_seconds - 2.1).abs() < 1e-9, "{}", r.wall_seconds);
+        assert_eq!(r.attempts_histogram[&3], 1);
+        assert_eq!(r.errors_by_code["invalid_input"], 1);
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("r.jsonl");
+        std::fs::write(&results, "{\"custom_id\":\"a\"}\n").unwrap();
+        let err = read_finished(&results, None).unwrap_err().to_string();
+        assert!(err.contains("r.jsonl:1"), "{err}");
+    }
+}

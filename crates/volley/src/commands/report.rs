@@ -1,0 +1,34 @@
+//! `volley report RESULTS [--errors ERRORS] [--html FILE] [--json FILE]`: the final
+//! report of any past run, recomputed from its output files alone.
+
+use anyhow::Context;
+use volley_core::report::{from_finished, read_finished};
+
+use crate::cli::ReportArgs;
+use crate::exit::Exit;
+use crate::{html, summary};
+
+pub fn report(args: ReportArgs) -> anyhow::Result<Exit> {
+    let finished = read_finished(&args.results, args.errors.as_deref())?;
+    let report = from_finished(&finished);
+    let errors = args
+        .errors
+        .as_ref()
+        .map_or("(not read)".to_string(), |p| p.display().to_string());
+    println!(
+        "{}",
+        summary::render(&report, &args.results.display().to_string(), &errors)
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        let title = format!("volley report: {}", args.results.display());
+        std::fs::write(path, html::render(&report, &finished, &title))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(Exit::Success)
+}
