@@ -15,6 +15,7 @@ pub mod ids;
 pub mod job;
 pub mod keys;
 pub mod limiter;
+pub mod metrics;
 pub mod openrouter;
 pub mod pricing;
 pub mod ratelimit;

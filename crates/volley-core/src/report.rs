@@ -9,7 +9,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{ModelStats, Percentiles, Snapshot};
+use crate::stats::{ModelStats, NO_MODEL, Percentiles, Snapshot};
 use crate::usage::Usage;
 
 /// Bumped when a field changes meaning or goes away.
@@ -207,22 +207,28 @@ fn read_file(path: &Path, ok: bool, out: &mut Vec<Finished>) -> Result<(), Repor
             line: i as u64 + 1,
             reason: e.to_string(),
         })?;
-        // The model that served (billing follows it), else the one asked for.
-        let served = parsed
-            .response
-            .as_ref()
-            .and_then(|r| r.body.get("model"))
-            .and_then(|m| m.as_str())
-            .map(str::to_owned);
+        // The model asked for, as a live run files it (and as pricing looks it up);
+        // the model that answered only when the line names none.
+        let served = || {
+            parsed
+                .response
+                .as_ref()
+                .and_then(|r| r.body.get("model"))
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        };
         out.push(Finished {
             custom_id: parsed.custom_id,
             ok,
             finished_at: parsed.volley.finished_at.unwrap_or(0.0),
             latency_ms: parsed.volley.latency_ms,
             attempts: parsed.volley.attempts,
-            model: served
-                .or(parsed.volley.model)
-                .unwrap_or_else(|| "(none)".into()),
+            model: parsed
+                .volley
+                .model
+                .clone()
+                .or_else(served)
+                .unwrap_or_else(|| NO_MODEL.into()),
             usage: parsed.volley.usage,
             error_code: parsed.error.map(|e| e.code),
         });
@@ -350,8 +356,8 @@ mod tests {
         assert_eq!(r.usage.total_tokens, 40);
         assert_eq!(r.usage.cost, Some(1.0));
         assert_eq!(
-            r.models["m2"].usage.total_tokens, 30,
-            "billing follows the model that served"
+            r.models["asked"].usage.total_tokens, 40,
+            "filed under the model asked for, as a live run files it"
         );
         assert!((r.wall_seconds - 2.1).abs() < 1e-9, "{}", r.wall_seconds);
         assert_eq!(r.attempts_histogram[&3], 1);

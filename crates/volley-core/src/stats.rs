@@ -21,7 +21,10 @@ const LATENCY_MAX_US: u64 = 3_600_000_000;
 #[derive(Debug)]
 struct Detail {
     latency_us: Histogram<u64>,
+    /// Exact sum of the recorded latencies (the histogram rounds), for Prometheus.
+    latency_sum_us: u64,
     usage: Usage,
+    attempts_by_outcome: BTreeMap<&'static str, u64>,
     /// attempts → requests that took that many.
     attempts: BTreeMap<u32, u64>,
     retries_by_reason: BTreeMap<&'static str, u64>,
@@ -41,10 +44,14 @@ pub struct ModelStats {
     pub attempts: u64,
     /// Tokens and cost over every attempt; `usage.cost` is `null` when unknown.
     pub usage: Usage,
+    /// Attempts that came back with usage but whose cost is unknown (no `usage.cost`,
+    /// no price): why `usage.cost` is `null`.
+    #[serde(default)]
+    pub cost_unknown_attempts: u64,
 }
 
 /// The name per-model figures are filed under when a request names no model.
-const NO_MODEL: &str = "(none)";
+pub const NO_MODEL: &str = "(none)";
 
 /// Counters fed by events.
 #[derive(Debug)]
@@ -99,6 +106,8 @@ pub struct Snapshot {
     pub usage: Usage,
     pub latency_ms: Percentiles,
     pub attempts_histogram: BTreeMap<u32, u64>,
+    /// Attempts by how they ended (`ok`, `rate_limited`, `server_error`, ...).
+    pub attempts_by_outcome: BTreeMap<&'static str, u64>,
     pub retries_by_reason: BTreeMap<&'static str, u64>,
     pub errors_by_code: BTreeMap<&'static str, u64>,
     pub keys_retired: Vec<(String, String)>,
@@ -170,7 +179,9 @@ impl RunStats {
             detail: Mutex::new(Detail {
                 latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
                     .expect("static histogram bounds are valid"),
+                latency_sum_us: 0,
                 usage: Usage::default(),
+                attempts_by_outcome: BTreeMap::new(),
                 attempts: BTreeMap::new(),
                 retries_by_reason: BTreeMap::new(),
                 errors_by_code: BTreeMap::new(),
@@ -218,11 +229,41 @@ impl RunStats {
                 }
             },
             attempts_histogram: d.attempts.clone(),
+            attempts_by_outcome: d.attempts_by_outcome.clone(),
             retries_by_reason: d.retries_by_reason.clone(),
             errors_by_code: d.errors_by_code.clone(),
             keys_retired: d.keys_retired.clone(),
             stop_reason: d.stop_reason.clone(),
             models: d.models.clone(),
+        }
+    }
+}
+
+/// Request latencies counted into fixed buckets (Prometheus histogram shape).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyBuckets {
+    /// Requests that took at most each bound (cumulative), bounds in seconds.
+    pub cumulative: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl RunStats {
+    /// Request latencies bucketed at `bounds` (seconds, ascending). Counts come from
+    /// the HDR histogram, so a bucket edge is exact to its 3 significant digits.
+    pub fn latency_buckets(&self, bounds: &[f64]) -> LatencyBuckets {
+        let d = self.detail();
+        let cumulative = bounds
+            .iter()
+            .map(|&b| {
+                let us = (b * 1e6) as u64;
+                (b, d.latency_us.count_between(0, us))
+            })
+            .collect();
+        LatencyBuckets {
+            cumulative,
+            count: d.latency_us.len(),
+            sum_seconds: d.latency_sum_us as f64 / 1e6,
         }
     }
 }
@@ -273,6 +314,7 @@ impl Observer for RunStats {
                     add(&self.rate_limited, 1);
                 }
                 let mut d = self.detail();
+                *d.attempts_by_outcome.entry(outcome).or_default() += 1;
                 let per_model = d
                     .models
                     .entry(model.as_deref().unwrap_or(NO_MODEL).to_string())
@@ -280,6 +322,9 @@ impl Observer for RunStats {
                 per_model.attempts += 1;
                 if let Some(u) = usage {
                     per_model.usage.add(u);
+                    if u.cost.is_none() {
+                        per_model.cost_unknown_attempts += 1;
+                    }
                     d.usage.add(u);
                 }
             }
@@ -317,6 +362,7 @@ impl Observer for RunStats {
                     .clamp(1, LATENCY_MAX_US);
                 // Cannot fail: the value is clamped into the histogram's bounds.
                 let _ = d.latency_us.record(us);
+                d.latency_sum_us = d.latency_sum_us.saturating_add(us);
                 *d.attempts.entry(*attempts).or_default() += 1;
                 if let Some(code) = error {
                     *d.errors_by_code.entry(code).or_default() += 1;

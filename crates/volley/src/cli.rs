@@ -146,6 +146,13 @@ pub struct RunArgs {
     /// Write every engine event to FILE as JSON lines.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Keep serving /metrics this many seconds after the run ends, so a scraper gets
+    /// the final figures (Ctrl-C ends the wait).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "metrics_addr", value_parser = parse_secs)]
+    pub metrics_linger: f64,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod commands;
 mod exit;
 mod html;
 mod logging;
+mod metrics_endpoint;
 mod progress;
 mod summary;
 

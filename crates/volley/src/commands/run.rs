@@ -25,6 +25,7 @@ use volley_mock::{MockConfig, MockServer};
 use crate::cli::{Expect, ProgressMode, RunArgs};
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
+use crate::metrics_endpoint::MetricsEndpoint;
 use crate::progress::{self, EventLog};
 use crate::summary;
 
@@ -150,6 +151,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         })?)),
         None => None,
     };
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let endpoint = MetricsEndpoint::start(addr, stats.clone()).await?;
+            tracing::info!("metrics at http://{}/metrics", endpoint.addr());
+            Some(endpoint)
+        }
+        None => None,
+    };
     let mut observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
     if let Some(f) = &event_file {
         observers.push(f.clone());
@@ -205,7 +214,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         tpm: args.tpm,
         key_info,
     };
-    let outcome = runner::execute(prepared, target, engine, EventBus::new(observers), cancel).await;
+    let outcome = runner::execute(
+        prepared,
+        target,
+        engine,
+        EventBus::new(observers),
+        cancel.clone(),
+    )
+    .await;
 
     progress_done.cancel();
     if let Some(task) = progress_task {
@@ -249,7 +265,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             )
         );
     }
-    Ok(match outcome.stop {
+    let exit = match outcome.stop {
         StopReason::Completed if outcome.errors_in_file > 0 => Exit::Failures,
         StopReason::Completed => Exit::Success,
         StopReason::Interrupted => {
@@ -260,7 +276,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             eprintln!("stopped: {why}");
             Exit::Stopped
         }
-    })
+    };
+    if let Some(endpoint) = metrics {
+        endpoint.mark_finished();
+        if args.metrics_linger > 0.0 && !cancel.is_cancelled() {
+            tracing::info!(
+                "serving the final metrics at http://{}/metrics for {} (Ctrl-C ends it)",
+                endpoint.addr(),
+                summary::human_duration(Duration::from_secs_f64(args.metrics_linger))
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(args.metrics_linger)) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+        endpoint.shutdown();
+    }
+    Ok(exit)
 }
 
 /// First Ctrl-C (or SIGTERM): stop admitting and let in-flight requests finish.
