@@ -40,6 +40,12 @@ pub enum Event {
         key: Arc<str>,
         info: Option<crate::openrouter::KeyInfo>,
     },
+    /// The provider's model prices were loaded (`None`: neither the provider nor a
+    /// cached copy had any).
+    ModelPrices {
+        models: Option<usize>,
+        source: Option<crate::openrouter::PricesSource>,
+    },
     /// A line was invalid and recorded in ERRORS (`--skip-invalid`).
     InputRejected {
         custom_id: Arc<str>,

@@ -1,16 +1,97 @@
-//! What OpenRouter will say about a key before the run starts (SPEC §6, issue 3):
-//! `GET /key` gives its credit limit, what is left, and whether it is on the free tier.
-//! Best effort: a run never fails because this could not be read.
+//! What OpenRouter will say before the run starts: `GET /key` gives a key's credit
+//! limit, what is left, and whether it is on the free tier (SPEC §6); `GET /models`
+//! gives every model's prices (SPEC §4). Best effort: a run never fails because these
+//! could not be read.
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::pricing::Pricing;
 use crate::transport::{ApiKey, Transport};
 
 /// How long the key lookup may take before the run goes on without it.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The model list is about a megabyte: give it longer.
+const MODELS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a cached model list is used before it is fetched again.
+pub const PRICES_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Where a model list's prices came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PricesSource {
+    Provider,
+    /// A copy on disk younger than [`PRICES_MAX_AGE`].
+    Cache,
+    /// An older copy on disk, used because the provider could not be reached.
+    StaleCache,
+}
+
+/// The provider's model prices (`GET /models`), from `cache_dir` when a copy there is
+/// fresh; a fetched list is saved there. `None` when neither gives any price.
+pub async fn model_prices(
+    transport: &Transport,
+    key: &ApiKey,
+    base_url: &str,
+    cache_dir: Option<&Path>,
+) -> Option<(Pricing, PricesSource)> {
+    let cache = cache_dir.map(|dir| {
+        dir.join(format!(
+            "models-{:016x}.json",
+            crate::ids::id_hash(base_url.trim_end_matches('/'))
+        ))
+    });
+    let cached = cache.as_deref().and_then(read_cache);
+    if let Some((prices, age)) = &cached
+        && *age < PRICES_MAX_AGE
+    {
+        return Some((prices.clone(), PricesSource::Cache));
+    }
+    let fetched = transport
+        .get_json("/models", key, MODELS_TIMEOUT)
+        .await
+        .ok()
+        .map(|body| (Pricing::from_model_list(&body), body))
+        .filter(|(prices, _)| !prices.is_empty());
+    match (fetched, cached) {
+        (Some((prices, body)), _) => {
+            if let Some(path) = &cache {
+                save_cache(path, &body);
+            }
+            Some((prices, PricesSource::Provider))
+        }
+        (None, Some((prices, _))) => Some((prices, PricesSource::StaleCache)),
+        (None, None) => None,
+    }
+}
+
+fn read_cache(path: &Path) -> Option<(Pricing, Duration)> {
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())?;
+    let body: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let prices = Pricing::from_model_list(&body);
+    (!prices.is_empty()).then_some((prices, age))
+}
+
+/// Writes the list beside its final name and renames it, so a reader never sees half.
+/// A cache that cannot be written is only a slower next start.
+fn save_cache(path: &Path, body: &Value) {
+    let Some(dir) = path.parent() else { return };
+    let tmp: PathBuf = path.with_extension("json.tmp");
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, body.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::debug!("cannot cache the model list at {}: {e}", path.display());
+    }
+}
 
 /// A key's standing, as `GET /api/v1/key` reports it (credits in USD).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -10,6 +10,9 @@
 //! reasoning = 0.60    # optional: reasoning tokens, part of completion
 //! ```
 //!
+//! OpenRouter's model list (`GET /models`, prices as decimal strings in USD per token)
+//! fills the same table; a `--pricing` file wins over it model by model.
+//!
 //! A model that is not in the table has an unknown cost, never a cost of zero.
 
 use std::collections::HashMap;
@@ -32,6 +35,9 @@ pub struct Price {
     /// Reasoning tokens (counted inside completion tokens); the completion price when
     /// not given.
     pub reasoning: Option<f64>,
+    /// A fixed price per request, in USD (not per million).
+    #[serde(default)]
+    pub request: Option<f64>,
 }
 
 /// Why a pricing file cannot be used.
@@ -73,7 +79,13 @@ impl Pricing {
             message,
         })?;
         for (model, p) in &table {
-            let prices = [Some(p.prompt), Some(p.completion), p.cached, p.reasoning];
+            let prices = [
+                Some(p.prompt),
+                Some(p.completion),
+                p.cached,
+                p.reasoning,
+                p.request,
+            ];
             if prices.iter().flatten().any(|v| *v < 0.0 || !v.is_finite()) {
                 return Err(PricingError::Negative {
                     path: shown,
@@ -84,15 +96,74 @@ impl Pricing {
         Ok(Pricing(table))
     }
 
+    /// The table of an OpenRouter-style model list: `data[].id` with `pricing.prompt`,
+    /// `completion`, `input_cache_read`, `internal_reasoning` and `request` as decimal
+    /// strings in USD per token (per request for `request`). Models without a prompt
+    /// and completion price are left out: their cost stays unknown.
+    pub fn from_model_list(list: &serde_json::Value) -> Pricing {
+        let per_token = |p: &serde_json::Value, name: &str| -> Option<f64> {
+            let v = p.get(name)?;
+            let n = match v {
+                serde_json::Value::String(s) => s.trim().parse::<f64>().ok()?,
+                other => other.as_f64()?,
+            };
+            // OpenRouter writes "-1" for a price that varies (e.g. an auto router).
+            (n.is_finite() && n >= 0.0).then_some(n)
+        };
+        let models = list
+            .get("data")
+            .and_then(serde_json::Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let table = models
+            .iter()
+            .filter_map(|m| {
+                let id = m.get("id")?.as_str()?;
+                let p = m.get("pricing")?;
+                let price = Price {
+                    prompt: per_token(p, "prompt")? * PER,
+                    completion: per_token(p, "completion")? * PER,
+                    cached: per_token(p, "input_cache_read").map(|v| v * PER),
+                    reasoning: per_token(p, "internal_reasoning")
+                        .filter(|v| *v > 0.0)
+                        .map(|v| v * PER),
+                    request: per_token(p, "request").filter(|v| *v > 0.0),
+                };
+                Some((id.to_string(), price))
+            })
+            .collect();
+        Pricing(table)
+    }
+
+    /// Adds `other`'s models, replacing this table's prices for the same model, with
+    /// or without a vendor prefix (a file's `gpt-4o-mini` replaces the list's
+    /// `openai/gpt-4o-mini`).
+    pub fn overridden_by(mut self, other: &Pricing) -> Pricing {
+        for (id, price) in &other.0 {
+            let name = bare(id);
+            self.0.retain(|mine, _| bare(mine) != name);
+            self.0.insert(id.clone(), *price);
+        }
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The price of a model: its exact id, else the id without (or with) a vendor
     /// prefix, so `gpt-4o-mini` prices `openai/gpt-4o-mini` and the other way round.
     pub fn price(&self, model: &str) -> Option<&Price> {
         self.0.get(model).or_else(|| {
-            let bare = model.rsplit('/').next().unwrap_or(model);
-            self.0.get(bare).or_else(|| {
+            let name = bare(model);
+            self.0.get(name).or_else(|| {
                 self.0
                     .iter()
-                    .find(|(id, _)| id.rsplit('/').next() == Some(bare))
+                    .find(|(id, _)| bare(id) == name)
                     .map(|(_, p)| p)
             })
         })
@@ -107,8 +178,13 @@ impl Pricing {
             + cached as f64 * p.cached.unwrap_or(p.prompt)
             + (usage.completion_tokens - reasoning) as f64 * p.completion
             + reasoning as f64 * p.reasoning.unwrap_or(p.completion);
-        Some(cost / PER)
+        Some(cost / PER + p.request.unwrap_or(0.0))
     }
+}
+
+/// A model id without its vendor prefix: `openai/gpt-4o-mini` → `gpt-4o-mini`.
+fn bare(model: &str) -> &str {
+    model.rsplit('/').next().unwrap_or(model)
 }
 
 #[cfg(test)]
@@ -156,6 +232,36 @@ mod tests {
         std::fs::write(&json_path, r#"{"m": {"prompt": 2, "completion": 2}}"#).unwrap();
         let p = Pricing::load(&json_path).unwrap();
         assert!((p.cost("vendor/m", &usage(500_000, 0, 500_000, 0)).unwrap() - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn openrouter_model_list_prices_per_token() {
+        let list = serde_json::json!({"data": [
+            {"id": "openai/gpt-4o-mini", "pricing": {"prompt": "0.00000015", "completion": "0.0000006",
+                "request": "0", "input_cache_read": "0.000000075", "internal_reasoning": "0"}},
+            {"id": "openrouter/auto", "pricing": {"prompt": "-1", "completion": "-1"}},
+            {"id": "no/pricing"}
+        ]});
+        let p = Pricing::from_model_list(&list);
+        assert_eq!(p.len(), 1, "varying and missing prices stay unknown");
+        let c = p
+            .cost("openai/gpt-4o-mini", &usage(1000, 400, 100, 0))
+            .unwrap();
+        // 600 × 0.15 + 400 × 0.075 + 100 × 0.6 = 180 per million.
+        assert!((c - 0.000180).abs() < 1e-12, "{c}");
+        assert_eq!(p.cost("openrouter/auto", &usage(1, 0, 1, 0)), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, r#"{"gpt-4o-mini": {"prompt": 1, "completion": 1}}"#).unwrap();
+        let merged = p.overridden_by(&Pricing::load(&path).unwrap());
+        let c = merged
+            .cost("openai/gpt-4o-mini", &usage(1_000_000, 0, 0, 0))
+            .unwrap();
+        assert!(
+            (c - 1.0).abs() < 1e-12,
+            "the file wins, bare id or not: {c}"
+        );
     }
 
     #[test]

@@ -308,6 +308,10 @@ pub struct Target {
     pub tpm: Option<u64>,
     /// Read each key's standing from OpenRouter's `GET /key` before starting.
     pub key_info: bool,
+    /// Price models from the provider's `GET /models` (OpenRouter's format) where
+    /// `EngineConfig::pricing` has no price; the list is cached in `cache_dir`.
+    pub fetch_prices: bool,
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs a prepared batch. `events` receives every event of the run; `cancel` stops
@@ -315,7 +319,7 @@ pub struct Target {
 pub async fn execute(
     prepared: Prepared,
     target: Target,
-    engine: EngineConfig,
+    mut engine: EngineConfig,
     events: EventBus,
     cancel: CancellationToken,
 ) -> Result<RunOutcome, RunError> {
@@ -339,6 +343,27 @@ pub async fn execute(
                 key: keys.lane(i).label.clone(),
                 info,
             });
+        }
+    }
+    if target.fetch_prices {
+        let fetched = openrouter::model_prices(
+            &transport,
+            &keys.lane(0).key,
+            &target.base_url,
+            target.cache_dir.as_deref(),
+        )
+        .await;
+        events.emit(Event::ModelPrices {
+            models: fetched.as_ref().map(|(p, _)| p.len()),
+            source: fetched.as_ref().map(|(_, s)| *s),
+        });
+        if let Some((listed, _)) = fetched {
+            // A --pricing file wins over the provider's list, model by model.
+            let merged = match &engine.pricing {
+                Some(file) => listed.overridden_by(file),
+                None => listed,
+            };
+            engine.pricing = Some(Arc::new(merged));
         }
     }
     let writer = sink.handle();

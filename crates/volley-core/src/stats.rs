@@ -380,6 +380,7 @@ impl Observer for RunStats {
             Event::KeyPaused { .. }
             | Event::CostUnknown { .. }
             | Event::KeyInfo { .. }
+            | Event::ModelPrices { .. }
             | Event::LimitLearned { .. }
             | Event::RetryBudgetExhausted { .. } => {}
         }

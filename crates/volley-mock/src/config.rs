@@ -36,4 +36,7 @@ pub struct MockConfig {
     /// Put `usage.cost` (USD) in every reply that carries usage, at this price per
     /// million tokens, as OpenRouter does.
     pub cost_per_million_tokens: Option<f64>,
+    /// Models listed by `GET /v1/models` with OpenRouter-style prices: (id, prompt,
+    /// completion) in USD per million tokens.
+    pub model_prices: Vec<(String, f64, f64)>,
 }

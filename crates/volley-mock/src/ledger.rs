@@ -95,6 +95,8 @@ pub struct Ledger {
     completion_billed: u64,
     /// USD reported in `usage.cost`, when the mock reports cost.
     cost_billed: f64,
+    /// `GET /v1/models` calls: a client that caches the list calls it once.
+    model_list_requests: u64,
     all: Window,
     keys: HashMap<String, KeyBook>,
     faults: BTreeMap<&'static str, u64>,
@@ -113,6 +115,10 @@ impl Ledger {
         if let Some(key) = key {
             self.keys.entry(key_label(key)).or_default().requests += 1;
         }
+    }
+
+    pub fn count_model_list(&mut self) {
+        self.model_list_requests += 1;
     }
 
     pub fn count_status(&mut self, status: u16) {
@@ -264,6 +270,7 @@ impl Ledger {
                 "total": self.prompt_billed + self.completion_billed,
             },
             "cost_billed": self.cost_billed,
+            "model_list_requests": self.model_list_requests,
             "peak_requests_per_minute": self.all.peak_requests,
             "peak_tokens_per_minute": self.all.peak_tokens,
             "by_key": by_key,

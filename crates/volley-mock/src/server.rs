@@ -63,6 +63,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/key", get(key_info))
+        .route("/v1/models", get(models))
         .route("/mock/stats", get(stats))
         .route("/mock/reset", post(reset))
         .with_state(shared)
@@ -439,6 +440,27 @@ async fn key_info(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
         "rate_limit": {"requests": config.rpm, "interval": "1m"},
     }});
     json_response(StatusCode::OK, &body, Vec::new())
+}
+
+/// The model list, priced as OpenRouter prices it: decimal strings in USD per token.
+async fn models(State(shared): State<Arc<Shared>>) -> Response {
+    shared.ledger().count_model_list();
+    let per_token = |per_million: f64| format!("{}", per_million / 1_000_000.0);
+    let data: Vec<Value> = shared
+        .config
+        .model_prices
+        .iter()
+        .map(|(id, prompt, completion)| {
+            json!({"id": id, "object": "model", "created": 0, "owned_by": "volley-mock",
+                "pricing": {"prompt": per_token(*prompt), "completion": per_token(*completion),
+                    "request": "0", "input_cache_read": per_token(*prompt)}})
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data}),
+        Vec::new(),
+    )
 }
 
 fn unix_now() -> u64 {

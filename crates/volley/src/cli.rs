@@ -128,6 +128,10 @@ pub struct RunArgs {
     /// Prices (USD per million tokens) for providers that report no usage.cost: a JSON or TOML table of model → {prompt, completion, cached?, reasoning?}.
     #[arg(long, value_name = "FILE")]
     pub pricing: Option<PathBuf>,
+    /// Price models from the provider's model list (GET /models, OpenRouter's format),
+    /// cached for a day; on by default for OpenRouter. A --pricing file wins over it.
+    #[arg(long)]
+    pub fetch_prices: bool,
     /// Stop starting requests once the cost recorded (plus what may be in flight) reaches USD; exit 3, resumable.
     #[arg(long, value_name = "USD", value_parser = parse_ratio)]
     pub max_cost: Option<f64>,
@@ -199,6 +203,9 @@ pub struct MockArgs {
     /// Report usage.cost (USD) in every reply with usage, at this price per million tokens.
     #[arg(long, value_name = "USD", value_parser = parse_ratio)]
     pub cost_per_million_tokens: Option<f64>,
+    /// List MODEL in GET /v1/models with OpenRouter-style prices (USD per million prompt and completion tokens). Repeatable.
+    #[arg(long = "model-price", value_name = "MODEL=PROMPT,COMPLETION", value_parser = parse_model_price)]
+    pub model_prices: Vec<(String, f64, f64)>,
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +259,18 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{s:?} must be a non-negative number"))
     }
+}
+
+fn parse_model_price(s: &str) -> Result<(String, f64, f64), String> {
+    let bad = || format!("{s:?} is not MODEL=PROMPT,COMPLETION (USD per million tokens)");
+    let (model, prices) = s.rsplit_once('=').ok_or_else(bad)?;
+    let (prompt, completion) = prices.split_once(',').ok_or_else(bad)?;
+    let prompt = parse_ratio(prompt.trim())?;
+    let completion = parse_ratio(completion.trim())?;
+    if model.is_empty() {
+        return Err(bad());
+    }
+    Ok((model.to_string(), prompt, completion))
 }
 
 fn parse_key_credit(s: &str) -> Result<(String, u64), String> {

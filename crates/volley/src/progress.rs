@@ -8,6 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use volley_core::events::{Event, Observer};
+use volley_core::openrouter::PricesSource;
 use volley_core::stats::{RunStats, Snapshot};
 
 use crate::summary::{human_duration, usd};
@@ -78,6 +79,24 @@ impl Observer for EventLog {
                         "{key} has no credit left: expect it to be refused (402) and leave the pool"
                     );
                 }
+            }
+            Event::ModelPrices {
+                models: Some(n),
+                source,
+            } => {
+                let from = match source {
+                    Some(PricesSource::Cache) => "cached copy of the provider's model list",
+                    Some(PricesSource::StaleCache) => {
+                        "old cached copy of the model list (the provider could not be reached)"
+                    }
+                    _ => "provider's model list",
+                };
+                tracing::info!("prices of {n} models from the {from}");
+            }
+            Event::ModelPrices { models: None, .. } => {
+                tracing::warn!(
+                    "could not read model prices from the provider: costs not reported in usage.cost stay unknown"
+                );
             }
             Event::CostUnknown { model } => {
                 tracing::warn!(

@@ -24,6 +24,7 @@ impl From<&MockArgs> for MockConfig {
             key_credits: a.key_credits.iter().cloned().collect(),
             in_flight_budget: a.in_flight_budget,
             cost_per_million_tokens: a.cost_per_million_tokens,
+            model_prices: a.model_prices.clone(),
         }
     }
 }

@@ -206,13 +206,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         pricing,
         max_cost: args.max_cost,
     };
-    let key_info = args.key_info || volley_core::openrouter::is_openrouter(&base_url);
+    let openrouter = volley_core::openrouter::is_openrouter(&base_url);
     let target = Target {
         base_url,
         keys,
         rpm: args.rpm,
         tpm: args.tpm,
-        key_info,
+        key_info: args.key_info || openrouter,
+        fetch_prices: args.fetch_prices || openrouter,
+        cache_dir: cache_dir(),
     };
     let outcome = runner::execute(
         prepared,
@@ -358,6 +360,15 @@ fn strip_results(path: &Path) -> PathBuf {
         Some(stem) => PathBuf::from(format!("{stem}.jsonl")),
         None => path.to_path_buf(),
     }
+}
+
+/// `$XDG_CACHE_HOME/volley`, else `~/.cache/volley`: where the model list is kept.
+fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("volley"))
 }
 
 /// Reads the keys from the environment, naming only the variables in errors.
