@@ -24,8 +24,17 @@ fn ms(v: f64) -> String {
 }
 
 /// `$1.2345`, or `unknown` — never a made-up zero.
+/// A cost in dollars: cents-and-more to four decimals, smaller amounts to three
+/// significant digits, so a known small cost never reads as `$0.0000`.
 pub fn usd(cost: Option<f64>) -> String {
-    cost.map_or("unknown".into(), |c| format!("${c:.4}"))
+    match cost {
+        None => "unknown".into(),
+        Some(c) if c == 0.0 || c >= 0.01 => format!("${c:.4}"),
+        Some(c) => {
+            let decimals = (2 - c.log10().floor() as i32).clamp(4, 12) as usize;
+            format!("${c:.decimals$}")
+        }
+    }
 }
 
 /// The report as text.
@@ -133,5 +142,8 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(3720)), "1h02m");
         assert_eq!(usd(None), "unknown");
         assert_eq!(usd(Some(0.5)), "$0.5000");
+        assert_eq!(usd(Some(0.0)), "$0.0000");
+        assert_eq!(usd(Some(0.0000123)), "$0.0000123");
+        assert_eq!(usd(Some(0.00456)), "$0.00456");
     }
 }
