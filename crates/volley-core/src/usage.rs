@@ -25,6 +25,11 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Nothing recorded: no tokens and no cost.
+    pub fn is_empty(&self) -> bool {
+        *self == Usage::default()
+    }
+
     /// Reads the `usage` object of a reply body; `None` when the body carries none.
     pub fn from_body(body: &Value) -> Option<Usage> {
         body.get("usage").and_then(Usage::from_usage)
@@ -63,8 +68,15 @@ impl Usage {
     }
 
     /// Adds another attempt's usage. A cost stays known only while every part is known.
+    ///
+    /// An empty part (no tokens, no cost) adds nothing: it is what an output line
+    /// records for a request whose attempts never got a `usage` object (a 400, a
+    /// timeout), and nothing billed cannot make a known total unknown.
     pub fn add(&mut self, other: &Usage) {
-        if *self == Usage::default() {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
             // Nothing recorded yet: the sum is exactly the other part, cost included.
             *self = *other;
             return;
@@ -122,5 +134,23 @@ mod tests {
         sum.add(&unknown);
         assert_eq!(sum.cost, None);
         assert_eq!(sum.total_tokens, 4);
+    }
+
+    #[test]
+    fn a_request_that_got_no_usage_leaves_a_known_cost_known() {
+        let known = Usage {
+            prompt_tokens: 3,
+            total_tokens: 3,
+            cost: Some(0.25),
+            ..Usage::default()
+        };
+        let mut sum = Usage::default();
+        sum.add(&known);
+        sum.add(&Usage::default());
+        assert_eq!(sum, known);
+        let mut sum = Usage::default();
+        sum.add(&Usage::default());
+        sum.add(&known);
+        assert_eq!(sum, known);
     }
 }
