@@ -1,18 +1,31 @@
 //! `--max-cost`: a spending cap (SPEC §2, §4).
 //!
-//! The run stops admitting requests, and requests stop starting new attempts, once the
-//! cost recorded so far plus a conservative estimate for the attempts in flight (the
-//! dearest attempt seen so far, times the attempts in flight) reaches the cap. So the
-//! overshoot is bounded by what is in flight when the cap is reached. Only known costs
-//! count: an attempt whose cost is unknown (no `usage.cost`, no price) is reported once.
+//! An attempt may start only while the cost recorded so far plus a conservative
+//! estimate for the attempts already in flight (the dearest attempt seen so far, times
+//! the attempts in flight) stays under the cap. Checking and starting are one step
+//! under one lock, so two requests cannot both slip under the cap with the same
+//! headroom: the overshoot is bounded by what is in flight when the cap is reached.
+//! Only known costs count: an attempt whose cost is unknown (no `usage.cost`, no
+//! price) is reported once.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, Default)]
 struct Spent {
+    /// Known cost of the attempts that came back.
     total: f64,
+    /// The dearest single attempt so far: the estimate for each one in flight.
     dearest_attempt: f64,
+    /// Attempts started and not yet back.
+    in_flight: u64,
+}
+
+impl Spent {
+    /// Spent plus the estimate for what is in flight.
+    fn committed(&self) -> f64 {
+        self.total + self.dearest_attempt * self.in_flight as f64
+    }
 }
 
 /// The cap and what has been spent against it.
@@ -20,7 +33,6 @@ struct Spent {
 pub struct CostBudget {
     cap: Option<f64>,
     spent: Mutex<Spent>,
-    in_flight: AtomicU64,
     unknown_reported: AtomicBool,
 }
 
@@ -29,7 +41,6 @@ impl CostBudget {
         CostBudget {
             cap,
             spent: Mutex::new(Spent::default()),
-            in_flight: AtomicU64::new(0),
             unknown_reported: AtomicBool::new(false),
         }
     }
@@ -38,16 +49,22 @@ impl CostBudget {
         self.spent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An attempt goes on the wire.
-    pub fn attempt_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// Starts an attempt unless the cap is reached; `Err` says why it may not start.
+    /// Every `Ok` must be followed by one [`CostBudget::attempt_finished`].
+    pub fn start_attempt(&self) -> Result<(), String> {
+        let mut spent = self.spent();
+        if let Some(why) = self.over_cap(&spent) {
+            return Err(why);
+        }
+        spent.in_flight += 1;
+        Ok(())
     }
 
     /// An attempt came back costing `cost` (`None`: no usage, or unknown cost).
     pub fn attempt_finished(&self, cost: Option<f64>) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut spent = self.spent();
+        spent.in_flight = spent.in_flight.saturating_sub(1);
         if let Some(cost) = cost {
-            let mut spent = self.spent();
             spent.total += cost;
             spent.dearest_attempt = spent.dearest_attempt.max(cost);
         }
@@ -60,15 +77,16 @@ impl CostBudget {
 
     /// Why no further attempt may start, once the cap is (about to be) reached.
     pub fn exhausted(&self) -> Option<String> {
+        self.over_cap(&self.spent())
+    }
+
+    fn over_cap(&self, spent: &Spent) -> Option<String> {
         let cap = self.cap?;
-        let spent = self.spent();
-        let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
-        let committed = spent.total + spent.dearest_attempt * in_flight;
-        (committed >= cap).then(|| {
+        (spent.committed() >= cap).then(|| {
             format!(
                 "cost cap reached: ${:.4} spent, ${:.4} more may be in flight, --max-cost ${cap:.4}",
                 spent.total,
-                spent.dearest_attempt * in_flight
+                spent.committed() - spent.total
             )
         })
     }
@@ -87,30 +105,57 @@ mod tests {
     fn the_cap_counts_what_is_in_flight() {
         let b = CostBudget::new(Some(1.0));
         assert!(b.exhausted().is_none());
-        b.attempt_started();
-        b.attempt_started();
+        b.start_attempt().unwrap();
+        b.start_attempt().unwrap();
         b.attempt_finished(Some(0.3));
         assert!(
             b.exhausted().is_none(),
             "0.3 spent + 1 × 0.3 in flight < 1.0"
         );
-        b.attempt_started();
-        assert!(
-            b.exhausted().is_none(),
-            "0.3 spent + 2 × 0.3 in flight < 1.0"
-        );
-        b.attempt_started();
-        let why = b.exhausted().expect("0.3 spent + 3 × 0.3 in flight ≥ 1.0");
+        b.start_attempt()
+            .expect("0.3 spent + 1 × 0.3 in flight < 1.0");
+        b.start_attempt()
+            .expect("0.3 spent + 2 × 0.3 in flight < 1.0");
+        let why = b
+            .start_attempt()
+            .expect_err("0.3 spent + 3 × 0.3 in flight ≥ 1.0");
         assert!(why.contains("cost cap reached"), "{why}");
+        assert_eq!(b.exhausted(), Some(why));
         assert!((b.total() - 0.3).abs() < 1e-12);
+        // What was in flight comes back cheaper than feared: room again.
+        for _ in 0..3 {
+            b.attempt_finished(Some(0.01));
+        }
+        assert!(b.start_attempt().is_ok(), "0.33 spent, 0 in flight");
+    }
+
+    #[test]
+    fn racing_starts_never_share_the_last_headroom() {
+        // 0.5 spent, the dearest attempt 0.5, cap 0.9: one more attempt may start
+        // (0.5 + 0 in flight < 0.9), a second may not (0.5 + 1 × 0.5 ≥ 0.9). Sixteen
+        // threads race for that one start: only one may win.
+        let b = std::sync::Arc::new(CostBudget::new(Some(0.9)));
+        b.start_attempt().unwrap();
+        b.attempt_finished(Some(0.5));
+        let wins: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    let b = b.clone();
+                    s.spawn(move || usize::from(b.start_attempt().is_ok()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(wins, 1);
     }
 
     #[test]
     fn no_cap_never_stops_and_unknown_is_reported_once() {
         let b = CostBudget::new(None);
-        b.attempt_started();
+        b.start_attempt().unwrap();
         b.attempt_finished(Some(1e9));
         assert!(b.exhausted().is_none());
+        assert!(b.start_attempt().is_ok());
         assert!(!b.report_unknown());
         let b = CostBudget::new(Some(1.0));
         assert!(b.report_unknown());

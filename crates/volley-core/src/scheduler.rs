@@ -234,9 +234,7 @@ impl Engine {
         let mut error_retries = 0u32;
         let mut rate_limited_retries = 0u32;
         loop {
-            if let Some(why) = self.cost.exhausted() {
-                // Neither this request nor any other starts an attempt past the cap.
-                self.stop(&why);
+            if self.over_cost_cap() {
                 return Fate::Abandoned;
             }
             let Some(slot) = self.wire.acquire().await else {
@@ -246,6 +244,15 @@ impl Engine {
                 return Fate::Abandoned;
             };
             let lane = booking.lane;
+            // Asked again at the last moment, in the same step that counts the attempt
+            // as in flight: waiting for a slot or a key can take long, and the attempts
+            // that finished meanwhile may have reached the cap.
+            if let Err(why) = self.cost.start_attempt() {
+                self.stop(&why);
+                self.wire.release(slot);
+                self.keys.release(lane);
+                return Fate::Abandoned;
+            }
             attempts += 1;
             let key = self.keys.lane(lane).label.clone();
             self.events.emit(Event::AttemptStarted {
@@ -255,7 +262,6 @@ impl Engine {
             });
             let sent = Instant::now();
             let started = *started.get_or_insert(sent);
-            self.cost.attempt_started();
             let result = self
                 .transport
                 .send(
@@ -288,6 +294,9 @@ impl Engine {
             self.price(&mut outcome, job.model.as_deref());
             self.cost
                 .attempt_finished(outcome.usage.and_then(|u| u.cost));
+            // Halts now, not when the next request asks, so that requests waiting for a
+            // key's limit give up at once.
+            self.over_cost_cap();
             if let Some(u) = &outcome.usage {
                 usage.add(u);
                 self.keys
@@ -436,6 +445,18 @@ impl Engine {
             self.events.emit(Event::CostUnknown {
                 model: model.map(Arc::from),
             });
+        }
+    }
+
+    /// True once `--max-cost` is (about to be) reached; halts the run the first time,
+    /// so that no request starts another attempt.
+    fn over_cost_cap(&self) -> bool {
+        match self.cost.exhausted() {
+            Some(why) => {
+                self.stop(&why);
+                true
+            }
+            None => false,
         }
     }
 

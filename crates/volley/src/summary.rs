@@ -23,9 +23,9 @@ fn ms(v: f64) -> String {
     human_duration(Duration::from_secs_f64(v.max(0.0) / 1000.0))
 }
 
-/// `$1.2345`, or `unknown` — never a made-up zero.
-/// A cost in dollars: cents-and-more to four decimals, smaller amounts to three
-/// significant digits, so a known small cost never reads as `$0.0000`.
+/// A cost in dollars, or `unknown` — never a made-up zero: cents and more to four
+/// decimals (`$1.2345`), smaller amounts to three significant digits, so that a known
+/// small cost never reads as `$0.0000`.
 pub fn usd(cost: Option<f64>) -> String {
     match cost {
         None => "unknown".into(),
