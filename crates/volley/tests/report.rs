@@ -477,8 +477,19 @@ fn max_cost_stops_near_the_cap_with_exit_3_and_a_rerun_finishes_without_duplicat
     );
     drop(full_mock);
 
-    // A third of that as the cap, against a fresh mock.
-    let mock = MockProc::start(&["--cost-per-million-tokens", "2.5"]);
+    // A third of that as the cap, against a fresh mock that takes its time, so that
+    // requests queue for a slot while others are in flight: those must not slip past
+    // the cap once it is reached.
+    let mock = MockProc::start(&[
+        "--cost-per-million-tokens",
+        "2.5",
+        "--latency-ms",
+        "5",
+        "--jitter-ms",
+        "30",
+        "--seed",
+        "2",
+    ]);
     let ws = Workspace::new();
     ws.prompts("batch.jsonl", N);
     let cap = total / 3.0;
