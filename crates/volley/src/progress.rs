@@ -91,7 +91,8 @@ impl Observer for EventLog {
                     }
                     _ => "provider's model list",
                 };
-                tracing::info!("prices of {n} models from the {from}");
+                let models = if *n == 1 { "model" } else { "models" };
+                tracing::info!("prices of {n} {models} from the {from}");
             }
             Event::ModelPrices { models: None, .. } => {
                 tracing::warn!(

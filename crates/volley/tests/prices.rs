@@ -11,6 +11,28 @@ fn report(ws: &Workspace, name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(ws.path(name)).unwrap()).unwrap()
 }
 
+/// Runs `volley run input --fetch-prices extra…` against `mock`, with the price
+/// cache in `cache`.
+fn run_fetching_prices(
+    ws: &Workspace,
+    mock: &MockProc,
+    cache: &std::path::Path,
+    input: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let args = run_args(
+        input,
+        &mock.base_url,
+        &[&["--fetch-prices"], extra].concat(),
+    );
+    volley()
+        .args(&args)
+        .env("XDG_CACHE_HOME", cache)
+        .current_dir(ws.dir.path())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn costs_come_from_the_model_list_which_is_fetched_once_and_cached() {
     // Prompt $2 and completion $8 per million tokens; no usage.cost in replies.
@@ -18,21 +40,17 @@ fn costs_come_from_the_model_list_which_is_fetched_once_and_cached() {
     let ws = Workspace::new();
     let cache = ws.path("cache");
     ws.prompts("a.jsonl", 50);
-    let args = run_args(
+    let out = run_fetching_prices(
+        &ws,
+        &mock,
+        &cache,
         "a.jsonl",
-        &mock.base_url,
-        &["--fetch-prices", "--report", "a.json", "--progress", "log"],
+        &["--report", "a.json", "--progress", "log"],
     );
-    let out = volley()
-        .args(&args)
-        .env("XDG_CACHE_HOME", &cache)
-        .current_dir(ws.dir.path())
-        .output()
-        .unwrap();
     assert_exit(&out, 0);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("prices of 1 models from the provider's model list"),
+        err.contains("prices of 1 model from the provider's model list"),
         "{err}"
     );
     let billed = mock.stats();
@@ -48,17 +66,13 @@ fn costs_come_from_the_model_list_which_is_fetched_once_and_cached() {
 
     // A second run reads the cached list: the provider is not asked again.
     ws.prompts("b.jsonl", 5);
-    let args = run_args(
+    let out = run_fetching_prices(
+        &ws,
+        &mock,
+        &cache,
         "b.jsonl",
-        &mock.base_url,
-        &["--fetch-prices", "--report", "b.json", "--progress", "log"],
+        &["--report", "b.json", "--progress", "log"],
     );
-    let out = volley()
-        .args(&args)
-        .env("XDG_CACHE_HOME", &cache)
-        .current_dir(ws.dir.path())
-        .output()
-        .unwrap();
     assert_exit(&out, 0);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cached copy"), "{err}");
@@ -69,23 +83,13 @@ fn costs_come_from_the_model_list_which_is_fetched_once_and_cached() {
     ws.write("p.toml", "[m]\nprompt = 1.0\ncompletion = 1.0\n");
     ws.prompts("c.jsonl", 5);
     let before = mock.stats()["tokens_billed"]["total"].as_f64().unwrap();
-    let args = run_args(
+    let out = run_fetching_prices(
+        &ws,
+        &mock,
+        &cache,
         "c.jsonl",
-        &mock.base_url,
-        &[
-            "--fetch-prices",
-            "--pricing",
-            "p.toml",
-            "--report",
-            "c.json",
-        ],
+        &["--pricing", "p.toml", "--report", "c.json"],
     );
-    let out = volley()
-        .args(&args)
-        .env("XDG_CACHE_HOME", &cache)
-        .current_dir(ws.dir.path())
-        .output()
-        .unwrap();
     assert_exit(&out, 0);
     let tokens = mock.stats()["tokens_billed"]["total"].as_f64().unwrap() - before;
     let cost = report(&ws, "c.json")["usage"]["cost"].as_f64().unwrap();
@@ -95,17 +99,13 @@ fn costs_come_from_the_model_list_which_is_fetched_once_and_cached() {
         "d.jsonl",
         "{\"id\":\"x\",\"model\":\"other\",\"prompt\":\"hi\"}\n",
     );
-    let args = run_args(
+    let out = run_fetching_prices(
+        &ws,
+        &mock,
+        &cache,
         "d.jsonl",
-        &mock.base_url,
-        &["--fetch-prices", "--report", "d.json", "--progress", "log"],
+        &["--report", "d.json", "--progress", "log"],
     );
-    let out = volley()
-        .args(&args)
-        .env("XDG_CACHE_HOME", &cache)
-        .current_dir(ws.dir.path())
-        .output()
-        .unwrap();
     assert_exit(&out, 0);
     assert!(report(&ws, "d.json")["usage"]["cost"].is_null());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cost unknown"));
@@ -117,16 +117,13 @@ fn no_model_list_leaves_costs_unknown_and_the_run_goes_on() {
     let mock = MockProc::start(&[]);
     let ws = Workspace::new();
     ws.prompts("a.jsonl", 5);
-    let out = volley()
-        .args(run_args(
-            "a.jsonl",
-            &mock.base_url,
-            &["--fetch-prices", "--report", "a.json", "--progress", "log"],
-        ))
-        .env("XDG_CACHE_HOME", ws.path("cache"))
-        .current_dir(ws.dir.path())
-        .output()
-        .unwrap();
+    let out = run_fetching_prices(
+        &ws,
+        &mock,
+        &ws.path("cache"),
+        "a.jsonl",
+        &["--report", "a.json", "--progress", "log"],
+    );
     assert_exit(&out, 0);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not read model prices"), "{err}");

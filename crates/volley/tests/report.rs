@@ -15,6 +15,22 @@ use serde_json::{Value, json};
 /// Flags that keep retries quick in tests.
 const FAST_RETRY: [&str; 4] = ["--initial-backoff", "0.01", "--max-backoff", "0.1"];
 
+/// Flags for a [`json_batch`] run: replies must be JSON, so its plain-text lines fail
+/// with `invalid_response` on all of their 6 attempts; the retry budget is large
+/// enough that every request gets its retries.
+const EXPECT_JSON: [&str; 10] = [
+    "--expect",
+    "json",
+    "--max-retries",
+    "5",
+    "--retry-budget",
+    "1",
+    "--initial-backoff",
+    "0.01",
+    "--max-backoff",
+    "0.1",
+];
+
 /// What the mock charges, USD per million tokens, when it reports `usage.cost`.
 const MOCK_PRICE: f64 = 2.5;
 
@@ -161,19 +177,8 @@ fn report_cost_and_tokens_equal_the_mocks_bill_failed_attempts_included() {
         "batch.jsonl",
         &mock,
         &[
-            &[
-                "--concurrency",
-                "16",
-                "--expect",
-                "json",
-                "--max-retries",
-                "5",
-                "--retry-budget",
-                "1",
-                "--report",
-                "r.json",
-            ][..],
-            &FAST_RETRY,
+            &["--concurrency", "16", "--report", "r.json"][..],
+            &EXPECT_JSON,
         ]
         .concat(),
     );
@@ -659,17 +664,11 @@ fn report_twice(extra_lines: &str) -> (Value, Value) {
             &[
                 "--concurrency",
                 "8",
-                "--expect",
-                "json",
-                "--max-retries",
-                "5",
-                "--retry-budget",
-                "1",
                 "--skip-invalid",
                 "--report",
                 "run.json",
             ][..],
-            &FAST_RETRY,
+            &EXPECT_JSON,
         ]
         .concat(),
     );
@@ -901,20 +900,7 @@ fn the_html_report_renders_in_headless_chromium_with_every_plot_and_nothing_fetc
         &ws,
         "batch.jsonl",
         &mock,
-        &[
-            &[
-                "--concurrency",
-                "16",
-                "--expect",
-                "json",
-                "--max-retries",
-                "5",
-                "--retry-budget",
-                "1",
-            ][..],
-            &FAST_RETRY,
-        ]
-        .concat(),
+        &[&["--concurrency", "16"][..], &EXPECT_JSON].concat(),
     );
     assert_exit(&out, 1);
     let out = ws.run(&[
