@@ -177,36 +177,62 @@ struct VolleyPart {
     finished_at: Option<f64>,
 }
 
+/// What the output files hold.
+#[derive(Debug, Default)]
+pub struct FinishedFiles {
+    /// Every finished request, in the order they finished.
+    pub finished: Vec<Finished>,
+    /// `file:line` of each last line torn by a crash mid-write (no newline, not
+    /// JSON), left out: the next `volley run` repairs it and sends that request again.
+    pub torn: Vec<String>,
+}
+
 /// Reads the finished requests of RESULTS (and ERRORS, if given).
-pub fn read_finished(results: &Path, errors: Option<&Path>) -> Result<Vec<Finished>, ReportError> {
-    let mut out = Vec::new();
+pub fn read_finished(results: &Path, errors: Option<&Path>) -> Result<FinishedFiles, ReportError> {
+    let mut out = FinishedFiles::default();
     read_file(results, true, &mut out)?;
     if let Some(errors) = errors {
         read_file(errors, false, &mut out)?;
     }
-    out.sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
+    out.finished
+        .sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
     Ok(out)
 }
 
-fn read_file(path: &Path, ok: bool, out: &mut Vec<Finished>) -> Result<(), ReportError> {
+fn read_file(path: &Path, ok: bool, out: &mut FinishedFiles) -> Result<(), ReportError> {
     let shown = || path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| ReportError::Io {
+    let io = |source| ReportError::Io {
         path: shown(),
         source,
-    })?;
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| ReportError::Io {
-            path: shown(),
-            source,
-        })?;
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io)? == 0 {
+            return Ok(());
+        }
+        number += 1;
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(&line).map_err(|e| ReportError::Line {
-            path: shown(),
-            line: i as u64 + 1,
-            reason: e.to_string(),
-        })?;
+        let parsed: Line = match serde_json::from_str(&line) {
+            Ok(parsed) => parsed,
+            // Only the very last line can be torn, and a torn line has no newline.
+            Err(_) if !line.ends_with('\n') => {
+                out.torn.push(format!("{}:{number}", shown()));
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(ReportError::Line {
+                    path: shown(),
+                    line: number,
+                    reason: e.to_string(),
+                });
+            }
+        };
         // The model asked for, as a live run files it (and as pricing looks it up);
         // the model that answered only when the line names none.
         let served = || {
@@ -217,7 +243,7 @@ fn read_file(path: &Path, ok: bool, out: &mut Vec<Finished>) -> Result<(), Repor
                 .and_then(|m| m.as_str())
                 .map(str::to_owned)
         };
-        out.push(Finished {
+        out.finished.push(Finished {
             custom_id: parsed.custom_id,
             ok,
             finished_at: parsed.volley.finished_at.unwrap_or(0.0),
@@ -233,7 +259,6 @@ fn read_file(path: &Path, ok: bool, out: &mut Vec<Finished>) -> Result<(), Repor
             error_code: parsed.error.map(|e| e.code),
         });
     }
-    Ok(())
 }
 
 /// Recomputes a report from finished requests (see [`read_finished`]).
@@ -342,8 +367,9 @@ mod tests {
             "{\"id\":\"v\",\"custom_id\":\"c\",\"response\":null,\"error\":{\"code\":\"invalid_input\",\"message\":\"x\"},\"volley\":{\"attempts\":0,\"latency_ms\":0,\"usage\":{\"prompt_tokens\":0,\"completion_tokens\":0,\"total_tokens\":0},\"cost\":null,\"key\":null}}\n",
         )
         .unwrap();
-        let finished = read_finished(&results, Some(&errors)).unwrap();
-        let r = from_finished(&finished);
+        let files = read_finished(&results, Some(&errors)).unwrap();
+        assert!(files.torn.is_empty());
+        let r = from_finished(&files.finished);
         assert_eq!(
             (
                 r.requests.total,
@@ -362,6 +388,26 @@ mod tests {
         assert!((r.wall_seconds - 2.1).abs() < 1e-9, "{}", r.wall_seconds);
         assert_eq!(r.attempts_histogram[&3], 1);
         assert_eq!(r.errors_by_code["invalid_input"], 1);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_left_out_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("r.jsonl");
+        let good = "{\"custom_id\":\"a\",\"volley\":{\"attempts\":1,\"latency_ms\":5.0,\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}}\n";
+        std::fs::write(&results, format!("{good}{{\"custom_id\":\"b\",\"vol")).unwrap();
+        let files = read_finished(&results, None).unwrap();
+        assert_eq!(files.finished.len(), 1);
+        assert_eq!(files.torn.len(), 1);
+        assert!(files.torn[0].ends_with("r.jsonl:2"), "{:?}", files.torn);
+        // The same garbage with a newline is no crash's doing: an error.
+        std::fs::write(
+            &results,
+            format!("{good}{{\"custom_id\":\"b\",\"vol\n{good}"),
+        )
+        .unwrap();
+        let err = read_finished(&results, None).unwrap_err().to_string();
+        assert!(err.contains("r.jsonl:2"), "{err}");
     }
 
     #[test]

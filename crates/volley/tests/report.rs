@@ -776,6 +776,22 @@ fn volley_report_names_a_missing_file_and_a_bad_line() {
     let out = ws.run(&["report", "good.results.jsonl", "--json", "good.json"]);
     assert_exit(&out, 0);
     assert_eq!(read_json(&ws.path("good.json"))["requests"]["succeeded"], 2);
+
+    // A crash mid-write leaves a torn last line (no newline): the report of that run
+    // is still made, without it, and says so.
+    append(
+        &ws,
+        "good.results.jsonl",
+        "{\"id\":\"vol-1\",\"custom_id\":\"torn",
+    );
+    let out = ws.run(&["report", "good.results.jsonl", "--json", "torn.json"]);
+    assert_exit(&out, 0);
+    assert_eq!(read_json(&ws.path("torn.json"))["requests"]["succeeded"], 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("good.results.jsonl:3: a line torn"),
+        "{}",
+        explain(&out)
+    );
 }
 
 /// The first of `names` found on PATH.

@@ -9,7 +9,13 @@ use crate::exit::Exit;
 use crate::{html, summary};
 
 pub fn report(args: ReportArgs) -> anyhow::Result<Exit> {
-    let finished = read_finished(&args.results, args.errors.as_deref())?;
+    let files = read_finished(&args.results, args.errors.as_deref())?;
+    for at in &files.torn {
+        eprintln!(
+            "warning: {at}: a line torn by a crash mid-write, left out (the next `volley run` repairs it and sends that request again)"
+        );
+    }
+    let finished = files.finished;
     let report = from_finished(&finished);
     let errors = args
         .errors
