@@ -4,7 +4,8 @@
 With two or more cores, volley runs pinned to core 0 and the mock to core 1, so that
 the busy share of each core says which process limits throughput. Reports, for N requests (default 100,000) against a zero-latency mock at concurrency
 256: requests/s, volley's CPU seconds and peak RSS, and the mock's CPU seconds; then the
-peak RSS of a run over a 1,000,000-line input. Run from the repository root:
+peak RSS of a run over a 1,000,000-line input, and what `volley report --html` over
+that run's RESULTS takes (time, peak RSS, page size). Run from the repository root:
 
     python3 bench/bench.py            # builds --release first
     python3 bench/bench.py --requests 20000 --big-lines 200000   # a quicker look
@@ -106,6 +107,17 @@ def main():
                 "volley_cpu_s": round(cpu, 2), "volley_peak_rss_mb": round(rss, 1), "target_rss_mb": 64,
             }
             print(json.dumps(report["big_input"]), flush=True)
+
+            # `volley report` over that run's RESULTS, with the HTML page: how long a
+            # report of a big past run takes, how much memory, how big the page is.
+            html = os.path.join(tmp, "big.html")
+            wall, cpu, rss = timed_run(["report", os.path.join(tmp, "big.results.jsonl"),
+                                        "--html", html, "--json", os.path.join(tmp, "big.report.json")], env)
+            report["report_from_files"] = {
+                "lines": a.big_lines, "wall_s": round(wall, 2), "volley_cpu_s": round(cpu, 2),
+                "volley_peak_rss_mb": round(rss, 1), "html_kb": round(os.path.getsize(html) / 1024, 1),
+            }
+            print(json.dumps(report["report_from_files"]), flush=True)
         finally:
             mock.kill()
             mock.wait()

@@ -2,9 +2,10 @@
 //! both: built from the event stream while running, or recomputed from RESULTS and
 //! ERRORS alone for any past run. The schema is documented in `docs/report.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -131,23 +132,41 @@ pub enum ReportError {
     },
 }
 
-/// One finished request, as the output files record it.
+/// One finished request, as the output files record it: only what the report needs,
+/// with model names and error codes shared, so that a file of a million lines fits in
+/// a few hundred bytes a line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finished {
-    pub custom_id: String,
     pub ok: bool,
     /// Unix seconds.
     pub finished_at: f64,
     pub latency_ms: f64,
     pub attempts: u32,
-    pub model: String,
+    pub model: Arc<str>,
     pub usage: Usage,
-    pub error_code: Option<String>,
+    pub error_code: Option<Arc<str>>,
+}
+
+/// One shared copy of each distinct string (model names, error codes).
+#[derive(Debug, Default)]
+struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.0.insert(shared.clone());
+        shared
+    }
 }
 
 #[derive(Deserialize)]
 struct Line {
-    custom_id: String,
+    /// Required, so that a line of some other JSONL is refused, but not kept.
+    #[allow(dead_code)]
+    custom_id: serde::de::IgnoredAny,
     #[serde(default)]
     response: Option<ResponsePart>,
     #[serde(default)]
@@ -190,16 +209,22 @@ pub struct FinishedFiles {
 /// Reads the finished requests of RESULTS (and ERRORS, if given).
 pub fn read_finished(results: &Path, errors: Option<&Path>) -> Result<FinishedFiles, ReportError> {
     let mut out = FinishedFiles::default();
-    read_file(results, true, &mut out)?;
+    let mut strings = Interner::default();
+    read_file(results, true, &mut out, &mut strings)?;
     if let Some(errors) = errors {
-        read_file(errors, false, &mut out)?;
+        read_file(errors, false, &mut out, &mut strings)?;
     }
     out.finished
         .sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
     Ok(out)
 }
 
-fn read_file(path: &Path, ok: bool, out: &mut FinishedFiles) -> Result<(), ReportError> {
+fn read_file(
+    path: &Path,
+    ok: bool,
+    out: &mut FinishedFiles,
+    strings: &mut Interner,
+) -> Result<(), ReportError> {
     let shown = || path.display().to_string();
     let io = |source| ReportError::Io {
         path: shown(),
@@ -241,22 +266,21 @@ fn read_file(path: &Path, ok: bool, out: &mut FinishedFiles) -> Result<(), Repor
                 .as_ref()
                 .and_then(|r| r.body.get("model"))
                 .and_then(|m| m.as_str())
-                .map(str::to_owned)
         };
+        let model = parsed
+            .volley
+            .model
+            .as_deref()
+            .or_else(served)
+            .unwrap_or(NO_MODEL);
         out.finished.push(Finished {
-            custom_id: parsed.custom_id,
             ok,
             finished_at: parsed.volley.finished_at.unwrap_or(0.0),
             latency_ms: parsed.volley.latency_ms,
             attempts: parsed.volley.attempts,
-            model: parsed
-                .volley
-                .model
-                .clone()
-                .or_else(served)
-                .unwrap_or_else(|| NO_MODEL.into()),
+            model: strings.get(model),
             usage: parsed.volley.usage,
-            error_code: parsed.error.map(|e| e.code),
+            error_code: parsed.error.map(|e| strings.get(&e.code)),
         });
     }
 }
@@ -293,7 +317,7 @@ pub fn from_finished(finished: &[Finished]) -> Report {
             (false, false) => report.requests.failed += 1,
         }
         if let Some(code) = &f.error_code {
-            *report.errors_by_code.entry(code.clone()).or_default() += 1;
+            *report.errors_by_code.entry(code.to_string()).or_default() += 1;
         }
         if invalid {
             continue;
@@ -303,7 +327,7 @@ pub fn from_finished(finished: &[Finished]) -> Report {
         *report.attempts_histogram.entry(f.attempts).or_default() += 1;
         let _ = latency.record(((f.latency_ms * 1000.0) as u64).clamp(1, 3_600_000_000));
         report.usage.add(&f.usage);
-        let m = report.models.entry(f.model.clone()).or_default();
+        let m = report.models.entry(f.model.to_string()).or_default();
         m.requests += 1;
         m.attempts += u64::from(f.attempts);
         if f.ok {

@@ -28,6 +28,9 @@ const ROW: f64 = 24.0;
 const LATENCY_BINS: f64 = 20.0;
 /// Labels longer than this are cut (the full text stays in the tooltip).
 const MAX_LABEL_CHARS: usize = 44;
+/// Points drawn per line at most: about one per pixel, however many requests ran, so
+/// the page of a million-request run stays small and quick to open.
+const MAX_POINTS: usize = 1_000;
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -321,6 +324,17 @@ fn latency_bins(finished: &[Finished], p99: f64) -> Vec<Bar> {
 /// `(seconds, count)` points of a line plot.
 type Points = Vec<(f64, f64)>;
 
+/// At most [`MAX_POINTS`] of `points`, evenly spread, the first and last kept.
+fn thin(points: Points) -> Points {
+    if points.len() <= MAX_POINTS {
+        return points;
+    }
+    let last = points.len() - 1;
+    (0..MAX_POINTS)
+        .map(|i| points[i * last / (MAX_POINTS - 1)])
+        .collect()
+}
+
 /// Cumulative finished and failed requests against seconds since the first send.
 fn over_time(finished: &[Finished]) -> (Points, Points) {
     let timed = || {
@@ -345,7 +359,7 @@ fn over_time(finished: &[Finished]) -> (Points, Points) {
     if let Some(&(end, _)) = all.last() {
         failed.push((end, n_failed));
     }
-    (all, failed)
+    (thin(all), thin(failed))
 }
 
 /// The page.
@@ -496,11 +510,22 @@ mod tests {
     }
 
     #[test]
+    fn long_lines_are_thinned_to_their_shape() {
+        let points: Points = (0..=10_000).map(|i| (i as f64, i as f64)).collect();
+        let thinned = thin(points);
+        assert_eq!(thinned.len(), MAX_POINTS);
+        assert_eq!(thinned[0], (0.0, 0.0));
+        assert_eq!(thinned[MAX_POINTS - 1], (10_000.0, 10_000.0));
+        assert!(thinned.windows(2).all(|w| w[0].0 < w[1].0));
+        let few: Points = vec![(0.0, 0.0), (1.0, 1.0)];
+        assert_eq!(thin(few.clone()), few);
+    }
+
+    #[test]
     fn latency_bins_are_round_and_slow_requests_share_the_last() {
         let finished: Vec<Finished> = [10.0, 120.0, 180.0, 240.0, 5000.0]
             .into_iter()
             .map(|ms| Finished {
-                custom_id: String::new(),
                 ok: true,
                 finished_at: 1.0,
                 latency_ms: ms,
