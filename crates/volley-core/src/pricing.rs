@@ -48,8 +48,13 @@ pub enum PricingError {
         path: String,
         source: std::io::Error,
     },
-    #[error("pricing file {path} is neither valid JSON nor valid TOML: {message}")]
-    Parse { path: String, message: String },
+    #[error("pricing file {path} is not a valid {format} price table: {message}")]
+    Parse {
+        path: String,
+        /// `JSON` for a `.json` file, `TOML` for any other (JSON tried too).
+        format: &'static str,
+        message: String,
+    },
     #[error("pricing file {path}: model {model:?} has a negative price")]
     Negative { path: String, model: String },
 }
@@ -76,6 +81,7 @@ impl Pricing {
         };
         let table = parsed.map_err(|message| PricingError::Parse {
             path: shown.clone(),
+            format: if is_json { "JSON" } else { "TOML" },
             message,
         })?;
         for (model, p) in &table {

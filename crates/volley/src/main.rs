@@ -40,8 +40,44 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(exit) => exit.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             Exit::Usage.into()
         }
+    }
+}
+
+/// The error and its causes, each said once: the library's errors name their cause in
+/// their own message ("cannot read input x.jsonl: No such file…"), so a cause already
+/// said is not repeated after it.
+fn describe(e: &anyhow::Error) -> String {
+    let mut said = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if said.contains(&text) {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(": ");
+        }
+        said.push_str(&text);
+    }
+    said
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_said_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        // As a library error that names its source in its message reads.
+        let e = anyhow::Error::new(io)
+            .context("cannot read x.jsonl: no such file")
+            .context("while starting");
+        assert_eq!(
+            describe(&e),
+            "while starting: cannot read x.jsonl: no such file"
+        );
     }
 }
