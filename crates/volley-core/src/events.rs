@@ -54,7 +54,8 @@ pub enum Event {
     },
     /// A request entered the engine.
     Admitted { custom_id: Arc<str> },
-    /// A request waited for its key's rate limit or pause before sending.
+    /// An attempt waited for its key's rate limit or pause before sending; emitted once
+    /// the wait is over (or cut short by a halt), with the time it took.
     Throttled {
         custom_id: Arc<str>,
         key: Arc<str>,

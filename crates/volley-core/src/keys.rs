@@ -287,7 +287,7 @@ impl KeyPool {
                 .since
                 .is_some_and(|s| now.duration_since(s) < WINDOW)
             {
-                state.unpaced.tokens += actual;
+                state.unpaced.tokens = state.unpaced.tokens.saturating_add(actual);
             }
             return;
         }

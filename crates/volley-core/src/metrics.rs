@@ -42,7 +42,7 @@ fn run_state(out: &mut Exposition, s: &Snapshot, finished: bool) {
     out.family(
         "volley_run_elapsed_seconds",
         "gauge",
-        "Seconds since the run started.",
+        "Seconds since the run started; its wall time once it has ended.",
     );
     out.sample("volley_run_elapsed_seconds", &[], s.elapsed.as_secs_f64());
     out.family(
@@ -215,10 +215,10 @@ fn usage(out: &mut Exposition, s: &Snapshot) {
     out.family(
         "volley_cost_usd_total",
         "counter",
-        "Cost in USD over every attempt, by model; absent while a model's cost is unknown.",
+        "Cost in USD of the attempts whose cost is known, by model; absent until one is (volley_cost_unknown_attempts_total counts the others).",
     );
     for (model, m) in &s.models {
-        if let Some(cost) = m.usage.cost {
+        if let Some(cost) = m.known_cost {
             out.sample("volley_cost_usd_total", &[("model", model)], cost);
         }
     }

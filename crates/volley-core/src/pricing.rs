@@ -55,8 +55,12 @@ pub enum PricingError {
         format: &'static str,
         message: String,
     },
-    #[error("pricing file {path}: model {model:?} has a negative price")]
-    Negative { path: String, model: String },
+    #[error("pricing file {path}: model {model:?}: {message}")]
+    Entry {
+        path: String,
+        model: String,
+        message: String,
+    },
 }
 
 /// The price table.
@@ -72,32 +76,55 @@ impl Pricing {
             source,
         })?;
         let is_json = path.extension().is_some_and(|e| e == "json");
-        let parsed: Result<HashMap<String, Price>, String> = if is_json {
-            serde_json::from_str(&text).map_err(|e| e.to_string())
-        } else {
-            toml::from_str(&text)
-                .map_err(|e| e.to_string())
-                .or_else(|toml_error| serde_json::from_str(&text).map_err(|_| toml_error))
+        // Read as a table of anything first, then each model's prices, so that an error
+        // in one entry names its model.
+        type Entries = Vec<(String, Result<Price, String>)>;
+        let from_json = |text: &str| -> Result<Entries, String> {
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(text).map_err(|e| e.to_string())?;
+            Ok(map
+                .into_iter()
+                .map(|(model, v)| (model, serde_json::from_value(v).map_err(|e| e.to_string())))
+                .collect())
         };
-        let table = parsed.map_err(|message| PricingError::Parse {
+        let parsed = if is_json {
+            from_json(&text)
+        } else {
+            match toml::from_str::<toml::Table>(&text) {
+                Ok(table) => Ok(table
+                    .into_iter()
+                    .map(|(model, v)| (model, v.try_into::<Price>().map_err(|e| e.to_string())))
+                    .collect()),
+                Err(toml_error) => from_json(&text).map_err(|_| toml_error.to_string()),
+            }
+        };
+        let entries = parsed.map_err(|message| PricingError::Parse {
             path: shown.clone(),
             format: if is_json { "JSON" } else { "TOML" },
             message,
         })?;
-        for (model, p) in &table {
+        let mut table = HashMap::with_capacity(entries.len());
+        for (model, price) in entries {
+            let price = price.map_err(|message| PricingError::Entry {
+                path: shown.clone(),
+                model: model.clone(),
+                message,
+            })?;
             let prices = [
-                Some(p.prompt),
-                Some(p.completion),
-                p.cached,
-                p.reasoning,
-                p.request,
+                Some(price.prompt),
+                Some(price.completion),
+                price.cached,
+                price.reasoning,
+                price.request,
             ];
             if prices.iter().flatten().any(|v| *v < 0.0 || !v.is_finite()) {
-                return Err(PricingError::Negative {
+                return Err(PricingError::Entry {
                     path: shown,
-                    model: model.clone(),
+                    model,
+                    message: "a price is negative or not a finite number".into(),
                 });
             }
+            table.insert(model, price);
         }
         Ok(Pricing(table))
     }
@@ -129,7 +156,12 @@ impl Pricing {
                 let price = Price {
                     prompt: per_token(p, "prompt")? * PER,
                     completion: per_token(p, "completion")? * PER,
-                    cached: per_token(p, "input_cache_read").map(|v| v * PER),
+                    // "0" for cache reads or reasoning is read as "no separate
+                    // price": the prompt or completion price applies, which never
+                    // undercounts.
+                    cached: per_token(p, "input_cache_read")
+                        .filter(|v| *v > 0.0)
+                        .map(|v| v * PER),
                     reasoning: per_token(p, "internal_reasoning")
                         .filter(|v| *v > 0.0)
                         .map(|v| v * PER),
@@ -143,13 +175,12 @@ impl Pricing {
 
     /// Adds `other`'s models, replacing this table's prices for the same model, with
     /// or without a vendor prefix (a file's `gpt-4o-mini` replaces the list's
-    /// `openai/gpt-4o-mini`).
+    /// `openai/gpt-4o-mini`). `other`'s own entries all stay, whatever their names.
     pub fn overridden_by(mut self, other: &Pricing) -> Pricing {
-        for (id, price) in &other.0 {
-            let name = bare(id);
-            self.0.retain(|mine, _| bare(mine) != name);
-            self.0.insert(id.clone(), *price);
-        }
+        let replaced: std::collections::HashSet<&str> = other.0.keys().map(|id| bare(id)).collect();
+        self.0.retain(|mine, _| !replaced.contains(bare(mine)));
+        self.0
+            .extend(other.0.iter().map(|(id, price)| (id.clone(), *price)));
         self
     }
 
@@ -163,16 +194,23 @@ impl Pricing {
 
     /// The price of a model: its exact id, else the id without (or with) a vendor
     /// prefix, so `gpt-4o-mini` prices `openai/gpt-4o-mini` and the other way round.
+    /// When several vendors' models share that name at different prices, the price is
+    /// unknown rather than a guess.
     pub fn price(&self, model: &str) -> Option<&Price> {
-        self.0.get(model).or_else(|| {
-            let name = bare(model);
-            self.0.get(name).or_else(|| {
-                self.0
-                    .iter()
-                    .find(|(id, _)| bare(id) == name)
-                    .map(|(_, p)| p)
-            })
-        })
+        if let Some(p) = self.0.get(model) {
+            return Some(p);
+        }
+        let name = bare(model);
+        if let Some(p) = self.0.get(name) {
+            return Some(p);
+        }
+        let mut same_name = self
+            .0
+            .iter()
+            .filter(|(id, _)| bare(id) == name)
+            .map(|(_, p)| p);
+        let first = same_name.next()?;
+        same_name.all(|p| p == first).then_some(first)
     }
 
     /// The cost of an attempt's usage, if the model has a price.
@@ -277,10 +315,58 @@ mod tests {
         std::fs::write(&path, "[m]\nprompt = -1.0\ncompletion = 1.0\n").unwrap();
         assert!(matches!(
             Pricing::load(&path),
-            Err(PricingError::Negative { .. })
+            Err(PricingError::Entry { .. })
         ));
         std::fs::write(&path, "[m]\nprompt = 1.0\n").unwrap();
         let err = Pricing::load(&path).unwrap_err().to_string();
         assert!(err.contains("completion"), "{err}");
+        std::fs::write(&path, "[m]\nprompt = nan\ncompletion = 1.0\n").unwrap();
+        let err = Pricing::load(&path).unwrap_err().to_string();
+        assert!(err.contains("\"m\"") && err.contains("finite"), "{err}");
+        // In JSON too, the entry at fault is named.
+        let path = dir.path().join("p.json");
+        std::fs::write(
+            &path,
+            r#"{"ok": {"prompt": 1, "completion": 1}, "vendor/bad": {"prompt": 1}}"#,
+        )
+        .unwrap();
+        let err = Pricing::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("p.json") && err.contains("\"vendor/bad\"") && err.contains("completion"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn same_named_models_of_two_vendors_are_never_confused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[\"openai/m\"]\nprompt = 1.0\ncompletion = 1.0\n[\"azure/m\"]\nprompt = 2.0\ncompletion = 2.0\n",
+        )
+        .unwrap();
+        let file = Pricing::load(&path).unwrap();
+        let list = Pricing::from_model_list(&serde_json::json!({"data": [
+            {"id": "openai/m", "pricing": {"prompt": "0.000009", "completion": "0.000009"}},
+            {"id": "other/x", "pricing": {"prompt": "0.000001", "completion": "0.000001"}}
+        ]}));
+        let merged = list.overridden_by(&file);
+        // Both of the file's entries stay, each at its own price; the list's other
+        // model too.
+        assert_eq!(merged.len(), 3);
+        assert_eq!(merged.price("openai/m").unwrap().prompt, 1.0);
+        assert_eq!(merged.price("azure/m").unwrap().prompt, 2.0);
+        assert!(merged.price("other/x").is_some());
+        // A bare `m` could be either: unknown, not a guess.
+        assert_eq!(merged.price("m"), None);
+        // Unless they cost the same.
+        std::fs::write(
+            &path,
+            "[\"openai/m\"]\nprompt = 1.0\ncompletion = 1.0\n[\"azure/m\"]\nprompt = 1.0\ncompletion = 1.0\n",
+        )
+        .unwrap();
+        let same = Pricing::load(&path).unwrap();
+        assert_eq!(same.price("m").unwrap().prompt, 1.0);
     }
 }

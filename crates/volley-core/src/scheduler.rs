@@ -395,24 +395,37 @@ impl Engine {
     /// Books the request on a key and waits until its instant. `None` if the run halts
     /// or no key is left.
     async fn book_key(&self, job: &Job) -> Option<Booking> {
+        // One `Throttled` per attempt that had to wait, with the time it really waited
+        // (a booking may be redone after a pause, and a halt may cut the wait short),
+        // so that "throttled attempts" count attempts and the wait is what was spent.
+        let asked = Instant::now();
+        let mut waited_on: Option<usize> = None;
+        let throttled = |lane: Option<usize>| {
+            if let Some(lane) = lane {
+                self.events.emit(Event::Throttled {
+                    custom_id: job.custom_id.clone(),
+                    key: self.keys.lane(lane).label.clone(),
+                    wait: asked.elapsed(),
+                });
+            }
+        };
         loop {
             if self.halt.is_cancelled() {
+                throttled(waited_on);
                 return None;
             }
             let now = Instant::now();
             let Some(booking) = self.keys.book(|| job.estimated_tokens(), now) else {
                 self.stop("every API key left the pool (see the keys retired above); re-run with a working key to finish");
+                throttled(waited_on);
                 return None;
             };
             if booking.at > now {
-                self.events.emit(Event::Throttled {
-                    custom_id: job.custom_id.clone(),
-                    key: self.keys.lane(booking.lane).label.clone(),
-                    wait: booking.at - now,
-                });
+                waited_on = Some(booking.lane);
                 tokio::select! {
                     _ = self.halt.cancelled() => {
                         self.keys.release(booking.lane);
+                        throttled(waited_on);
                         return None;
                     }
                     _ = sleep_until(booking.at) => {}
@@ -428,6 +441,7 @@ impl Engine {
                 self.keys.release(booking.lane);
                 continue;
             }
+            throttled(waited_on);
             return Some(booking);
         }
     }

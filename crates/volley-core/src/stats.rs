@@ -4,8 +4,8 @@
 //! [`RunStats::snapshot`]; none of them touches the engine.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -48,6 +48,11 @@ pub struct ModelStats {
     /// no price): why `usage.cost` is `null`.
     #[serde(default)]
     pub cost_unknown_attempts: u64,
+    /// USD of the attempts whose cost is known, from the first such attempt on: what a
+    /// Prometheus counter can show without ever going back or vanishing when one
+    /// attempt's cost turns out unknown (the report says `usage.cost: null` then).
+    #[serde(skip)]
+    pub known_cost: Option<f64>,
 }
 
 /// The name per-model figures are filed under when a request names no model.
@@ -57,6 +62,9 @@ pub const NO_MODEL: &str = "(none)";
 #[derive(Debug)]
 pub struct RunStats {
     started: Instant,
+    /// The run's length, once it is over: figures read after the end (a final scrape,
+    /// the report) all give the same wall time.
+    ended: OnceLock<Duration>,
     total: AtomicU64,
     already_done: AtomicU64,
     succeeded: AtomicU64,
@@ -134,11 +142,12 @@ impl Snapshot {
         self.succeeded + self.failed
     }
 
-    /// Finished requests per second over the run so far.
+    /// Requests sent and finished per second over the run so far (invalid lines, filed
+    /// at once at the start, would only inflate it).
     pub fn throughput(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
-            self.finished() as f64 / secs
+            (self.finished() - self.invalid) as f64 / secs
         } else {
             0.0
         }
@@ -162,6 +171,7 @@ impl RunStats {
     pub fn new() -> RunStats {
         RunStats {
             started: Instant::now(),
+            ended: OnceLock::new(),
             total: AtomicU64::new(0),
             already_done: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
@@ -196,18 +206,31 @@ impl RunStats {
         self.detail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The run is over: its wall time stops here.
+    pub fn end(&self) {
+        let _ = self.ended.set(self.started.elapsed());
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let d = self.detail();
         let pct = |q: f64| d.latency_us.value_at_quantile(q) as f64 / 1000.0;
-        let finished = load(&self.succeeded) + load(&self.failed) - load(&self.invalid);
+        // `failed` counts invalid lines too, but the two counters are bumped one after
+        // the other: a reader between the two must not see more invalid than failed.
+        let invalid = load(&self.invalid);
+        let failed = load(&self.failed).max(invalid);
+        let finished = load(&self.succeeded) + failed - invalid;
         Snapshot {
-            elapsed: self.started.elapsed(),
+            elapsed: self
+                .ended
+                .get()
+                .copied()
+                .unwrap_or_else(|| self.started.elapsed()),
             total: load(&self.total),
             already_done: load(&self.already_done),
             succeeded: load(&self.succeeded),
-            failed: load(&self.failed),
-            invalid: load(&self.invalid),
+            failed,
+            invalid,
             in_flight: load(&self.in_flight),
             pending: load(&self.admitted).saturating_sub(finished + load(&self.abandoned)),
             attempts: load(&self.attempts),
@@ -322,8 +345,12 @@ impl Observer for RunStats {
                 per_model.attempts += 1;
                 if let Some(u) = usage {
                     per_model.usage.add(u);
-                    if u.cost.is_none() {
+                    // An empty usage bills nothing, so it cannot make a cost unknown.
+                    if u.cost.is_none() && !u.is_empty() {
                         per_model.cost_unknown_attempts += 1;
+                    }
+                    if let Some(cost) = u.cost {
+                        *per_model.known_cost.get_or_insert(0.0) += cost;
                     }
                     d.usage.add(u);
                 }

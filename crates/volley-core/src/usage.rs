@@ -81,11 +81,14 @@ impl Usage {
             *self = *other;
             return;
         }
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.total_tokens += other.total_tokens;
-        self.reasoning_tokens += other.reasoning_tokens;
-        self.cached_tokens += other.cached_tokens;
+        // Counts come from the provider: an absurd one must not overflow.
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(other.total_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
         self.cost = match (self.cost, other.cost) {
             (Some(a), Some(b)) => Some(a + b),
             _ => None,

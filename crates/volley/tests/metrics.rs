@@ -210,6 +210,12 @@ fn metrics_parse_and_agree_with_the_final_report() {
         "{cost} vs {reported_cost}"
     );
     assert!(cost > 0.0);
+    // The wall time stops with the run: scrapes during the linger give the report's.
+    let wall = report["wall_seconds"].as_f64().unwrap();
+    let elapsed = one(&last, "volley_run_elapsed_seconds");
+    assert!((elapsed - wall).abs() < 1e-6, "{elapsed} vs {wall}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(one(&scrape(&addr), "volley_run_elapsed_seconds"), elapsed);
 
     // Ctrl-C ends the linger at once; the exit code is the run's (1: ERRORS has lines).
     let started = Instant::now();

@@ -727,6 +727,26 @@ fn volley_report_from_the_files_agrees_with_the_run_when_a_failure_got_no_usage(
 }
 
 #[test]
+fn a_report_path_that_cannot_be_written_is_refused_before_any_request() {
+    let mock = MockProc::start(&["--cost-per-million-tokens", "2.5"]);
+    let ws = Workspace::new();
+    ws.prompts("batch.jsonl", 5);
+    let out = run(
+        &ws,
+        "batch.jsonl",
+        &mock,
+        &["--report", "no/such/folder/r.json"],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--report no/such/folder/r.json"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(mock.stats()["requests"], 0, "nothing may be sent");
+}
+
+#[test]
 fn volley_report_names_a_missing_file_and_a_bad_line() {
     let ws = Workspace::new();
     let out = ws.run(&["report", "missing.results.jsonl"]);

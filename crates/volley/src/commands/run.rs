@@ -62,6 +62,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             }
         }
     };
+    if let Some(path) = &args.report
+        && let Err(why) = check_writable(path)
+    {
+        eprintln!("error: --report {}: {why}", path.display());
+        return Ok(Exit::Usage);
+    }
     if args.initial_backoff > args.max_backoff {
         eprintln!(
             "error: --initial-backoff ({}) is larger than --max-backoff ({})",
@@ -251,11 +257,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Stopped);
         }
     };
+    stats.end();
     let report = Report::from_snapshot(&stats.snapshot());
     if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write the report {}", path.display()))?;
+        // The requests are paid for and their results on disk: a report that cannot be
+        // written is said, not allowed to turn the run into a failure.
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(path, json + "\n"));
+        if let Err(e) = written {
+            eprintln!(
+                "error: cannot write the report {}: {e}; `volley report {}` recomputes it from the files",
+                path.display(),
+                files.results.display()
+            );
+        }
     }
     if !args.quiet {
         eprintln!(
@@ -295,6 +311,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         endpoint.shutdown();
     }
     Ok(exit)
+}
+
+/// Why a file could not be written at `path` once the run is over, found before any
+/// request is sent: its folder must exist and it must not be a folder itself.
+fn check_writable(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err("is a folder".into());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a folder", dir.display())),
+        Err(e) => Err(format!("folder {}: {e}", dir.display())),
+    }
 }
 
 /// First Ctrl-C (or SIGTERM): stop admitting and let in-flight requests finish.
