@@ -147,7 +147,7 @@ impl Snapshot {
     pub fn throughput(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
-            (self.finished() - self.invalid) as f64 / secs
+            self.finished().saturating_sub(self.invalid) as f64 / secs
         } else {
             0.0
         }
