@@ -52,6 +52,10 @@ impl CostBudget {
     /// Starts an attempt unless the cap is reached; `Err` says why it may not start.
     /// Every `Ok` must be followed by one [`CostBudget::attempt_finished`].
     pub fn start_attempt(&self) -> Result<(), String> {
+        // Without a cap nothing is counted: no lock on the way to the wire.
+        if self.cap.is_none() {
+            return Ok(());
+        }
         let mut spent = self.spent();
         if let Some(why) = self.over_cap(&spent) {
             return Err(why);
@@ -62,6 +66,9 @@ impl CostBudget {
 
     /// An attempt came back costing `cost` (`None`: no usage, or unknown cost).
     pub fn attempt_finished(&self, cost: Option<f64>) {
+        if self.cap.is_none() {
+            return;
+        }
         let mut spent = self.spent();
         spent.in_flight = spent.in_flight.saturating_sub(1);
         if let Some(cost) = cost {
@@ -77,6 +84,7 @@ impl CostBudget {
 
     /// Why no further attempt may start, once the cap is (about to be) reached.
     pub fn exhausted(&self) -> Option<String> {
+        self.cap?;
         self.over_cap(&self.spent())
     }
 
@@ -91,7 +99,7 @@ impl CostBudget {
         })
     }
 
-    /// Cost recorded so far.
+    /// Cost recorded so far (counted only under a cap).
     pub fn total(&self) -> f64 {
         self.spent().total
     }

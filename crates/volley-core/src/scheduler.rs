@@ -234,9 +234,6 @@ impl Engine {
         let mut error_retries = 0u32;
         let mut rate_limited_retries = 0u32;
         loop {
-            if self.over_cost_cap() {
-                return Fate::Abandoned;
-            }
             let Some(slot) = self.wire.acquire().await else {
                 return Fate::Abandoned;
             };
@@ -244,9 +241,9 @@ impl Engine {
                 return Fate::Abandoned;
             };
             let lane = booking.lane;
-            // Asked again at the last moment, in the same step that counts the attempt
-            // as in flight: waiting for a slot or a key can take long, and the attempts
-            // that finished meanwhile may have reached the cap.
+            // Asked at the last moment, in the same step that counts the attempt as in
+            // flight: waiting for a slot or a key can take long, and the attempts that
+            // finished meanwhile may have reached the cap.
             if let Err(why) = self.cost.start_attempt() {
                 self.stop(&why);
                 self.wire.release(slot);

@@ -47,12 +47,11 @@ fn text_width(text: &str) -> f64 {
 fn nice_step(range: f64, parts: f64) -> f64 {
     let raw = (range / parts).max(f64::MIN_POSITIVE);
     let magnitude = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
+    [1.0, 2.0, 5.0, 10.0]
         .into_iter()
         .map(|m| m * magnitude)
         .find(|s| *s >= raw)
-        .unwrap_or(10.0 * magnitude);
-    step.max(f64::MIN_POSITIVE)
+        .unwrap_or(10.0 * magnitude)
 }
 
 /// A tick label: no trailing ".0", thousands kept short.
@@ -188,8 +187,8 @@ fn lines(id: &str, title: &str, series: &[Series<'_>], x_label: &str, y_label: &
         svg,
         "<svg class=\"plot\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" width=\"{WIDTH}\" height=\"{HEIGHT}\" role=\"img\">"
     );
-    let mut y = 0.0;
-    while y <= y_end + y_step / 2.0 {
+    // Ticks by index, not by adding steps up: no float drift in the labels.
+    for y in (0..=(y_end / y_step).round() as usize).map(|i| i as f64 * y_step) {
         let _ = write!(
             svg,
             "<line class=\"grid\" x1=\"{LEFT}\" y1=\"{py:.1}\" x2=\"{:.1}\" y2=\"{py:.1}\"/>\
@@ -200,10 +199,8 @@ fn lines(id: &str, title: &str, series: &[Series<'_>], x_label: &str, y_label: &
             tick_label(y),
             py = sy(y),
         );
-        y += y_step;
     }
-    let mut x = 0.0;
-    while x <= x_end + x_step / 2.0 {
+    for x in (0..=(x_end / x_step).round() as usize).map(|i| i as f64 * x_step) {
         let _ = write!(
             svg,
             "<line class=\"axis\" x1=\"{px:.1}\" y1=\"{b:.1}\" x2=\"{px:.1}\" y2=\"{:.1}\"/>\
@@ -214,7 +211,6 @@ fn lines(id: &str, title: &str, series: &[Series<'_>], x_label: &str, y_label: &
             px = sx(x),
             b = TOP + plot_h,
         );
-        x += x_step;
     }
     let _ = write!(
         svg,
