@@ -136,8 +136,59 @@ pub fn classify_failure(failure: &TransportFailure) -> Classified {
     }
 }
 
-/// Classifies a complete HTTP reply.
+/// What a successful reply of an endpoint must hold; a 2xx body without it (`{}`,
+/// `null`, a chat completion without a `choices` list) is `malformed_response`, never a
+/// success (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/chat/completions`: a `choices` list whose first message has content or tool calls.
+    Chat,
+    /// `/completions` (legacy): a `choices` list whose first choice has `text`.
+    Completions,
+    /// `/embeddings`: a `data` list.
+    Embeddings,
+    /// `/responses`: an `output` list.
+    Responses,
+    /// `/moderations`: a `results` list.
+    Moderations,
+    /// Any other path: a JSON object with at least one field.
+    Other,
+}
+
+impl Endpoint {
+    /// The endpoint a request path (relative to the base URL) names.
+    pub fn of(path: &str) -> Endpoint {
+        let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
+        if path.ends_with("/chat/completions") {
+            Endpoint::Chat
+        } else if path.ends_with("/completions") {
+            Endpoint::Completions
+        } else if path.ends_with("/embeddings") {
+            Endpoint::Embeddings
+        } else if path.ends_with("/responses") {
+            Endpoint::Responses
+        } else if path.ends_with("/moderations") {
+            Endpoint::Moderations
+        } else {
+            Endpoint::Other
+        }
+    }
+
+    /// The list a successful body must carry, by name.
+    fn required_list(self) -> Option<&'static str> {
+        match self {
+            Endpoint::Chat | Endpoint::Completions => Some("choices"),
+            Endpoint::Embeddings => Some("data"),
+            Endpoint::Responses => Some("output"),
+            Endpoint::Moderations => Some("results"),
+            Endpoint::Other => None,
+        }
+    }
+}
+
+/// Classifies a complete HTTP reply to a request sent to `endpoint`.
 pub fn classify_reply(
+    endpoint: Endpoint,
     status: u16,
     headers: &HeaderMap,
     body: &Bytes,
@@ -147,7 +198,7 @@ pub fn classify_reply(
         // The hot path: read only the fields that matter, skip the rest unparsed.
         match serde_json::from_slice::<SuccessShape>(body) {
             Ok(shape) => {
-                let mut out = classify_success_body(&shape, check);
+                let mut out = classify_success_body(endpoint, &shape, body, check);
                 out.usage = shape.usage.as_ref().and_then(Usage::from_usage);
                 out
             }
@@ -170,17 +221,36 @@ pub fn classify_reply(
     out
 }
 
-/// The parts of a 2xx body that classification reads.
+/// The parts of a 2xx body that classification reads. A field of the wrong type (a
+/// `choices` that is not a list) fails the parse: the body is malformed.
 #[derive(Debug, Deserialize)]
 struct SuccessShape {
     choices: Option<Vec<ChoiceShape>>,
+    data: Option<Vec<IgnoredAny>>,
+    output: Option<Vec<IgnoredAny>>,
+    results: Option<Vec<IgnoredAny>>,
     error: Option<Value>,
     usage: Option<Value>,
+}
+
+impl SuccessShape {
+    /// Whether the body carries the list named `name`.
+    fn has_list(&self, name: &str) -> bool {
+        match name {
+            "choices" => self.choices.is_some(),
+            "data" => self.data.is_some(),
+            "output" => self.output.is_some(),
+            "results" => self.results.is_some(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 struct ChoiceShape {
     message: Option<MessageShape>,
+    /// Legacy `/completions`: the generated text.
+    text: Option<Value>,
     error: Option<Value>,
     finish_reason: Option<String>,
 }
@@ -191,15 +261,46 @@ struct MessageShape {
     tool_calls: Option<Vec<IgnoredAny>>,
 }
 
-/// A 2xx body: a success unless it carries an error, is empty, or fails validation.
-fn classify_success_body(reply: &SuccessShape, check: Option<&ResponseCheck>) -> Classified {
-    // OpenRouter: HTTP 200 whose body is an error and has no choices.
-    let Some(choices) = &reply.choices else {
-        return match &reply.error {
-            Some(error) => classify_inner_error(error),
-            // Not a chat reply (embeddings, moderations, ...): its status says it all.
-            None => Classified::new(Verdict::Success, None, None),
+fn malformed(why: String) -> Classified {
+    Classified::new(Verdict::Retry, Some(Reason::MalformedResponse), Some(why))
+}
+
+/// A 2xx body: a success unless it carries an error, is not the endpoint's shape, is
+/// empty, or fails validation.
+fn classify_success_body(
+    endpoint: Endpoint,
+    reply: &SuccessShape,
+    body: &[u8],
+    check: Option<&ResponseCheck>,
+) -> Classified {
+    if let Some(list) = endpoint.required_list()
+        && !reply.has_list(list)
+    {
+        // OpenRouter: HTTP 200 whose body is an error and has no choices.
+        if let Some(error) = &reply.error {
+            return classify_inner_error(error);
+        }
+        return malformed(format!(
+            "HTTP 200 whose body has no \"{list}\" list ({} bytes)",
+            body.len()
+        ));
+    }
+    if endpoint == Endpoint::Other {
+        if let Some(error) = &reply.error {
+            return classify_inner_error(error);
+        }
+        // `{}` says nothing: it is no more a success on an unknown endpoint.
+        let fields = serde_json::from_slice::<std::collections::HashMap<String, IgnoredAny>>(body)
+            .map_or(0, |m| m.len());
+        return if fields == 0 {
+            malformed("HTTP 200 whose body is an empty JSON object".into())
+        } else {
+            Classified::new(Verdict::Success, None, None)
         };
+    }
+    let Some(choices) = &reply.choices else {
+        // Embeddings, responses, moderations: the list is there, the status says the rest.
+        return Classified::new(Verdict::Success, None, None);
     };
     // OpenRouter: a choice that failed mid-generation.
     for choice in choices {
@@ -222,10 +323,12 @@ fn classify_success_body(reply: &SuccessShape, check: Option<&ResponseCheck>) ->
         );
     };
     let message = first.message.as_ref();
-    let content = message
-        .and_then(|m| m.content.as_ref())
-        .map(content_text)
-        .unwrap_or_default();
+    let content = match endpoint {
+        Endpoint::Completions => first.text.as_ref(),
+        _ => message.and_then(|m| m.content.as_ref()),
+    }
+    .map(content_text)
+    .unwrap_or_default();
     let has_tool_calls = message
         .and_then(|m| m.tool_calls.as_ref())
         .is_some_and(|calls| !calls.is_empty());
@@ -358,7 +461,12 @@ mod tests {
     use serde_json::json;
 
     fn classify(status: u16, body: Value) -> Classified {
+        classify_at("/chat/completions", status, body)
+    }
+
+    fn classify_at(path: &str, status: u16, body: Value) -> Classified {
         classify_reply(
+            Endpoint::of(path),
             status,
             &HeaderMap::new(),
             &Bytes::from(body.to_string()),
@@ -449,7 +557,8 @@ mod tests {
         let c = classify(200, ok_body("hello"));
         assert_eq!(c.verdict, Verdict::Success);
         assert_eq!(c.usage.unwrap().total_tokens, 5);
-        let emb = classify(
+        let emb = classify_at(
+            "/embeddings",
             200,
             json!({"data": [{"embedding": [0.1]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}),
         );
@@ -459,6 +568,77 @@ mod tests {
             json!({"choices": [{"message": {"content": null, "tool_calls": [{"id": "t"}]}}]}),
         );
         assert_eq!(tools.verdict, Verdict::Success);
+    }
+
+    #[test]
+    fn bodies_not_of_the_endpoints_shape_are_malformed() {
+        let cases: &[(&str, &str)] = &[
+            ("/chat/completions", "{}"),
+            ("/chat/completions", "null"),
+            ("/chat/completions", "[]"),
+            ("/chat/completions", "42"),
+            ("/chat/completions", r#"{"choices": {"0": {}}}"#),
+            ("/chat/completions", r#"{"choices": "none"}"#),
+            (
+                "/chat/completions",
+                r#"{"object": "chat.completion", "usage": {"total_tokens": 3}}"#,
+            ),
+            ("/completions", "{}"),
+            ("/embeddings", "{}"),
+            ("/embeddings", r#"{"data": null}"#),
+            ("/embeddings", r#"{"data": {"x": 1}}"#),
+            ("/responses", r#"{"id": "r"}"#),
+            ("/moderations", r#"{"id": "m"}"#),
+            ("/anything/else", "{}"),
+            ("/anything/else", "null"),
+            ("/chat/completions", "<html>oops</html>"),
+        ];
+        for (path, body) in cases {
+            let c = classify_reply(
+                Endpoint::of(path),
+                200,
+                &HeaderMap::new(),
+                &Bytes::from(body.to_string()),
+                None,
+            );
+            assert_eq!(
+                (c.verdict, c.reason),
+                (Verdict::Retry, Some(Reason::MalformedResponse)),
+                "{path} {body}"
+            );
+        }
+        let invalid_utf8 = classify_reply(
+            Endpoint::Chat,
+            200,
+            &HeaderMap::new(),
+            &Bytes::from_static(b"{\"choices\": [{\"message\": {\"content\": \"\xff\xfe\"}}]}"),
+            None,
+        );
+        assert_eq!(invalid_utf8.reason, Some(Reason::MalformedResponse));
+        // Usage in a malformed body is still counted.
+        let c = classify(
+            200,
+            json!({"usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}),
+        );
+        assert_eq!(c.reason, Some(Reason::MalformedResponse));
+        assert_eq!(c.usage.unwrap().total_tokens, 2);
+        // The shapes that are successes.
+        for (path, body) in [
+            ("/completions", json!({"choices": [{"text": "hi"}]})),
+            ("/responses", json!({"output": [], "error": null})),
+            ("/moderations", json!({"results": [{"flagged": false}]})),
+            ("/anything/else", json!({"ok": true})),
+        ] {
+            assert_eq!(
+                classify_at(path, 200, body.clone()).verdict,
+                Verdict::Success,
+                "{path} {body}"
+            );
+        }
+        let empty_text = classify_at("/completions", 200, json!({"choices": [{"text": ""}]}));
+        assert_eq!(empty_text.reason, Some(Reason::EmptyResponse));
+        let null_content = classify(200, json!({"choices": [{"message": {"content": null}}]}));
+        assert_eq!(null_content.reason, Some(Reason::EmptyResponse));
     }
 
     #[test]
@@ -491,6 +671,7 @@ mod tests {
         );
         assert_eq!(c.usage.unwrap().total_tokens, 5);
         let c = classify_reply(
+            Endpoint::Chat,
             200,
             &HeaderMap::new(),
             &Bytes::from_static(b"{\"choices\": [{"),
@@ -506,6 +687,7 @@ mod tests {
     fn validation_failures_are_retried() {
         let check = ResponseCheck::json();
         let c = classify_reply(
+            Endpoint::Chat,
             200,
             &HeaderMap::new(),
             &Bytes::from(ok_body("not json").to_string()),
@@ -517,6 +699,7 @@ mod tests {
         );
         assert!(c.usage.is_some());
         let c = classify_reply(
+            Endpoint::Chat,
             200,
             &HeaderMap::new(),
             &Bytes::from(ok_body("{\"a\":1}").to_string()),
@@ -529,7 +712,7 @@ mod tests {
     fn retry_after_is_read() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("2"));
-        let c = classify_reply(429, &h, &Bytes::from_static(b"{}"), None);
+        let c = classify_reply(Endpoint::Chat, 429, &h, &Bytes::from_static(b"{}"), None);
         assert_eq!(c.retry_after, Some(Duration::from_secs(2)));
     }
 

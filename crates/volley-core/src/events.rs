@@ -127,6 +127,12 @@ pub enum Event {
     },
     /// A request was left unfinished because the run is stopping; a re-run sends it.
     RequestAbandoned { custom_id: Arc<str> },
+    /// A request's task failed inside volley (a bug): it is left unrecorded, so a re-run
+    /// sends it, and the run ends as stopped early rather than complete.
+    RequestLost {
+        custom_id: Arc<str>,
+        message: String,
+    },
     /// The run stops admitting requests early.
     Stopping { reason: String },
 }

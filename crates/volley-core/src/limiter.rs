@@ -85,16 +85,20 @@ impl Limiter for Gcra {
     }
 
     fn commit(&mut self, cost: u64, at: Instant) {
-        if self.per_minute.is_none() {
+        let Some(limit) = self.per_minute else {
             return;
-        }
+        };
+        // A booking is capped at what the limit can hold: one oversized request may fill
+        // a window, never book the key days ahead.
         let start = self.tat.map_or(at, |tat| tat.max(at));
-        self.tat = Some(start + self.span(cost));
+        self.tat = Some(start + self.span(cost.min(limit)));
     }
 
     fn adjust(&mut self, delta: i64) {
-        let Some(tat) = self.tat else { return };
-        let span = self.span(delta.unsigned_abs());
+        let (Some(tat), Some(limit)) = (self.tat, self.per_minute) else {
+            return;
+        };
+        let span = self.span(delta.unsigned_abs().min(limit));
         self.tat = Some(if delta >= 0 {
             tat + span
         } else {
@@ -103,7 +107,9 @@ impl Limiter for Gcra {
     }
 
     fn set_limit(&mut self, per_minute: Option<u64>) {
-        self.per_minute = per_minute.filter(|n| *n > 0);
+        self.per_minute = per_minute
+            .filter(|n| *n > 0)
+            .map(|n| n.min(crate::ratelimit::LARGEST_ANNOUNCED_COUNT));
         let Some(limit) = self.per_minute else {
             return;
         };
@@ -117,6 +123,148 @@ impl Limiter for Gcra {
 
     fn limit(&self) -> Option<u64> {
         self.per_minute
+    }
+}
+
+/// What a provider says remains of a limit, projected between its replies (SPEC §5: as
+/// fast as allowed, no faster).
+///
+/// A reply that announces `limit` and `remaining` says how much may be sent right now:
+/// that much, less what is already booked and unanswered, is spent at once, so a token
+/// bucket's burst or a sliding window's fresh window is used instead of left idle. In
+/// between replies the allowance grows at the limit's steady rate (`limit` per window,
+/// the window being a minute, or the announced reset when that is longer: a daily
+/// quota), never above the most the provider was ever seen to allow at once. A short
+/// `reset` unlocks nothing by itself: providers disagree on what it means (OpenAI: until
+/// the limit is whole again; others: until the next unit returns), so only `remaining`
+/// is believed about the present, and the rate about the future.
+///
+/// It is a GCRA bucket whose level can be reset by the provider's word: `tat` is the
+/// instant the allowance would be full again if nothing more were sent.
+#[derive(Debug, Clone)]
+pub struct Allowance {
+    /// The limit as announced, per window.
+    limit: u64,
+    /// The most units ever seen available at once (the bucket's burst, or a window's
+    /// whole limit): the allowance never grows past it.
+    capacity: u64,
+    /// Time one unit takes to come back at the steady rate.
+    interval: Duration,
+    /// When the allowance would be full again.
+    tat: Instant,
+    /// The newest attempt (by send order) whose reply set the level: an older reply
+    /// that arrives late may only lower it, never raise it with stale news.
+    synced: u64,
+}
+
+/// A duration of `units × interval`, saturating at [`crate::ratelimit::LONGEST_ANNOUNCED_WAIT`].
+fn units_of(interval: Duration, units: f64) -> Duration {
+    crate::ratelimit::seconds(interval.as_secs_f64() * units.max(0.0)).unwrap_or(Duration::ZERO)
+}
+
+impl Allowance {
+    /// An allowance from a first announcement: `remaining` of `limit` are left now, with
+    /// `outstanding` units booked and not yet answered; `reset` as announced.
+    pub fn new(
+        limit: u64,
+        remaining: u64,
+        reset: Option<Duration>,
+        outstanding: u64,
+        now: Instant,
+        seq: u64,
+    ) -> Allowance {
+        let mut a = Allowance {
+            limit: 1,
+            capacity: 1,
+            interval: WINDOW,
+            tat: now,
+            synced: 0,
+        };
+        a.announce(limit, remaining, reset, outstanding, now, seq.max(1));
+        a
+    }
+
+    /// The limit as announced.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Units available at `now` (negative: owed).
+    pub fn available(&self, now: Instant) -> f64 {
+        let behind = self.tat.saturating_duration_since(now).as_secs_f64();
+        self.capacity as f64 - behind / self.interval.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// The earliest instant, not before `now`, at which `cost` units may go. A request
+    /// larger than the capacity goes once the allowance is full.
+    pub fn earliest(&self, cost: u64, now: Instant) -> Instant {
+        let cost = cost.min(self.capacity);
+        let slack = units_of(self.interval, (self.capacity - cost) as f64);
+        self.tat.checked_sub(slack).map_or(now, |t| t.max(now))
+    }
+
+    /// Books `cost` units at `at`.
+    pub fn commit(&mut self, cost: u64, at: Instant) {
+        let cost = cost.min(self.capacity);
+        // A bucket that was full before `at` holds `capacity` then, not more.
+        self.tat = self.tat.max(at) + units_of(self.interval, cost as f64);
+    }
+
+    /// Gives `cost` units back (a booking never sent, or tokens not billed).
+    pub fn refund(&mut self, cost: u64) {
+        let back = units_of(self.interval, cost.min(self.capacity) as f64);
+        self.tat = self.tat.checked_sub(back).unwrap_or(self.tat);
+    }
+
+    /// Charges `cost` more units (tokens billed beyond the booking).
+    pub fn charge(&mut self, cost: u64) {
+        self.tat += units_of(self.interval, cost.min(self.capacity) as f64);
+    }
+
+    /// A reply announced `remaining` of `limit` (with `reset`), sent as attempt `seq`,
+    /// while `outstanding` units are booked and unanswered.
+    pub fn announce(
+        &mut self,
+        limit: u64,
+        remaining: u64,
+        reset: Option<Duration>,
+        outstanding: u64,
+        now: Instant,
+        seq: u64,
+    ) {
+        let limit = limit.clamp(1, crate::ratelimit::LARGEST_ANNOUNCED_COUNT);
+        let remaining = remaining.min(limit);
+        // A reset longer than a minute means the limit is not per minute (a daily
+        // quota): its units come back over the reset, not over a minute.
+        let window = reset.map_or(WINDOW, |r| r.max(WINDOW));
+        let level = self.available(now);
+        self.limit = limit;
+        // `remaining` is what was left after this reply's own request: the provider
+        // allows at least one more than that at once.
+        self.capacity = self.capacity.max((remaining + 1).min(limit));
+        self.interval = crate::ratelimit::seconds(window.as_secs_f64() / limit as f64)
+            .unwrap_or(WINDOW)
+            .max(Duration::from_nanos(1));
+        let said = remaining as f64 - outstanding as f64;
+        let level = if seq > self.synced {
+            self.synced = seq;
+            said
+        } else {
+            // Older news than the last word: it may only lower the level.
+            level.min(said)
+        };
+        self.set_level(level, now);
+    }
+
+    /// Nothing is available until `until` (a 429's Retry-After).
+    pub fn exhaust_until(&mut self, until: Instant) {
+        let full_again = until + units_of(self.interval, self.capacity as f64);
+        self.tat = self.tat.max(full_again);
+    }
+
+    fn set_level(&mut self, level: f64, now: Instant) {
+        let missing = self.capacity as f64 - level.min(self.capacity as f64);
+        self.tat = now + units_of(self.interval, missing);
     }
 }
 

@@ -6,6 +6,11 @@
 //! only on 429s, with the reset as an epoch timestamp in milliseconds (seconds and
 //! durations are accepted too). This module only parses; the key pool decides what the
 //! figures mean for its limiters.
+//!
+//! Every figure comes from outside and is hostile until proven otherwise: a header may
+//! say `1e20`, `NaN`, `-5` or a date in the year 30000. Parsing never panics; nonsense is
+//! ignored (`None`) and absurdly large values are clamped to [`LONGEST_ANNOUNCED_WAIT`]
+//! and [`LARGEST_ANNOUNCED_COUNT`], so that no later arithmetic on them can overflow.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +42,49 @@ impl Observation {
     pub fn is_empty(&self) -> bool {
         self.requests.is_none() && self.tokens.is_none()
     }
+}
+
+/// The longest wait a provider's header may announce: a year. Longer values are clamped
+/// to it (a year is already far beyond any `--max-wait`, so the meaning — "not within
+/// this run" — is kept) and `Instant + wait` can never overflow.
+pub const LONGEST_ANNOUNCED_WAIT: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The largest count (requests or tokens) a header may announce; larger ones are clamped.
+/// 2^48 is far beyond any real limit and leaves room for sums and products.
+pub const LARGEST_ANNOUNCED_COUNT: u64 = 1 << 48;
+
+/// Every response header volley reads, in one list so that tests can drive each of them
+/// with hostile values (`retry-after` and `retry-after-ms` are read in `retry.rs`).
+pub const HEADERS_READ: [&str; 12] = [
+    "retry-after",
+    "retry-after-ms",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-request-id",
+];
+
+/// Seconds from outside as a duration: `None` for NaN and negatives, clamped to
+/// [`LONGEST_ANNOUNCED_WAIT`] above (infinity included).
+pub fn seconds(value: f64) -> Option<Duration> {
+    if value.is_nan() || value < 0.0 {
+        return None;
+    }
+    if value >= LONGEST_ANNOUNCED_WAIT.as_secs_f64() {
+        return Some(LONGEST_ANNOUNCED_WAIT);
+    }
+    Duration::try_from_secs_f64(value).ok()
+}
+
+/// A wait measured from outside (an HTTP date's distance, say), clamped like [`seconds`].
+pub fn clamp_wait(wait: Duration) -> Duration {
+    wait.min(LONGEST_ANNOUNCED_WAIT)
 }
 
 const OPENAI_REQUESTS: [&str; 3] = [
@@ -78,12 +126,15 @@ pub fn observe(headers: &HeaderMap, now: SystemTime) -> Observation {
     }
 }
 
-/// A count such as `600` (some providers send `600.0`).
-fn parse_count(text: &str) -> Option<u64> {
-    text.parse::<u64>().ok().or_else(|| {
+/// A count such as `600` (some providers send `600.0`), clamped to
+/// [`LARGEST_ANNOUNCED_COUNT`]; negatives, NaN and text are `None`.
+pub fn parse_count(text: &str) -> Option<u64> {
+    let count = text.parse::<u64>().ok().or_else(|| {
         let f: f64 = text.parse().ok()?;
-        (f.is_finite() && f >= 0.0).then_some(f as u64)
-    })
+        // `as` saturates: infinity becomes u64::MAX, clamped below.
+        (!f.is_nan() && f >= 0.0).then_some(f as u64)
+    })?;
+    Some(count.min(LARGEST_ANNOUNCED_COUNT))
 }
 
 /// A Go `time.Duration` string: `1s`, `6m0s`, `200ms`, `2m59.56s`, `1h2m`, `1.5µs`.
@@ -115,7 +166,7 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
         total += value * seconds_per_unit;
         rest = &rest[unit_end..];
     }
-    Duration::try_from_secs_f64(total).ok()
+    seconds(total)
 }
 
 /// Epoch milliseconds and epoch seconds are far larger than any sane window, so size
@@ -132,15 +183,21 @@ pub fn parse_reset(text: &str, now: SystemTime) -> Option<Duration> {
         return None;
     }
     let until_epoch = |secs: f64| {
-        let at = UNIX_EPOCH + Duration::try_from_secs_f64(secs).ok()?;
-        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        // A timestamp past what `SystemTime` can hold is "not within any run".
+        let Some(at) = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+        else {
+            return Some(LONGEST_ANNOUNCED_WAIT);
+        };
+        Some(clamp_wait(at.duration_since(now).unwrap_or(Duration::ZERO)))
     };
     if value >= EPOCH_MILLIS_FLOOR {
         until_epoch(value / 1000.0)
     } else if value >= EPOCH_SECONDS_FLOOR {
         until_epoch(value)
     } else {
-        Duration::try_from_secs_f64(value).ok()
+        seconds(value)
     }
 }
 
@@ -244,6 +301,80 @@ mod tests {
             })
         );
         assert_eq!(o.tokens, None);
+    }
+
+    #[test]
+    fn absurd_figures_are_clamped_or_ignored() {
+        let now = SystemTime::now();
+        assert_eq!(parse_count("1e300"), Some(LARGEST_ANNOUNCED_COUNT));
+        assert_eq!(parse_count("inf"), Some(LARGEST_ANNOUNCED_COUNT));
+        assert_eq!(
+            parse_count("18446744073709551615"),
+            Some(LARGEST_ANNOUNCED_COUNT)
+        );
+        assert_eq!(parse_count("NaN"), None);
+        assert_eq!(parse_count("-3"), None);
+        assert_eq!(
+            parse_go_duration("1000h"),
+            Some(Duration::from_secs(3_600_000))
+        );
+        assert_eq!(
+            parse_go_duration("99999999999999999999h"),
+            Some(LONGEST_ANNOUNCED_WAIT)
+        );
+        assert_eq!(parse_reset("1e300", now), Some(LONGEST_ANNOUNCED_WAIT));
+        assert_eq!(
+            parse_reset("99999999999999999999", now),
+            Some(LONGEST_ANNOUNCED_WAIT)
+        );
+        assert_eq!(parse_reset("NaN", now), None);
+        assert_eq!(parse_reset("-1", now), None);
+        assert_eq!(seconds(f64::INFINITY), Some(LONGEST_ANNOUNCED_WAIT));
+        assert_eq!(seconds(-0.5), None);
+    }
+
+    proptest::proptest! {
+        /// No text makes a parser panic, and whatever it returns is within the clamps.
+        #[test]
+        fn parsers_take_any_text(text in ".{0,40}", digits in "[0-9.eE+-]{0,30}[a-zµ]{0,3}") {
+            let now = SystemTime::now();
+            for t in [text.as_str(), digits.as_str()] {
+                if let Some(d) = parse_go_duration(t) {
+                    proptest::prop_assert!(d <= LONGEST_ANNOUNCED_WAIT);
+                }
+                if let Some(d) = parse_reset(t, now) {
+                    proptest::prop_assert!(d <= LONGEST_ANNOUNCED_WAIT);
+                }
+                if let Some(n) = parse_count(t) {
+                    proptest::prop_assert!(n <= LARGEST_ANNOUNCED_COUNT);
+                }
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(t) {
+                    for name in HEADERS_READ {
+                        h.insert(name, v.clone());
+                    }
+                }
+                let seen = observe(&h, now);
+                for q in [seen.requests, seen.tokens].into_iter().flatten() {
+                    proptest::prop_assert!(q.reset.is_none_or(|r| r <= LONGEST_ANNOUNCED_WAIT));
+                }
+                if let Some(d) = crate::retry::retry_after(&h) {
+                    proptest::prop_assert!(d <= LONGEST_ANNOUNCED_WAIT);
+                }
+            }
+        }
+
+        /// Any float, as text, parses without panicking.
+        #[test]
+        fn any_float(f in proptest::num::f64::ANY) {
+            let now = SystemTime::now();
+            let t = f.to_string();
+            let _ = (parse_count(&t), parse_reset(&t, now), parse_go_duration(&format!("{t}s")));
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", HeaderValue::from_str(&t).unwrap());
+            h.insert("retry-after-ms", HeaderValue::from_str(&t).unwrap());
+            proptest::prop_assert!(crate::retry::retry_after(&h).is_none_or(|d| d <= LONGEST_ANNOUNCED_WAIT));
+        }
     }
 
     #[test]

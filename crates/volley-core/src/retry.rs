@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderMap;
 use rand::Rng;
 
-use crate::defaults;
+use crate::{defaults, ratelimit};
 
 /// The per-request retry rules.
 #[derive(Debug, Clone)]
@@ -45,8 +45,11 @@ impl RetryPolicy {
     }
 
     /// How long to wait before the `retry`-th retry. `rate_limited` doubles the step
-    /// when the server gave no hint (SPEC §3); a hint wins when larger than the step.
+    /// when the server gave no hint; a hint wins when larger than the step, but is never
+    /// slept through past `max_wait` (a longer 429 hint retires the key before this is
+    /// asked; a 5xx's hint is simply cut to `max_wait`).
     pub fn delay(&self, retry: u32, hint: Option<Duration>, rate_limited: bool) -> Duration {
+        let hint = hint.map(|h| h.min(self.max_wait));
         let mut ceiling = self.backoff_ceiling(retry);
         if rate_limited && hint.is_none() {
             ceiling = ceiling.saturating_mul(2).min(self.max_backoff);
@@ -62,6 +65,8 @@ impl RetryPolicy {
 
 /// Reads `retry-after-ms` (milliseconds, may be fractional) or `retry-after` (seconds,
 /// may be fractional, or an HTTP date). `retry-after-ms` wins, as in the OpenAI SDK.
+/// Hostile values never panic: nonsense is ignored, huge waits are clamped to
+/// [`ratelimit::LONGEST_ANNOUNCED_WAIT`].
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| {
         headers
@@ -69,21 +74,21 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
+    if let Some(wait) = text("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| ratelimit::seconds(ms / 1000.0))
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(wait);
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return ratelimit::seconds(secs);
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(
+    Some(ratelimit::clamp_wait(
         when.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
-    )
+    ))
 }
 
 /// Retries after errors allowed across the run: a fraction of the requests sent plus a
@@ -165,6 +170,26 @@ mod tests {
             assert!(p.delay(3, None, true) <= Duration::from_secs(8));
             assert!(p.delay(1, Some(Duration::from_secs(2)), true) >= Duration::from_secs(2));
         }
+    }
+
+    #[test]
+    fn a_hint_never_outlasts_max_wait() {
+        let p = RetryPolicy {
+            max_wait: Duration::from_secs(1),
+            ..policy()
+        };
+        for _ in 0..20 {
+            let d = p.delay(1, Some(Duration::from_secs(6)), false);
+            assert!(d <= Duration::from_secs(1), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(1),
+                "the hint still wins over jitter: {d:?}"
+            );
+        }
+        assert!(
+            p.delay(1, Some(crate::ratelimit::LONGEST_ANNOUNCED_WAIT), false)
+                <= Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -19,7 +20,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::CostBudget;
-use crate::classify::{Classified, Reason, Verdict, classify_failure, classify_reply};
+use crate::classify::{Classified, Endpoint, Reason, Verdict, classify_failure, classify_reply};
 use crate::concurrency::Concurrency;
 use crate::defaults;
 use crate::events::{Event, EventBus};
@@ -105,6 +106,8 @@ pub struct Engine {
     halt: CancellationToken,
     /// Why the engine halted on its own, if it did.
     halted: std::sync::Mutex<Option<String>>,
+    /// Requests whose task panicked: left unrecorded for a re-run.
+    lost: AtomicU64,
 }
 
 /// How a request left the engine.
@@ -141,6 +144,7 @@ impl Engine {
             next_id: AtomicU64::new(0),
             halt: cancel.child_token(),
             halted: std::sync::Mutex::new(None),
+            lost: AtomicU64::new(0),
         })
     }
 
@@ -156,7 +160,9 @@ impl Engine {
         let mut tasks = JoinSet::new();
         loop {
             // Reap finished tasks so the set stays as small as the admission gate.
-            while tasks.try_join_next().is_some() {}
+            while let Some(joined) = tasks.try_join_next() {
+                self.count_panic(joined);
+            }
             let permit = tokio::select! {
                 biased;
                 _ = self.halt.cancelled() => break,
@@ -177,7 +183,11 @@ impl Engine {
         }
         drop(jobs);
 
-        let drain = async { while tasks.join_next().await.is_some() {} };
+        let drain = async {
+            while let Some(joined) = tasks.join_next().await {
+                self.count_panic(joined);
+            }
+        };
         let grace_over = async {
             self.halt.cancelled().await;
             sleep(self.config.grace).await;
@@ -191,6 +201,7 @@ impl Engine {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
 
+        let lost = self.lost.load(Ordering::Relaxed);
         if let Some(why) = self
             .halted
             .lock()
@@ -200,8 +211,20 @@ impl Engine {
             StopReason::Halted(why)
         } else if cancel.is_cancelled() {
             StopReason::Interrupted
+        } else if lost > 0 {
+            StopReason::Halted(format!(
+                "{lost} request(s) failed inside volley and were not recorded (named above); re-run to send them"
+            ))
         } else {
             StopReason::Completed
+        }
+    }
+
+    /// A task that panicked outside its own guard (see [`Engine::process`]) lost its
+    /// request: count it so the run cannot end as complete.
+    fn count_panic(&self, joined: Result<(), tokio::task::JoinError>) {
+        if joined.is_err_and(|e| e.is_panic()) {
+            self.lost.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -215,8 +238,19 @@ impl Engine {
 
     async fn process(self: Arc<Self>, job: Job, _admitted: OwnedSemaphorePermit) {
         let custom_id = job.custom_id.clone();
-        if let Fate::Abandoned = self.attempt_until_done(job).await {
-            self.events.emit(Event::RequestAbandoned { custom_id });
+        // The second line of defence: nothing from outside should be able to panic a
+        // request's task, but if something does, the request must not vanish. It is
+        // left out of RESULTS and ERRORS (so a re-run sends it), named in the log, and
+        // the run cannot end as complete.
+        let life = std::panic::AssertUnwindSafe(self.attempt_until_done(job)).catch_unwind();
+        match life.await {
+            Ok(Fate::Done) => {}
+            Ok(Fate::Abandoned) => self.events.emit(Event::RequestAbandoned { custom_id }),
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                self.events.emit(Event::RequestLost { custom_id, message });
+            }
         }
     }
 
@@ -275,6 +309,7 @@ impl Engine {
             let (mut outcome, reply) = match result {
                 Ok(reply) => (
                     classify_reply(
+                        Endpoint::of(&job.path),
                         reply.status,
                         &reply.headers,
                         &reply.body,
@@ -606,6 +641,15 @@ struct Done<'a> {
     usage: Usage,
     key: &'a str,
     reply: Option<&'a Reply>,
+}
+
+/// The text of a panic's payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn message(outcome: &Classified) -> String {

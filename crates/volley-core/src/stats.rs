@@ -395,7 +395,7 @@ impl Observer for RunStats {
                     *d.errors_by_code.entry(code).or_default() += 1;
                 }
             }
-            Event::RequestAbandoned { .. } => add(&self.abandoned, 1),
+            Event::RequestAbandoned { .. } | Event::RequestLost { .. } => add(&self.abandoned, 1),
             Event::Stopping { reason } => {
                 self.detail()
                     .stop_reason

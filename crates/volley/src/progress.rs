@@ -41,6 +41,11 @@ impl Observer for EventLog {
                 );
             }
             Event::Stopping { reason } => tracing::warn!("stopping: {reason}"),
+            Event::RequestLost { custom_id, message } => {
+                tracing::error!(
+                    "request {custom_id} failed inside volley ({message}); it is not recorded, a re-run sends it"
+                );
+            }
             Event::LimitLearned {
                 key,
                 requests_per_minute,
