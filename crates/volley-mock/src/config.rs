@@ -1,19 +1,62 @@
 //! What the simulator simulates.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-/// Latency, limits and fault rates of a mock. All zero/`None` by default: a fast,
-/// unlimited, faultless server.
-#[derive(Debug, Clone, Default)]
+/// The window `--rpm`/`--tpm` are counted over unless told otherwise: providers state
+/// their limits per minute.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The longest window honoured (about 31 years; longer ones are clamped to it): it keeps
+/// every figure the limits compute (window × capacity in nanoseconds) inside `u128`.
+pub const MAX_WINDOW: Duration = Duration::from_secs(1_000_000_000);
+
+/// How the mock enforces `rpm`/`tpm`. Providers use both shapes, and they fail clients
+/// differently: a window lets a whole minute's quota through at once and then nothing,
+/// a bucket lets a burst through and then only a steady trickle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitShape {
+    /// A sliding log per key: at most `rpm` requests and `tpm` tokens admitted in any
+    /// `window` (OpenAI's documented per-minute limits).
+    #[default]
+    Window,
+    /// A token bucket per key and limit, starting full and refilling continuously at
+    /// limit/`window` per second (how many gateways actually meter).
+    Bucket,
+}
+
+impl LimitShape {
+    /// The name used in `/mock/stats` and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitShape::Window => "window",
+            LimitShape::Bucket => "bucket",
+        }
+    }
+}
+
+/// Latency, limits and fault rates of a mock. The default is a fast, unlimited,
+/// faultless server (limits, if set later, counted per 60 s window).
+#[derive(Debug, Clone)]
 pub struct MockConfig {
     /// Base latency added before replying to an admitted request.
     pub latency_ms: u64,
     /// Extra uniform random latency in `[0, jitter_ms]`.
     pub jitter_ms: u64,
-    /// Requests per minute, per API key, over a sliding 60 s window.
+    /// Requests per `window`, per API key.
     pub rpm: Option<u64>,
-    /// Tokens per minute, per API key, over a sliding 60 s window.
+    /// Tokens per `window`, per API key.
     pub tpm: Option<u64>,
+    /// Whether `rpm`/`tpm` are a sliding window or a token bucket.
+    pub limit_shape: LimitShape,
+    /// Capacity of the requests bucket ([`LimitShape::Bucket`] only); `None` = `rpm`.
+    /// The tokens bucket always holds `tpm`: scaling it too would make one flag mean
+    /// two different things.
+    pub burst: Option<u64>,
+    /// The span `rpm`/`tpm` are counted over (window) or refill over (bucket), so a
+    /// test can see a limit recover in seconds instead of a minute. Zero is treated as
+    /// one nanosecond and anything past [`MAX_WINDOW`] as that (see [`MockConfig::window`]).
+    pub window: Duration,
     /// Fraction answered 500/502/503 with an OpenAI-shaped error and no usage.
     pub fail_rate: f64,
     /// Fraction that never answer (past any client timeout).
@@ -39,4 +82,42 @@ pub struct MockConfig {
     /// Models listed by `GET /v1/models` with OpenRouter-style prices: (id, prompt,
     /// completion) in USD per million tokens.
     pub model_prices: Vec<(String, f64, f64)>,
+}
+
+impl MockConfig {
+    /// The window as enforced (see [`clamp_window`]).
+    pub fn window(&self) -> Duration {
+        clamp_window(self.window)
+    }
+}
+
+/// A window the limits can use: never zero (limit/window is a rate) and never past
+/// [`MAX_WINDOW`].
+pub(crate) fn clamp_window(window: Duration) -> Duration {
+    window.clamp(Duration::from_nanos(1), MAX_WINDOW)
+}
+
+impl Default for MockConfig {
+    /// Written out because a derived default would make the window zero long.
+    fn default() -> Self {
+        MockConfig {
+            latency_ms: 0,
+            jitter_ms: 0,
+            rpm: None,
+            tpm: None,
+            limit_shape: LimitShape::Window,
+            burst: None,
+            window: DEFAULT_WINDOW,
+            fail_rate: 0.0,
+            hang_rate: 0.0,
+            malformed_rate: 0.0,
+            reset_rate: 0.0,
+            seed: 0,
+            hide_limits: false,
+            key_credits: HashMap::new(),
+            in_flight_budget: None,
+            cost_per_million_tokens: None,
+            model_prices: Vec::new(),
+        }
+    }
 }

@@ -15,9 +15,9 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::config::MockConfig;
+use crate::config::{DEFAULT_WINDOW, MockConfig};
 use crate::faults::{Dice, Fault, roll};
-use crate::ledger::{Ledger, LimitKind, RateHeaders, key_label};
+use crate::ledger::{Ledger, LimitKind, Limits, RateHeaders, key_label};
 use crate::reply;
 
 /// How long a hung request waits: far past any sane client timeout.
@@ -44,6 +44,14 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(config: MockConfig) -> Shared {
+        Shared {
+            ledger: Mutex::new(Ledger::new(Limits::new(&config))),
+            config,
+            next: AtomicU64::new(0),
+        }
+    }
+
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -51,11 +59,7 @@ impl Shared {
 
 /// The mock's routes, for serving or for driving with `tower::ServiceExt::oneshot`.
 pub fn app(config: MockConfig) -> Router {
-    router(Arc::new(Shared {
-        config,
-        ledger: Mutex::new(Ledger::default()),
-        next: AtomicU64::new(0),
-    }))
+    router(Arc::new(Shared::new(config)))
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -85,11 +89,7 @@ impl MockServer {
         let addr = listener
             .local_addr()
             .map_err(|source| MockError::Bind { addr, source })?;
-        let shared = Arc::new(Shared {
-            config,
-            ledger: Mutex::new(Ledger::default()),
-            next: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(config));
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
             // Serving ends only by abort; an accept error here has nowhere better to go.
@@ -271,13 +271,10 @@ impl<'a> Arrival<'a> {
             shared: self.shared,
             key,
         };
-        let admitted = self.shared.ledger().admit(
-            key,
-            prompt + completion,
-            config.rpm,
-            config.tpm,
-            Instant::now(),
-        );
+        let admitted =
+            self.shared
+                .ledger()
+                .admit(key, prompt.saturating_add(completion), Instant::now());
         let limits = match admitted {
             Ok(h) => h,
             Err(limited) => {
@@ -287,7 +284,12 @@ impl<'a> Arrival<'a> {
                     LimitKind::Tokens => ("tokens", config.tpm),
                 };
                 let message = format!(
-                    "Rate limit reached for {kind} per minute (limit {}); try again in {}",
+                    "Rate limit reached for {kind} per {} (limit {}); try again in {}",
+                    if config.window() == DEFAULT_WINDOW {
+                        "minute".to_string()
+                    } else {
+                        reply::go_duration(config.window())
+                    },
                     limit.unwrap_or(0),
                     reply::go_duration(limited.retry_after)
                 );
@@ -296,12 +298,11 @@ impl<'a> Arrival<'a> {
                 } else {
                     rate_headers(&limited.headers, &request_id)
                 };
-                let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                // Both rounded up: a client that waits exactly this long is admitted.
+                let ms = limited.retry_after.as_nanos().div_ceil(1_000_000).max(1);
+                let secs = ms.div_ceil(1000);
                 headers.extend(header("retry-after", secs.to_string()));
-                headers.extend(header(
-                    "retry-after-ms",
-                    limited.retry_after.as_millis().max(1).to_string(),
-                ));
+                headers.extend(header("retry-after-ms", ms.to_string()));
                 return json_response(
                     StatusCode::TOO_MANY_REQUESTS,
                     &reply::error(&message, kind, Some("rate_limit_exceeded")),
@@ -403,10 +404,13 @@ fn openrouter_headers(
     retry_after: Duration,
     request_id: &str,
 ) -> Vec<(HeaderName, HeaderValue)> {
-    let reset = std::time::SystemTime::now() + retry_after;
-    let reset_ms = reset
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    // `checked_add`: a retry-after of years (a huge bucket) must not overflow the clock.
+    let reset_ms = match std::time::SystemTime::now().checked_add(retry_after) {
+        Some(reset) => reset
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+        None => u128::MAX,
+    };
     [
         header("x-request-id", request_id.to_string()),
         header("X-RateLimit-Limit", limit.unwrap_or(0).to_string()),
@@ -416,6 +420,16 @@ fn openrouter_headers(
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// The limits' window as words: "minute" for the default, else a Go duration
+/// (`2s`, `1m30s`), as OpenRouter's key endpoint writes its interval.
+fn interval(window: Duration) -> String {
+    if window == DEFAULT_WINDOW {
+        "1m".to_string()
+    } else {
+        reply::go_duration(window)
+    }
 }
 
 /// `GET /v1/key`: OpenRouter's key-info endpoint, so a client can read its limits.
@@ -437,7 +451,7 @@ async fn key_info(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
         "limit_remaining": credit.map(|c| c.saturating_sub(billed)),
         "usage": billed,
         "is_free_tier": false,
-        "rate_limit": {"requests": config.rpm, "interval": "1m"},
+        "rate_limit": {"requests": config.rpm, "interval": interval(config.window())},
     }});
     json_response(StatusCode::OK, &body, Vec::new())
 }
@@ -518,6 +532,6 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn reset(State(shared): State<Arc<Shared>>) -> Response {
-    *shared.ledger() = Ledger::default();
+    *shared.ledger() = Ledger::new(Limits::new(&shared.config));
     json_response(StatusCode::OK, &json!({"ok": true}), Vec::new())
 }

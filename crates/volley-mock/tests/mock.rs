@@ -1,9 +1,10 @@
 //! The mock over real HTTP: replies, limits per key, faults, determinism and the ledger.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use volley_mock::{MockConfig, MockServer};
+use volley_mock::{LimitShape, MockConfig, MockServer};
 
 async fn start(config: MockConfig) -> MockServer {
     MockServer::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -178,6 +179,106 @@ async fn the_token_limit_refuses_what_does_not_fit() {
             .as_u64()
             .unwrap()
             <= 40
+    );
+}
+
+/// A Go duration as the mock writes it (`400ms`, `1.2s`, `1m0s`), in milliseconds.
+fn go_ms(text: &str) -> f64 {
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse().unwrap();
+    }
+    let text = text.strip_suffix('s').expect("ends in s");
+    let (minutes, secs) = text.split_once('m').unwrap_or(("0", text));
+    (minutes.parse::<f64>().unwrap() * 60.0 + secs.parse::<f64>().unwrap()) * 1000.0
+}
+
+fn header_text<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()[name].to_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_bucket_lets_a_burst_through_then_one_at_its_rate() {
+    // 5 requests per 2 s: one every 400 ms, 3 at once.
+    let server = start(MockConfig {
+        rpm: Some(5),
+        limit_shape: LimitShape::Bucket,
+        burst: Some(3),
+        window: Duration::from_secs(2),
+        ..MockConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    // The bucket refills while the test runs: bounds below are "less what elapsed"
+    // (and less the 10 ms a Go duration of a second or more is rounded to).
+    let started = std::time::Instant::now();
+    let elapsed_ms = || started.elapsed().as_secs_f64() * 1000.0;
+    for left in [2u64, 1, 0] {
+        let r = post(&client, &server, "sk-cccc", &chat_body()).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header_text(&r, "x-ratelimit-limit-requests"), "5");
+        assert_eq!(
+            header_text(&r, "x-ratelimit-remaining-requests"),
+            left.to_string()
+        );
+        // Full again once the units taken have refilled (less the time since taken).
+        let reset = go_ms(header_text(&r, "x-ratelimit-reset-requests"));
+        let full = 400.0 * (3 - left) as f64;
+        assert!(
+            reset <= full && reset >= full - elapsed_ms() - 10.0,
+            "reset {reset} ms"
+        );
+    }
+    let r = post(&client, &server, "sk-cccc", &chat_body()).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header_text(&r, "retry-after"), "1");
+    let wait: u64 = header_text(&r, "retry-after-ms").parse().unwrap();
+    assert!(
+        (1..=400).contains(&wait),
+        "one unit refills in 400 ms: {wait}"
+    );
+    assert_eq!(header_text(&r, "x-ratelimit-remaining-requests"), "0");
+    let reset = go_ms(header_text(&r, "x-ratelimit-reset-requests"));
+    assert!(
+        reset <= 1200.0 && reset >= 1200.0 - elapsed_ms() - 10.0,
+        "reset {reset} ms"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("per 2s"),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let r = post(&client, &server, "sk-cccc", &chat_body()).await;
+    assert_eq!(r.status(), 200, "admitted after exactly retry-after-ms");
+    let stats = server.stats();
+    assert_eq!(stats["limit_shape"], "bucket");
+    assert_eq!(stats["window_secs"], 2.0);
+    assert_eq!(stats["by_key"]["cccc"]["rate_limited"], 1);
+    assert_eq!(stats["by_key"]["cccc"]["peak_requests_per_window"], 4);
+    assert_eq!(stats["peak_requests_per_minute"], 4);
+
+    // Hidden limits behave as with a window: silent successes, OpenRouter's 429.
+    let hidden = start(MockConfig {
+        rpm: Some(1),
+        limit_shape: LimitShape::Bucket,
+        hide_limits: true,
+        ..MockConfig::default()
+    })
+    .await;
+    let ok = post(&client, &hidden, "k", &chat_body()).await;
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers().get("x-ratelimit-remaining-requests").is_none());
+    let limited = post(&client, &hidden, "k", &chat_body()).await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(header_text(&limited, "x-ratelimit-limit"), "1");
+    assert!(
+        limited
+            .headers()
+            .get("x-ratelimit-limit-requests")
+            .is_none()
     );
 }
 

@@ -170,12 +170,21 @@ pub struct MockArgs {
     /// Extra random latency, uniform in [0, MS].
     #[arg(long, default_value_t = 0)]
     pub jitter_ms: u64,
-    /// Requests per minute per API key (sliding 60 s window); over it: 429 with retry-after.
+    /// Requests per --window (per minute by default) per API key; over it: 429 with retry-after.
     #[arg(long)]
     pub rpm: Option<u64>,
-    /// Tokens per minute per API key (sliding 60 s window).
+    /// Tokens per --window (per minute by default) per API key.
     #[arg(long)]
     pub tpm: Option<u64>,
+    /// How --rpm/--tpm are enforced: a sliding window (at most the limit in any window) or a token bucket (starts full, refills at limit/window).
+    #[arg(long, value_enum, default_value_t = crate::commands::mock::LimitShapeArg::Window)]
+    pub limit_shape: crate::commands::mock::LimitShapeArg,
+    /// Capacity of the requests bucket (--limit-shape bucket, with --rpm) [default: the --rpm limit]. The tokens bucket always holds --tpm.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub burst: Option<u64>,
+    /// Seconds --rpm/--tpm are counted over (window) or refill over (bucket); fractions allowed, so tests need not wait a minute.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = crate::commands::mock::parse_window)]
+    pub window: std::time::Duration,
     /// Fraction of requests answered 500/502/503.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub fail_rate: f64,

@@ -1,12 +1,51 @@
 //! `volley mock`: the simulator as a standalone server.
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::Context;
-use volley_mock::{MockConfig, MockServer};
+use volley_mock::{LimitShape, MAX_WINDOW, MockConfig, MockServer};
 
 use crate::cli::MockArgs;
 use crate::exit::Exit;
+
+/// `--limit-shape`: the mock's [`LimitShape`] as a flag value (the mock crate does not
+/// depend on clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LimitShapeArg {
+    /// At most the limit in any sliding window (OpenAI's documented per-minute limits).
+    Window,
+    /// A token bucket per key and limit: starts full, refills continuously at limit/window.
+    Bucket,
+}
+
+impl From<LimitShapeArg> for LimitShape {
+    fn from(a: LimitShapeArg) -> Self {
+        match a {
+            LimitShapeArg::Window => LimitShape::Window,
+            LimitShapeArg::Bucket => LimitShape::Bucket,
+        }
+    }
+}
+
+/// `--window SECS`: a positive number of seconds, fractions allowed, at most the mock's
+/// [`MAX_WINDOW`]. Zero is refused rather than clamped: limit/window is a rate.
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let window = Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|w| !w.is_zero() && *w <= MAX_WINDOW)
+        .ok_or_else(|| {
+            format!(
+                "{s:?} must be more than 0 and at most {} seconds",
+                MAX_WINDOW.as_secs()
+            )
+        })?;
+    Ok(window)
+}
 
 impl From<&MockArgs> for MockConfig {
     fn from(a: &MockArgs) -> Self {
@@ -15,6 +54,9 @@ impl From<&MockArgs> for MockConfig {
             jitter_ms: a.jitter_ms,
             rpm: a.rpm,
             tpm: a.tpm,
+            limit_shape: a.limit_shape.into(),
+            burst: a.burst,
+            window: a.window,
             fail_rate: a.fail_rate,
             hang_rate: a.hang_rate,
             malformed_rate: a.malformed_rate,
@@ -30,6 +72,15 @@ impl From<&MockArgs> for MockConfig {
 }
 
 pub async fn mock(args: MockArgs) -> anyhow::Result<Exit> {
+    // A --burst that would change nothing is a mistake worth saying, not ignoring.
+    if args.burst.is_some() {
+        if args.limit_shape != LimitShapeArg::Bucket {
+            anyhow::bail!("--burst needs --limit-shape bucket (a window has no burst)");
+        }
+        if args.rpm.is_none() {
+            anyhow::bail!("--burst is the requests bucket's capacity: it needs --rpm");
+        }
+    }
     let server = MockServer::start(MockConfig::from(&args), args.addr)
         .await
         .context("cannot start the mock")?;
@@ -62,4 +113,18 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_positive_seconds() {
+        assert_eq!(parse_window("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_window("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0", "-1", "1e-12", "nan", "inf", "1e10", "soon"] {
+            assert!(parse_window(bad).is_err(), "{bad}");
+        }
+    }
 }
