@@ -100,6 +100,13 @@ impl Request {
             tokens: Arc::default(),
         }
     }
+
+    /// The tokens this request books against a tokens-per-minute limit (see
+    /// [`Job::estimated_tokens`]), for checking it can ever fit one.
+    pub fn estimated_tokens(&self) -> u64 {
+        let bytes = serde_json::to_vec(&self.body).unwrap_or_default();
+        crate::tokens::estimate(&bytes, Some(&self.model))
+    }
 }
 
 /// Parses one non-blank input line into a job ready to send.

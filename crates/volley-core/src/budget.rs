@@ -8,8 +8,8 @@
 //! Only known costs count: an attempt whose cost is unknown (no `usage.cost`, no
 //! price) is reported once.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 struct Spent {
@@ -32,15 +32,48 @@ impl Spent {
 #[derive(Debug)]
 pub struct CostBudget {
     cap: Option<f64>,
-    spent: Mutex<Spent>,
+    spent: Arc<Mutex<Spent>>,
     unknown_reported: AtomicBool,
+}
+
+/// An attempt counted as in flight against the cap. [`CostReservation::finish`] records
+/// what it cost; dropped unfinished (a halt, an abort), it simply stops counting as in
+/// flight, so no path leaks a reservation and blocks the cap.
+#[derive(Debug)]
+#[must_use]
+pub struct CostReservation {
+    /// `None` without a cap (nothing is counted) or once finished.
+    spent: Option<Arc<Mutex<Spent>>>,
+}
+
+impl CostReservation {
+    /// The attempt came back costing `cost` (`None`: no usage, or unknown cost).
+    pub fn finish(mut self, cost: Option<f64>) {
+        if let Some(spent) = self.spent.take() {
+            let mut spent = spent.lock().unwrap_or_else(|p| p.into_inner());
+            spent.in_flight = spent.in_flight.saturating_sub(1);
+            if let Some(cost) = cost {
+                spent.total += cost;
+                spent.dearest_attempt = spent.dearest_attempt.max(cost);
+            }
+        }
+    }
+}
+
+impl Drop for CostReservation {
+    fn drop(&mut self) {
+        if let Some(spent) = self.spent.take() {
+            let mut spent = spent.lock().unwrap_or_else(|p| p.into_inner());
+            spent.in_flight = spent.in_flight.saturating_sub(1);
+        }
+    }
 }
 
 impl CostBudget {
     pub fn new(cap: Option<f64>) -> CostBudget {
         CostBudget {
             cap,
-            spent: Mutex::new(Spent::default()),
+            spent: Arc::new(Mutex::new(Spent::default())),
             unknown_reported: AtomicBool::new(false),
         }
     }
@@ -50,31 +83,19 @@ impl CostBudget {
     }
 
     /// Starts an attempt unless the cap is reached; `Err` says why it may not start.
-    /// Every `Ok` must be followed by one [`CostBudget::attempt_finished`].
-    pub fn start_attempt(&self) -> Result<(), String> {
+    pub fn start_attempt(&self) -> Result<CostReservation, String> {
         // Without a cap nothing is counted: no lock on the way to the wire.
         if self.cap.is_none() {
-            return Ok(());
+            return Ok(CostReservation { spent: None });
         }
         let mut spent = self.spent();
         if let Some(why) = self.over_cap(&spent) {
             return Err(why);
         }
         spent.in_flight += 1;
-        Ok(())
-    }
-
-    /// An attempt came back costing `cost` (`None`: no usage, or unknown cost).
-    pub fn attempt_finished(&self, cost: Option<f64>) {
-        if self.cap.is_none() {
-            return;
-        }
-        let mut spent = self.spent();
-        spent.in_flight = spent.in_flight.saturating_sub(1);
-        if let Some(cost) = cost {
-            spent.total += cost;
-            spent.dearest_attempt = spent.dearest_attempt.max(cost);
-        }
+        Ok(CostReservation {
+            spent: Some(self.spent.clone()),
+        })
     }
 
     /// True the first time an attempt's cost is unknown while a cap is set.
@@ -113,16 +134,18 @@ mod tests {
     fn the_cap_counts_what_is_in_flight() {
         let b = CostBudget::new(Some(1.0));
         assert!(b.exhausted().is_none());
-        b.start_attempt().unwrap();
-        b.start_attempt().unwrap();
-        b.attempt_finished(Some(0.3));
+        let first = b.start_attempt().unwrap();
+        let second = b.start_attempt().unwrap();
+        first.finish(Some(0.3));
         assert!(
             b.exhausted().is_none(),
             "0.3 spent + 1 × 0.3 in flight < 1.0"
         );
-        b.start_attempt()
+        let third = b
+            .start_attempt()
             .expect("0.3 spent + 1 × 0.3 in flight < 1.0");
-        b.start_attempt()
+        let fourth = b
+            .start_attempt()
             .expect("0.3 spent + 2 × 0.3 in flight < 1.0");
         let why = b
             .start_attempt()
@@ -131,10 +154,15 @@ mod tests {
         assert_eq!(b.exhausted(), Some(why));
         assert!((b.total() - 0.3).abs() < 1e-12);
         // What was in flight comes back cheaper than feared: room again.
-        for _ in 0..3 {
-            b.attempt_finished(Some(0.01));
+        for r in [second, third, fourth] {
+            r.finish(Some(0.01));
         }
         assert!(b.start_attempt().is_ok(), "0.33 spent, 0 in flight");
+        // A reservation dropped unfinished (an aborted attempt) stops counting.
+        let leaked = b.start_attempt().unwrap();
+        let before = b.spent().in_flight;
+        drop(leaked);
+        assert_eq!(b.spent().in_flight, before - 1);
     }
 
     #[test]
@@ -143,25 +171,27 @@ mod tests {
         // (0.5 + 0 in flight < 0.9), a second may not (0.5 + 1 × 0.5 ≥ 0.9). Sixteen
         // threads race for that one start: only one may win.
         let b = std::sync::Arc::new(CostBudget::new(Some(0.9)));
-        b.start_attempt().unwrap();
-        b.attempt_finished(Some(0.5));
-        let wins: usize = std::thread::scope(|s| {
+        b.start_attempt().unwrap().finish(Some(0.5));
+        let wins: Vec<CostReservation> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..16)
                 .map(|_| {
                     let b = b.clone();
-                    s.spawn(move || usize::from(b.start_attempt().is_ok()))
+                    // A winner's reservation is held until every thread is done.
+                    s.spawn(move || b.start_attempt().ok())
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
         });
-        assert_eq!(wins, 1);
+        assert_eq!(wins.len(), 1);
     }
 
     #[test]
     fn no_cap_never_stops_and_unknown_is_reported_once() {
         let b = CostBudget::new(None);
-        b.start_attempt().unwrap();
-        b.attempt_finished(Some(1e9));
+        b.start_attempt().unwrap().finish(Some(1e9));
         assert!(b.exhausted().is_none());
         assert!(b.start_attempt().is_ok());
         assert!(!b.report_unknown());

@@ -38,6 +38,7 @@ pub enum Reason {
     RetryBudgetExhausted,
     RetriesExhausted,
     InvalidInput,
+    ExceedsRateLimit,
 }
 
 impl Reason {
@@ -62,6 +63,7 @@ impl Reason {
             Reason::RetryBudgetExhausted => "retry_budget_exhausted",
             Reason::RetriesExhausted => "retries_exhausted",
             Reason::InvalidInput => "invalid_input",
+            Reason::ExceedsRateLimit => "exceeds_rate_limit",
         }
     }
 }

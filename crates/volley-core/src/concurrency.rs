@@ -33,12 +33,28 @@ pub struct Concurrency {
     semaphore: Arc<Semaphore>,
     ceiling: usize,
     adaptive: bool,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
-/// One attempt's slot on the wire; give it back with [`Concurrency::release`].
+/// One attempt's slot on the wire. Dropping it gives it back — or retires it, when the
+/// limit shrank meanwhile — so an attempt cut short by a halt or an abort leaks none.
 #[derive(Debug)]
-pub struct Slot(OwnedSemaphorePermit);
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.to_retire > 0
+            && let Some(permit) = self.permit.take()
+        {
+            state.to_retire -= 1;
+            permit.forget();
+        }
+    }
+}
 
 impl Concurrency {
     /// `ceiling` slots; they adapt only when `adaptive`.
@@ -48,12 +64,12 @@ impl Concurrency {
             semaphore: Arc::new(Semaphore::new(ceiling)),
             ceiling,
             adaptive,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 limit: ceiling,
                 to_retire: 0,
                 successes: 0,
                 last_decrease: None,
-            }),
+            })),
         }
     }
 
@@ -68,16 +84,11 @@ impl Concurrency {
 
     /// Waits for a slot. `None` only if the gate was closed.
     pub async fn acquire(&self) -> Option<Slot> {
-        self.semaphore.clone().acquire_owned().await.ok().map(Slot)
-    }
-
-    /// Gives a slot back, retiring it instead if the limit shrank.
-    pub fn release(&self, slot: Slot) {
-        let mut state = self.state();
-        if state.to_retire > 0 {
-            state.to_retire -= 1;
-            slot.0.forget();
-        }
+        let permit = self.semaphore.clone().acquire_owned().await.ok()?;
+        Some(Slot {
+            permit: Some(permit),
+            state: self.state.clone(),
+        })
     }
 
     /// An attempt succeeded. Returns the new limit if it grew.
@@ -164,9 +175,7 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(c.on_overload(Instant::now()), Some(2));
-        for s in slots {
-            c.release(s);
-        }
+        drop(slots);
         assert_eq!(c.semaphore.available_permits(), 2);
     }
 

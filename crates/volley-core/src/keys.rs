@@ -1,11 +1,18 @@
 //! The pool of API keys: each key is a lane with its own limits, pause and fate.
 //!
 //! Every attempt passes the same gates in the same order: pick the live key that can
-//! send soonest, book the request and its tokens on that key's limiters at one instant,
-//! and wait until then. A 429 pauses the whole key so in-flight peers stop hammering it;
-//! a 401, spent credits or a spent quota retire it for the rest of the run. Limits the
-//! provider announces in its headers are learned per key, never above a configured
-//! `--rpm`/`--tpm`. Keys are named `key#N` everywhere, never by value.
+//! send soonest, book the request and its tokens on that key's limits at one instant,
+//! and wait until then. The booking is a [`Booking`] value that gives itself back when
+//! dropped, so no path — a halt, a key retired while waiting, a task aborted after the
+//! grace period — can leak a request, tokens or an in-flight count: a booking never sent
+//! is refunded whole; a sent one keeps its request in the window and is settled to the
+//! tokens the provider billed.
+//!
+//! A 429 pauses the whole key so in-flight peers stop hammering it; a 401, spent credits
+//! or a spent quota retire it for the rest of the run. What the provider announces in
+//! its headers is learned per key: `remaining` is spent at once and then paced at the
+//! limit's rate ([`Allowance`]); a `--rpm`/`--tpm` given by flag stays an even pace that
+//! headers may only lower. Keys are named `key#N` everywhere, never by value.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,13 +21,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::classify::Reason;
-use crate::limiter::{Gcra, Limiter, WINDOW};
+use crate::limiter::{Allowance, Gcra, Limiter, WINDOW};
 use crate::ratelimit::{Observation, Quota};
 use crate::transport::ApiKey;
 
 /// What a key spent while a limit was still unknown (requests when booked, tokens as
-/// their usage comes back), so that the limit, once learned, starts from what the key
-/// has already spent in the current window rather than from zero.
+/// their usage comes back), so that a limit learned without a `remaining` starts from
+/// what the key has already spent in the current window rather than from zero.
 #[derive(Debug, Default)]
 struct Unpaced {
     since: Option<Instant>,
@@ -28,15 +35,155 @@ struct Unpaced {
     tokens: u64,
 }
 
+/// One limit of a lane (requests, or tokens) and everything that gates it.
+#[derive(Debug)]
+struct Meter {
+    /// An even pace: `--rpm`/`--tpm`, lowered by a learned limit; or a learned limit
+    /// when the provider announces no `remaining`.
+    pace: Gcra,
+    /// The flag-given ceiling: learned limits never raise it.
+    ceiling: Option<u64>,
+    /// What the provider says remains, once a reply announced a limit and `remaining`.
+    allowance: Option<Allowance>,
+    /// Units booked and not yet answered: a `remaining` does not count them yet.
+    outstanding: u64,
+}
+
+impl Meter {
+    fn new(ceiling: Option<u64>) -> Meter {
+        Meter {
+            pace: Gcra::new(ceiling),
+            ceiling,
+            allowance: None,
+            outstanding: 0,
+        }
+    }
+
+    /// The limit in force: the pace's, else the announced one.
+    fn limit(&self) -> Option<u64> {
+        self.pace
+            .limit()
+            .or_else(|| self.allowance.as_ref().map(Allowance::limit))
+    }
+
+    fn earliest(&self, cost: u64, after: Instant) -> Instant {
+        let paced = self.pace.earliest(cost, after);
+        match &self.allowance {
+            Some(a) => paced.max(a.earliest(cost, after)),
+            None => paced,
+        }
+    }
+
+    fn book(&mut self, cost: u64, at: Instant) {
+        self.pace.commit(cost, at);
+        if let Some(a) = &mut self.allowance {
+            a.commit(cost, at);
+        }
+        self.outstanding = self.outstanding.saturating_add(cost);
+    }
+
+    /// Gives back `cost` units of a booking never sent.
+    fn refund(&mut self, cost: u64) {
+        self.correct(cost, 0);
+    }
+
+    /// Corrects a booking of `booked` units to the `actual` units spent.
+    fn correct(&mut self, booked: u64, actual: u64) {
+        if booked == actual {
+            return;
+        }
+        let delta =
+            i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(booked).unwrap_or(i64::MAX);
+        self.pace.adjust(delta);
+        if let Some(a) = &mut self.allowance {
+            if delta < 0 {
+                a.refund(delta.unsigned_abs());
+            } else {
+                a.charge(delta.unsigned_abs());
+            }
+        }
+    }
+
+    /// The booking of `cost` units is answered (or gone).
+    fn answered(&mut self, cost: u64) {
+        self.outstanding = self.outstanding.saturating_sub(cost);
+    }
+
+    /// Learns from what a reply announced; `seq` is the reply's send order, `spent` what
+    /// went out while no limit was known. True if the limit in force changed.
+    fn learn(&mut self, quota: &Quota, seq: u64, spent: u64, now: Instant) -> bool {
+        let before = self.limit();
+        // An absurd figure (a limit of 0) never switches limiting off: it is ignored.
+        let Some(limit) = quota.limit.filter(|l| *l > 0) else {
+            return false;
+        };
+        match quota.remaining {
+            Some(remaining) => {
+                // The reply's own units are answered already (see `Booking::settle`).
+                let outstanding = self.outstanding;
+                match &mut self.allowance {
+                    Some(a) => a.announce(limit, remaining, quota.reset, outstanding, now, seq),
+                    None => {
+                        self.allowance = Some(Allowance::new(
+                            limit,
+                            remaining,
+                            quota.reset,
+                            outstanding,
+                            now,
+                            seq,
+                        ));
+                    }
+                }
+                // A flag-given ceiling is paced evenly; headers may lower it.
+                if let Some(ceiling) = self.ceiling
+                    && quota.reset.is_none_or(|r| r <= WINDOW)
+                    && limit < ceiling
+                    && self.pace.limit() != Some(limit)
+                {
+                    self.pace.set_limit(Some(limit));
+                }
+            }
+            None => {
+                // No `remaining`: nothing to spend at once; pace evenly at the limit.
+                // Only a window of a minute or less is a per-minute limit.
+                if quota.reset.is_some_and(|r| r > WINDOW) {
+                    return false;
+                }
+                let limit = self.ceiling.map_or(limit, |c| c.min(limit));
+                if self.pace.limit() != Some(limit) {
+                    let first = self.pace.limit().is_none();
+                    self.pace.set_limit(Some(limit));
+                    if first && spent > 0 {
+                        // What was sent before the limit was known still counts in the
+                        // provider's window: book it now so the rest of the window
+                        // admits only what is left.
+                        self.pace.commit(spent, now);
+                    }
+                }
+            }
+        }
+        self.limit() != before
+    }
+
+    /// Nothing may go before `until` (a 429 with its Retry-After).
+    fn exhaust_until(&mut self, until: Instant) {
+        if let Some(a) = &mut self.allowance {
+            a.exhaust_until(until);
+        }
+    }
+}
+
 /// One key's mutable state, behind one lock so its limits are booked together.
 #[derive(Debug)]
 struct LaneState {
-    requests: Gcra,
-    tokens: Gcra,
+    requests: Meter,
+    tokens: Meter,
     unpaced: Unpaced,
-    /// Attempts booked on this key and not yet back: the tie-breaker between keys
+    /// Bookings on this key not yet answered or dropped: the tie-breaker between keys
     /// that could all send now, so unlimited keys share the work.
     in_flight: usize,
+    /// Send order of the attempts on this key, so a late reply cannot pass for news.
+    sent: u64,
     paused_until: Option<Instant>,
     retired: Option<Reason>,
 }
@@ -58,15 +205,83 @@ impl KeyLane {
     }
 }
 
-/// A booking: send on `lane` at `at`, `tokens` booked against its token limit.
-#[derive(Debug, Clone, Copy)]
+/// Where a booking is in its life; decides what dropping it gives back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Booked, not sent: dropping refunds the request and its tokens whole.
+    Booked,
+    /// On the wire as the key's `seq`-th attempt: the provider may count it, so
+    /// dropping keeps the request and the token estimate booked.
+    Sent { seq: u64 },
+    /// Answered and settled: nothing left to give back.
+    Settled,
+}
+
+/// A request booked on a key: send on `lane` at `at`, `tokens` booked against its
+/// token limit. Gives itself back when dropped (see the module doc).
+#[derive(Debug)]
 pub struct Booking {
+    pool: Arc<KeyPool>,
     pub lane: usize,
     pub at: Instant,
     /// Tokens booked: the estimate scaled by the calibration.
     pub tokens: u64,
     /// The raw estimate, to calibrate against the real usage.
     pub estimate: u64,
+    stage: Stage,
+}
+
+impl Booking {
+    /// The attempt goes on the wire now.
+    pub fn sent(&mut self) {
+        if self.stage == Stage::Booked {
+            let mut state = self.pool.lanes[self.lane].state();
+            state.sent += 1;
+            self.stage = Stage::Sent { seq: state.sent };
+        }
+    }
+
+    /// The provider answered: `billed` tokens (`None`: the reply carried no usage, so
+    /// nothing was billed), and its headers said `seen`. Settles the booking and learns
+    /// from the headers in one step.
+    pub fn settle(mut self, billed: Option<u64>, seen: &Observation, now: Instant) -> Learned {
+        let seq = match self.stage {
+            Stage::Sent { seq } => seq,
+            _ => 0,
+        };
+        self.stage = Stage::Settled;
+        let pool = self.pool.clone();
+        pool.settle(&self, billed, seen, seq, now)
+    }
+}
+
+impl Drop for Booking {
+    fn drop(&mut self) {
+        if self.stage == Stage::Settled {
+            return;
+        }
+        let mut state = self.pool.lanes[self.lane].state();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        state.requests.answered(1);
+        state.tokens.answered(self.tokens);
+        if self.stage == Stage::Booked {
+            state.requests.refund(1);
+            state.tokens.refund(self.tokens);
+            if state.unpaced.since.is_some() {
+                state.unpaced.requests = state.unpaced.requests.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Why no key could take a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BookError {
+    /// Every key has been retired.
+    NoKeyLeft,
+    /// The request's tokens exceed every live key's tokens-per-minute limit: it can
+    /// never be sent within the limit.
+    TooLarge { tokens: u64, limit: u64 },
 }
 
 /// Weight of the newest reply in the calibration's moving average.
@@ -81,15 +296,15 @@ pub struct Learned {
     pub changed: Option<(Option<u64>, Option<u64>)>,
     /// The provider said nothing is left until this long from now.
     pub exhausted_for: Option<Duration>,
+    /// Whether an announced limit paces what is left (then `exhausted_for` needs no
+    /// pause unless it outlasts `--max-wait`, which means the quota is spent).
+    pub paced: bool,
 }
 
 /// All keys of a run.
 #[derive(Debug)]
 pub struct KeyPool {
     lanes: Vec<KeyLane>,
-    /// `--rpm` / `--tpm`: learned limits may lower these, never raise them.
-    ceiling_rpm: Option<u64>,
-    ceiling_tpm: Option<u64>,
     /// Whether any key has a token limit, i.e. whether requests must be tokenized.
     meters_tokens: AtomicBool,
     /// Real tokens per estimated token, as a moving average over replies. Estimates
@@ -101,7 +316,7 @@ pub struct KeyPool {
 
 impl KeyPool {
     /// `rpm` and `tpm` are per-key limits (`None` = unknown until learned).
-    pub fn new(keys: Vec<ApiKey>, rpm: Option<u64>, tpm: Option<u64>) -> KeyPool {
+    pub fn new(keys: Vec<ApiKey>, rpm: Option<u64>, tpm: Option<u64>) -> Arc<KeyPool> {
         let lanes = keys
             .into_iter()
             .enumerate()
@@ -109,22 +324,21 @@ impl KeyPool {
                 label: Arc::from(format!("key#{}", i + 1)),
                 key,
                 state: Mutex::new(LaneState {
-                    requests: Gcra::new(rpm),
-                    tokens: Gcra::new(tpm),
+                    requests: Meter::new(rpm),
+                    tokens: Meter::new(tpm),
                     unpaced: Unpaced::default(),
                     in_flight: 0,
+                    sent: 0,
                     paused_until: None,
                     retired: None,
                 }),
             })
             .collect();
-        KeyPool {
+        Arc::new(KeyPool {
             lanes,
-            ceiling_rpm: rpm,
-            ceiling_tpm: tpm,
             meters_tokens: AtomicBool::new(tpm.is_some()),
             calibration: Mutex::new(1.0),
-        }
+        })
     }
 
     pub fn lane(&self, index: usize) -> &KeyLane {
@@ -147,30 +361,66 @@ impl KeyPool {
             .count()
     }
 
-    /// Books one request on the live key that can send it soonest; `None` when every
-    /// key has been retired. `tokens` is asked for only when some key meters tokens.
-    pub fn book(&self, tokens: impl FnOnce() -> u64, now: Instant) -> Option<Booking> {
+    /// Whether a key is retired or paused past `now`: a booking on it should not be sent.
+    pub fn unusable(&self, lane: usize, now: Instant) -> bool {
+        let state = self.lanes[lane].state();
+        state.retired.is_some() || state.paused_until.is_some_and(|t| t > now)
+    }
+
+    /// Books one request on the live key that can send it soonest. `tokens` is asked
+    /// for only when some key meters tokens.
+    pub fn book(
+        self: &Arc<Self>,
+        tokens: impl FnOnce() -> u64,
+        now: Instant,
+    ) -> Result<Booking, BookError> {
         let estimate = if self.meters_tokens.load(Ordering::Relaxed) {
             tokens()
         } else {
             0
         };
+        self.book_estimate(estimate, now)
+    }
+
+    fn book_estimate(self: &Arc<Self>, estimate: u64, now: Instant) -> Result<Booking, BookError> {
         let scale = *self.calibration.lock().unwrap_or_else(|p| p.into_inner());
         let tokens = (estimate as f64 * scale).ceil() as u64;
-        let (lane, _) = self
-            .lanes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, lane)| {
-                let state = lane.state();
-                earliest(&state, tokens, now).map(|at| (i, (at, state.in_flight)))
-            })
-            .min_by_key(|(_, headroom)| *headroom)?;
+        let mut too_large = None;
+        let mut best: Option<(usize, (Instant, usize))> = None;
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let state = lane.state();
+            if state.retired.is_some() {
+                continue;
+            }
+            if let Some(limit) = state.tokens.limit()
+                && estimate > limit
+            {
+                too_large = Some(limit);
+                continue;
+            }
+            let headroom = (earliest(&state, tokens, now), state.in_flight);
+            if best.is_none_or(|(_, b)| headroom < b) {
+                best = Some((i, headroom));
+            }
+        }
+        let Some((lane, _)) = best else {
+            return Err(match too_large {
+                Some(limit) => BookError::TooLarge {
+                    tokens: estimate,
+                    limit,
+                },
+                None => BookError::NoKeyLeft,
+            });
+        };
         // Book under the lock, re-checking: another task may have booked in between.
         let mut state = self.lanes[lane].state();
-        let at = earliest(&state, tokens, now)?;
-        state.requests.commit(1, at);
-        state.tokens.commit(tokens, at);
+        if state.retired.is_some() {
+            drop(state);
+            return self.book_estimate(estimate, now);
+        }
+        let at = earliest(&state, tokens, now);
+        state.requests.book(1, at);
+        state.tokens.book(tokens, at);
         state.in_flight += 1;
         if state.requests.limit().is_none() || state.tokens.limit().is_none() {
             let unpaced = &mut state.unpaced;
@@ -185,18 +435,57 @@ impl KeyPool {
             }
             unpaced.requests += 1;
         }
-        Some(Booking {
+        drop(state);
+        Ok(Booking {
+            pool: self.clone(),
             lane,
             at,
             tokens,
             estimate,
+            stage: Stage::Booked,
         })
     }
 
-    /// Adjusts a key's limits to what a response's headers announced.
-    pub fn learn(&self, lane: usize, seen: &Observation, now: Instant) -> Learned {
-        let mut state = self.lanes[lane].state();
+    /// Settles an answered booking and learns from the reply's headers.
+    fn settle(
+        &self,
+        booking: &Booking,
+        billed: Option<u64>,
+        seen: &Observation,
+        seq: u64,
+        now: Instant,
+    ) -> Learned {
+        if let Some(actual) = billed
+            && booking.estimate > 0
+        {
+            let mut scale = self.calibration.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = actual as f64 / booking.estimate as f64;
+            *scale = ((1.0 - CALIBRATION_WEIGHT) * *scale + CALIBRATION_WEIGHT * seen)
+                .clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1);
+        }
+        let mut state = self.lanes[booking.lane].state();
         let state = &mut *state;
+        state.in_flight = state.in_flight.saturating_sub(1);
+        state.requests.answered(1);
+        state.tokens.answered(booking.tokens);
+        // The tokens of an attempt are what the provider billed: nothing when the
+        // reply carried no usage (a 400, a 5xx without usage).
+        let actual = billed.unwrap_or(0);
+        if state.tokens.limit().is_some() {
+            state.tokens.correct(booking.tokens, actual);
+        } else if state
+            .unpaced
+            .since
+            .is_some_and(|s| now.duration_since(s) < WINDOW)
+        {
+            // No token limit yet: remember what was spent, in case one is learned.
+            state.unpaced.tokens = state.unpaced.tokens.saturating_add(actual);
+        }
+        self.learn(state, seen, seq, now)
+    }
+
+    /// Adjusts a key's limits to what a response's headers announced.
+    fn learn(&self, state: &mut LaneState, seen: &Observation, seq: u64, now: Instant) -> Learned {
         let recent = state
             .unpaced
             .since
@@ -206,28 +495,22 @@ impl KeyPool {
         } else {
             (0, 0)
         };
-        let mut learned = Learned::default();
+        let mut learned = Learned {
+            paced: true,
+            ..Learned::default()
+        };
         let mut changed = false;
-        for (quota, gcra, ceiling, spent) in [
-            (
-                seen.requests,
-                &mut state.requests,
-                self.ceiling_rpm,
-                spent_requests,
-            ),
-            (
-                seen.tokens,
-                &mut state.tokens,
-                self.ceiling_tpm,
-                spent_tokens,
-            ),
+        for (quota, meter, spent) in [
+            (seen.requests, &mut state.requests, spent_requests),
+            (seen.tokens, &mut state.tokens, spent_tokens),
         ] {
             let Some(quota) = quota else { continue };
-            changed |= learn_limit(gcra, &quota, ceiling, spent, now);
+            changed |= meter.learn(&quota, seq, spent, now);
             if quota.remaining == Some(0)
                 && let Some(reset) = quota.reset.filter(|r| !r.is_zero())
             {
                 learned.exhausted_for = Some(learned.exhausted_for.map_or(reset, |e| e.max(reset)));
+                learned.paced &= meter.allowance.is_some();
             }
         }
         if changed {
@@ -239,25 +522,23 @@ impl KeyPool {
         learned
     }
 
-    /// An attempt booked on `lane` is over (whatever its outcome).
-    pub fn release(&self, lane: usize) {
-        let mut state = self.lanes[lane].state();
-        state.in_flight = state.in_flight.saturating_sub(1);
-    }
-
     /// When the key's pause ends, if it is paused past `now`.
     pub fn paused_until(&self, lane: usize, now: Instant) -> Option<Instant> {
         self.lanes[lane].state().paused_until.filter(|t| *t > now)
     }
-    /// Pauses a key until `until` (a pause already running is only ever extended).
-    /// Returns true when this starts a new pause, so that a pause is reported once, not
-    /// once per in-flight request that ran into the same 429.
+
+    /// Pauses a key until `until` (a pause already running is only ever extended);
+    /// what the provider allows counts from then, not from before the pause. Returns
+    /// true when this starts a new pause, so that a pause is reported once, not once per
+    /// in-flight request that ran into the same 429.
     pub fn pause(&self, lane: usize, until: Instant, now: Instant) -> bool {
         let mut state = self.lanes[lane].state();
         let running = state.paused_until.is_some_and(|t| t > now);
         if state.paused_until.is_none_or(|t| t < until) {
             state.paused_until = Some(until);
         }
+        state.requests.exhaust_until(until);
+        state.tokens.exhaust_until(until);
         !running
     }
 
@@ -270,75 +551,14 @@ impl KeyPool {
         state.retired = Some(why);
         true
     }
-
-    /// Corrects a key's token booking with the real usage.
-    pub fn correct_tokens(&self, booking: &Booking, actual: u64, now: Instant) {
-        if booking.estimate > 0 {
-            let mut scale = self.calibration.lock().unwrap_or_else(|p| p.into_inner());
-            let seen = actual as f64 / booking.estimate as f64;
-            *scale = ((1.0 - CALIBRATION_WEIGHT) * *scale + CALIBRATION_WEIGHT * seen)
-                .clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1);
-        }
-        let mut state = self.lanes[booking.lane].state();
-        if state.tokens.limit().is_none() {
-            // No token limit yet: remember what was spent, in case one is learned.
-            if state
-                .unpaced
-                .since
-                .is_some_and(|s| now.duration_since(s) < WINDOW)
-            {
-                state.unpaced.tokens = state.unpaced.tokens.saturating_add(actual);
-            }
-            return;
-        }
-        let delta = i64::try_from(actual).unwrap_or(i64::MAX)
-            - i64::try_from(booking.tokens).unwrap_or(i64::MAX);
-        if delta != 0 {
-            state.tokens.adjust(delta);
-        }
-    }
 }
 
-/// Applies a learned per-minute limit to one limiter. True if the limit changed.
-fn learn_limit(
-    gcra: &mut Gcra,
-    quota: &Quota,
-    ceiling: Option<u64>,
-    spent: u64,
-    now: Instant,
-) -> bool {
-    let Some(limit) = quota.limit.filter(|l| *l > 0) else {
-        return false;
-    };
-    // OpenRouter's X-RateLimit-* on a 429 may describe a daily quota: only a window of
-    // a minute or less is a per-minute limit. (A spent daily quota is handled by the
-    // 429 itself: its reset is far beyond --max-wait.)
-    if quota.reset.is_some_and(|r| r > WINDOW) {
-        return false;
-    }
-    let limit = ceiling.map_or(limit, |c| c.min(limit));
-    if gcra.limit() == Some(limit) {
-        return false;
-    }
-    let first = gcra.limit().is_none();
-    gcra.set_limit(Some(limit));
-    if first && spent > 0 {
-        // What was sent before the limit was known still counts in the provider's
-        // window: book it now so the rest of the window admits only what is left.
-        gcra.commit(spent, now);
-    }
-    true
-}
-
-/// When a lane could send a request of `tokens`, or `None` if it is retired.
-fn earliest(state: &LaneState, tokens: u64, now: Instant) -> Option<Instant> {
-    if state.retired.is_some() {
-        return None;
-    }
+/// When a lane could send a request of `tokens`.
+fn earliest(state: &LaneState, tokens: u64, now: Instant) -> Instant {
     let after_pause = state.paused_until.map_or(now, |t| t.max(now));
     let by_requests = state.requests.earliest(1, after_pause);
     let by_tokens = state.tokens.earliest(tokens, after_pause);
-    Some(by_requests.max(by_tokens))
+    by_requests.max(by_tokens)
 }
 
 #[cfg(test)]
@@ -350,6 +570,28 @@ mod tests {
         (0..n)
             .map(|i| ApiKey::new(format!("k{i}")).unwrap())
             .collect()
+    }
+
+    fn quota(limit: u64, remaining: u64, reset_ms: u64) -> Quota {
+        Quota {
+            limit: Some(limit),
+            remaining: Some(remaining),
+            reset: Some(Duration::from_millis(reset_ms)),
+        }
+    }
+
+    fn requests(q: Quota) -> Observation {
+        Observation {
+            requests: Some(q),
+            tokens: None,
+        }
+    }
+
+    /// Books, sends and answers one request with `seen` headers.
+    fn answer(pool: &Arc<KeyPool>, seen: &Observation, now: Instant) -> Learned {
+        let mut b = pool.book(|| 1, now).unwrap();
+        b.sent();
+        b.settle(Some(1), seen, now)
     }
 
     #[tokio::test(start_paused = true)]
@@ -371,8 +613,7 @@ mod tests {
         let a = pool.book(|| 0, now).unwrap();
         let b = pool.book(|| 0, now).unwrap();
         assert_ne!(a.lane, b.lane, "unlimited keys share the work");
-        pool.release(a.lane);
-        pool.release(b.lane);
+        drop((a, b));
         assert!(pool.pause(0, now + Duration::from_secs(5), now));
         assert!(
             !pool.pause(0, now + Duration::from_secs(3), now),
@@ -382,94 +623,222 @@ mod tests {
             !pool.pause(0, now + Duration::from_secs(4), now),
             "already paused: no new event"
         );
+        assert!(pool.unusable(0, now));
         assert_eq!(pool.book(|| 1, now).unwrap().lane, 1);
         assert!(pool.retire(1, Reason::Unauthorized));
         assert!(!pool.retire(1, Reason::Unauthorized));
+        assert!(pool.unusable(1, now));
         let b = pool.book(|| 1, now).unwrap();
         assert_eq!((b.lane, b.at), (0, now + Duration::from_secs(5)));
         assert_eq!(pool.live(), 1);
         pool.retire(0, Reason::CreditsExhausted);
-        assert!(pool.book(|| 1, now).is_none());
+        assert_eq!(pool.book(|| 1, now).unwrap_err(), BookError::NoKeyLeft);
         assert_eq!(format!("{:?}", pool.lane(0).key), "ApiKey(<hidden>)");
         assert_eq!(&*pool.lane(1).label, "key#2");
     }
 
-    fn openai(limit: u64, remaining: u64, reset_ms: u64) -> Quota {
-        Quota {
-            limit: Some(limit),
-            remaining: Some(remaining),
-            reset: Some(Duration::from_millis(reset_ms)),
-        }
+    #[tokio::test(start_paused = true)]
+    async fn a_booking_never_sent_is_given_back_whole() {
+        let pool = KeyPool::new(keys(1), Some(60), Some(600));
+        let now = Instant::now();
+        let first = pool.book(|| 10, now).unwrap();
+        let second = pool.book(|| 10, now).unwrap();
+        let later = second.at;
+        assert!(later > now);
+        drop(second);
+        let again = pool.book(|| 10, now).unwrap();
+        assert_eq!(again.at, later, "the dropped booking left no trace");
+        drop(again);
+        drop(first);
+        // All refunded. (Within nanoseconds: the token limit's booking began where the
+        // request limit put it, and a refund gives back units, not that alignment.)
+        let held = pool.book(|| 10, now).unwrap();
+        assert!(
+            held.at - now < Duration::from_micros(1),
+            "{:?}",
+            held.at - now
+        );
+        assert_eq!(pool.lanes[0].state().in_flight, 1, "only the booking held");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn limits_are_learned_under_the_ceiling_and_count_what_was_sent() {
+    async fn a_sent_booking_keeps_its_request_and_settles_its_tokens() {
+        let pool = KeyPool::new(keys(1), Some(60), Some(6000));
+        let now = Instant::now();
+        let mut sent = pool.book(|| 3000, now).unwrap();
+        sent.sent();
+        drop(sent);
+        let next = pool.book(|| 1, now).unwrap();
+        assert!(next.at > now, "the sent request stays in the window");
+        drop(next);
+        assert_eq!(pool.lanes[0].state().in_flight, 0);
+        // Settled to what was billed: nothing, for a reply without usage.
+        let pool = KeyPool::new(keys(1), None, Some(6000));
+        let mut big = pool.book(|| 5000, now).unwrap();
+        big.sent();
+        let blocked = pool.book(|| 5000, now).unwrap().at;
+        assert!(blocked > now);
+        big.settle(None, &Observation::default(), now);
+        assert_eq!(
+            pool.book(|| 5000, now).unwrap().at,
+            now,
+            "an unbilled attempt gives its tokens back"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_booking_is_capped_at_what_the_limit_holds_and_a_request_larger_than_it_is_refused() {
+        let pool = KeyPool::new(keys(1), None, Some(60_000));
+        let now = Instant::now();
+        let err = pool.book(|| 1_000_000_000, now).unwrap_err();
+        assert_eq!(
+            err,
+            BookError::TooLarge {
+                tokens: 1_000_000_000,
+                limit: 60_000
+            }
+        );
+        let mut b = pool.book(|| 60_000, now).unwrap();
+        b.sent();
+        drop(b);
+        let next = pool.book(|| 1, now).unwrap();
+        assert!(
+            next.at <= now + WINDOW + Duration::from_secs(1),
+            "one window at most: {:?}",
+            next.at - now
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_are_learned_under_the_ceiling() {
         let pool = KeyPool::new(keys(1), Some(1000), None);
         let now = Instant::now();
         let seen = Observation {
-            requests: Some(openai(600, 590, 100)),
-            tokens: Some(openai(100_000, 99_000, 600)),
+            requests: Some(quota(600, 590, 100)),
+            tokens: Some(quota(100_000, 99_000, 600)),
         };
-        let learned = pool.learn(0, &seen, now);
+        let learned = answer(&pool, &seen, now);
         assert_eq!(learned.changed, Some((Some(600), Some(100_000))));
         assert_eq!(
-            pool.learn(0, &seen, now).changed,
+            answer(&pool, &seen, now).changed,
             None,
             "the same limits change nothing"
         );
-        let capped = Observation {
-            requests: Some(openai(5000, 10, 100)),
-            tokens: None,
-        };
+        let capped = requests(quota(5000, 10, 100));
+        let learned = answer(&pool, &capped, now);
         assert_eq!(
-            pool.learn(0, &capped, now).changed,
-            Some((Some(1000), Some(100_000))),
-            "--rpm is a ceiling"
+            learned.changed, None,
+            "the pace stays at 600; a larger announcement never raises it"
         );
+        assert_eq!(pool.lanes[0].state().requests.limit(), Some(600));
+    }
 
-        // Sends before the limit was known count against it once it is.
+    #[tokio::test(start_paused = true)]
+    async fn what_remains_is_spent_at_once_then_paced_at_the_limits_rate() {
         let pool = KeyPool::new(keys(1), None, None);
-        for _ in 0..50 {
-            pool.book(|| 0, now).unwrap();
+        let now = Instant::now();
+        answer(&pool, &requests(quota(600, 299, 30_000)), now);
+        let mut held = Vec::new();
+        for _ in 0..299 {
+            let b = pool.book(|| 0, now).unwrap();
+            assert_eq!(b.at, now, "remaining is spent now");
+            held.push(b);
         }
-        pool.learn(
-            0,
-            &Observation {
-                requests: Some(openai(60, 10, 100)),
-                tokens: None,
-            },
-            now,
+        let next = pool.book(|| 0, now).unwrap();
+        let wait = next.at - now;
+        assert!(
+            wait >= Duration::from_millis(99) && wait <= Duration::from_millis(101),
+            "then one every 100 ms (600/min): {wait:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_remaining_is_believed_about_the_present() {
+        // A short reset does not unlock a burst that remaining did not announce.
+        let pool = KeyPool::new(keys(1), None, None);
+        let now = Instant::now();
+        answer(&pool, &requests(quota(300, 0, 200)), now);
+        let later = now + Duration::from_millis(250);
+        let a = pool.book(|| 0, later).unwrap();
+        let b = pool.book(|| 0, later).unwrap();
+        assert!(a.at >= now + Duration::from_millis(199));
+        assert!(
+            b.at - a.at >= Duration::from_millis(199),
+            "paced at 300/min, not released at the reset: {:?}",
+            b.at - a.at
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_reply_cannot_raise_what_remains() {
+        let pool = KeyPool::new(keys(1), None, None);
+        let now = Instant::now();
+        answer(&pool, &requests(quota(600, 100, 1000)), now);
+        let mut early = pool.book(|| 0, now).unwrap();
+        early.sent();
+        let mut late = pool.book(|| 0, now).unwrap();
+        late.sent();
+        // The later-sent attempt answers first, with less left.
+        late.settle(Some(0), &requests(quota(600, 5, 1000)), now);
+        early.settle(Some(0), &requests(quota(600, 90, 1000)), now);
+        let level = pool.lanes[0]
+            .state()
+            .requests
+            .allowance
+            .as_ref()
+            .unwrap()
+            .available(now);
+        assert!(
+            level <= 5.0,
+            "stale news lowered nothing and raised nothing: {level}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_quota_is_reported_and_an_absurd_limit_is_ignored() {
+        let pool = KeyPool::new(keys(1), None, None);
+        let now = Instant::now();
+        let daily = requests(Quota {
+            limit: Some(100),
+            remaining: Some(0),
+            reset: Some(Duration::from_secs(3_600_000)),
+        });
+        let learned = answer(&pool, &daily, now);
+        assert_eq!(learned.exhausted_for, Some(Duration::from_secs(3_600_000)));
+        assert!(learned.paced);
+        assert!(
+            pool.book(|| 0, now).unwrap().at > now + Duration::from_secs(60),
+            "limiting stays on"
+        );
+        let pool = KeyPool::new(keys(1), Some(100), None);
+        let zero = requests(quota(0, 0, 0));
+        assert_eq!(answer(&pool, &zero, now).changed, None);
+        assert_eq!(pool.lanes[0].state().requests.limit(), Some(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_without_remaining_paces_evenly_and_counts_what_was_sent() {
+        let pool = KeyPool::new(keys(1), None, None);
+        let now = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..50 {
+            let mut b = pool.book(|| 0, now).unwrap();
+            b.sent();
+            held.push(b);
+        }
+        let no_remaining = requests(Quota {
+            limit: Some(60),
+            remaining: None,
+            reset: None,
+        });
+        let learned = held.pop().unwrap().settle(Some(0), &no_remaining, now);
+        assert_eq!(learned.changed, Some((Some(60), None)));
         let next = pool.book(|| 0, now).unwrap();
         assert!(
             next.at >= now + Duration::from_secs(45),
             "50 of 60 were spent: {:?}",
             next.at - now
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_daily_quota_is_not_a_per_minute_limit_and_nothing_left_pauses() {
-        let pool = KeyPool::new(keys(1), None, None);
-        let now = Instant::now();
-        let daily = Observation {
-            requests: Some(Quota {
-                limit: Some(50),
-                remaining: Some(0),
-                reset: Some(Duration::from_secs(20_000)),
-            }),
-            tokens: None,
-        };
-        let learned = pool.learn(0, &daily, now);
-        assert_eq!(learned.changed, None);
-        assert_eq!(learned.exhausted_for, Some(Duration::from_secs(20_000)));
-        let minute = Observation {
-            requests: Some(openai(20, 0, 30_000)),
-            tokens: None,
-        };
-        let learned = pool.learn(0, &minute, now);
-        assert_eq!(learned.changed, Some((Some(20), None)));
-        assert_eq!(learned.exhausted_for, Some(Duration::from_secs(30)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -480,11 +849,14 @@ mod tests {
             .book(|| panic!("no token limit: no tokenizing"), now)
             .unwrap();
         assert_eq!(b.tokens, 0);
-        pool.learn(
-            0,
+        drop(b);
+        let mut b = pool.book(|| 0, now).unwrap();
+        b.sent();
+        b.settle(
+            Some(0),
             &Observation {
                 requests: None,
-                tokens: Some(openai(1000, 1000, 0)),
+                tokens: Some(quota(1000, 1000, 0)),
             },
             now,
         );
@@ -496,9 +868,9 @@ mod tests {
         let pool = KeyPool::new(keys(1), None, Some(1_000_000));
         let now = Instant::now();
         for _ in 0..60 {
-            let b = pool.book(|| 100, now).unwrap();
-            pool.correct_tokens(&b, 150, now);
-            pool.release(b.lane);
+            let mut b = pool.book(|| 100, now).unwrap();
+            b.sent();
+            b.settle(Some(150), &Observation::default(), now);
         }
         let b = pool.book(|| 100, now).unwrap();
         assert!(

@@ -28,5 +28,6 @@ pub mod sort;
 pub mod stats;
 pub mod tokens;
 pub mod transport;
+pub mod turnstile;
 pub mod usage;
 pub mod validate;

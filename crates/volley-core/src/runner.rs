@@ -52,6 +52,9 @@ pub struct RunPlan {
     pub limit: Option<u64>,
     pub skip_invalid: bool,
     pub retry_failed: bool,
+    /// `--tpm`: a request whose tokens exceed it can never be sent within the limit,
+    /// so it is an input error.
+    pub tpm: Option<u64>,
 }
 
 /// Why a run could not start or finish cleanly.
@@ -212,7 +215,16 @@ fn scan(
                             issue(&mut issues, number, format!("line-{number}"), message, done)
                         } else {
                             first_seen_note(&mut first_seen, id, number);
-                            if done.contains(id) {
+                            let too_large = plan
+                                .tpm
+                                .map(|tpm| (request.estimated_tokens(), tpm))
+                                .filter(|(tokens, tpm)| tokens > tpm);
+                            if let Some((tokens, tpm)) = too_large {
+                                let message = format!(
+                                    "needs about {tokens} tokens (prompt plus max_tokens), more than --tpm {tpm}: it can never be sent within the limit"
+                                );
+                                issue(&mut issues, number, id.to_string(), message, done)
+                            } else if done.contains(id) {
                                 already_done += 1;
                                 LineFate::Skip
                             } else if plan.limit.is_some_and(|l| to_send >= l) {
@@ -326,7 +338,7 @@ pub async fn execute(
     let Prepared { plan, scan, .. } = prepared;
     let transport = Transport::new(&target.base_url, engine.concurrency)?;
     let mut sink = Sink::open(&plan.files)?;
-    let keys = Arc::new(KeyPool::new(target.keys, target.rpm, target.tpm));
+    let keys = KeyPool::new(target.keys, target.rpm, target.tpm);
     events.emit(Event::RunStarted {
         total: scan.to_send,
         already_done: scan.already_done,

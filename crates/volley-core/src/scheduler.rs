@@ -22,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::CostBudget;
 use crate::classify::{Classified, Endpoint, Reason, Verdict, classify_failure, classify_reply};
 use crate::concurrency::Concurrency;
+use crate::concurrency::Slot;
 use crate::defaults;
 use crate::events::{Event, EventBus};
 use crate::job::Job;
-use crate::keys::{Booking, KeyPool};
+use crate::keys::{BookError, Booking, KeyPool, Learned};
 use crate::pricing::Pricing;
 use crate::ratelimit;
 use crate::retry::{RetryBudget, RetryPolicy};
@@ -33,6 +34,7 @@ use crate::sink::{
     Destination, ErrorPart, OutputLine, ResponsePart, SinkHandle, VolleyPart, unix_now,
 };
 use crate::transport::{Reply, Transport};
+use crate::turnstile::{Priority, Turnstile};
 use crate::usage::Usage;
 use crate::validate::ResponseCheck;
 
@@ -102,12 +104,22 @@ pub struct Engine {
     wire: Concurrency,
     /// What has been spent against `--max-cost`.
     cost: CostBudget,
+    /// Who books a key next: admitted requests before fresh ones.
+    turnstile: Turnstile,
     /// Cancelled when the run must stop admitting: by the caller, or when no key is left.
     halt: CancellationToken,
     /// Why the engine halted on its own, if it did.
     halted: std::sync::Mutex<Option<String>>,
     /// Requests whose task panicked: left unrecorded for a re-run.
     lost: AtomicU64,
+}
+
+/// Why a request could not take its turn.
+enum Blocked {
+    /// The run halts (or no key is left): the request is left for a re-run.
+    Halted,
+    /// Its tokens can never fit the key's tokens-per-minute limit.
+    TooLarge { tokens: u64, limit: u64 },
 }
 
 /// How a request left the engine.
@@ -135,6 +147,7 @@ impl Engine {
             budget: RetryBudget::new(config.retry_budget_ratio),
             wire: Concurrency::new(config.concurrency, config.adaptive),
             cost: CostBudget::new(config.max_cost),
+            turnstile: Turnstile::new(),
             config,
             transport,
             keys,
@@ -255,6 +268,12 @@ impl Engine {
     }
 
     /// The life of one request: attempts until success, a permanent failure, or a halt.
+    ///
+    /// Each attempt passes the gates in order — the turn, a wire slot, a key booking, the
+    /// cost cap — then goes out; its outcome is classified, and the values that own the
+    /// side effects take theirs (the booking settles and learns, the wire adapts, the
+    /// reservation records the cost) before the verdict decides: record, retry, or move
+    /// to another key. Every resource is a guard, so an early return gives it back.
     async fn attempt_until_done(&self, job: Job) -> Fate {
         // Latency is counted from the first send, not from admission, so that time spent
         // queued behind the concurrency limit does not pass for provider latency.
@@ -263,27 +282,44 @@ impl Engine {
             custom_id: job.custom_id.clone(),
         });
         self.budget.record_request();
+        let endpoint = Endpoint::of(&job.path);
         let mut usage = Usage::default();
         let mut attempts = 0u32;
         let mut error_retries = 0u32;
         let mut rate_limited_retries = 0u32;
+        let mut priority = Priority::Fresh;
         loop {
-            let Some(slot) = self.wire.acquire().await else {
-                return Fate::Abandoned;
+            let (slot, mut booking) = match self.take_turn(&job, priority).await {
+                Ok(taken) => taken,
+                Err(Blocked::Halted) => return Fate::Abandoned,
+                Err(Blocked::TooLarge { tokens, limit }) => {
+                    let why = format!(
+                        "the request needs about {tokens} tokens, more than the key's limit of {limit} tokens per minute: it can never be sent within the limit"
+                    );
+                    let done = Done {
+                        job: &job,
+                        started: started.unwrap_or_else(Instant::now),
+                        attempts,
+                        usage,
+                        key: None,
+                        reply: None,
+                    };
+                    return self.finish(done, Some((Reason::ExceedsRateLimit, why)));
+                }
             };
-            let Some(booking) = self.book_key(&job).await else {
-                return Fate::Abandoned;
-            };
+            // From now on the request is admitted: it goes before requests not yet sent.
+            priority = Priority::Admitted;
             let lane = booking.lane;
             // Asked at the last moment, in the same step that counts the attempt as in
             // flight: waiting for a slot or a key can take long, and the attempts that
             // finished meanwhile may have reached the cap.
-            if let Err(why) = self.cost.start_attempt() {
-                self.stop(&why);
-                self.wire.release(slot);
-                self.keys.release(lane);
-                return Fate::Abandoned;
-            }
+            let reservation = match self.cost.start_attempt() {
+                Ok(reservation) => reservation,
+                Err(why) => {
+                    self.stop(&why);
+                    return Fate::Abandoned;
+                }
+            };
             attempts += 1;
             let key = self.keys.lane(lane).label.clone();
             self.events.emit(Event::AttemptStarted {
@@ -293,6 +329,7 @@ impl Engine {
             });
             let sent = Instant::now();
             let started = *started.get_or_insert(sent);
+            booking.sent();
             let result = self
                 .transport
                 .send(
@@ -303,13 +340,12 @@ impl Engine {
                 )
                 .await;
             let latency = sent.elapsed();
-            self.wire.release(slot);
-            self.keys.release(lane);
+            drop(slot);
 
             let (mut outcome, reply) = match result {
                 Ok(reply) => (
                     classify_reply(
-                        Endpoint::of(&job.path),
+                        endpoint,
                         reply.status,
                         &reply.headers,
                         &reply.body,
@@ -319,20 +355,25 @@ impl Engine {
                 ),
                 Err(failure) => (classify_failure(&failure), None),
             };
-            if let Some(reply) = &reply {
-                self.learn_limits(lane, reply);
+            match &reply {
+                Some(reply) => {
+                    let seen = ratelimit::observe(&reply.headers, SystemTime::now());
+                    let billed = outcome.usage.map(|u| u.total_tokens);
+                    let learned = booking.settle(billed, &seen, Instant::now());
+                    self.apply_learned(lane, learned);
+                }
+                // No reply: the provider may have counted the attempt, so its booking
+                // keeps the request and the token estimate.
+                None => drop(booking),
             }
             self.adapt_concurrency(&outcome);
             self.price(&mut outcome, job.model.as_deref());
-            self.cost
-                .attempt_finished(outcome.usage.and_then(|u| u.cost));
+            reservation.finish(outcome.usage.and_then(|u| u.cost));
             // Halts now, not when the next request asks, so that requests waiting for a
             // key's limit give up at once.
             self.over_cost_cap();
             if let Some(u) = &outcome.usage {
                 usage.add(u);
-                self.keys
-                    .correct_tokens(&booking, u.total_tokens, Instant::now());
             }
             self.events.emit(Event::AttemptFinished {
                 custom_id: job.custom_id.clone(),
@@ -349,7 +390,7 @@ impl Engine {
                 started,
                 attempts,
                 usage,
-                key: &key,
+                key: Some(&key),
                 reply: reply.as_ref(),
             };
 
@@ -424,9 +465,11 @@ impl Engine {
         }
     }
 
-    /// Books the request on a key and waits until its instant. `None` if the run halts
-    /// or no key is left.
-    async fn book_key(&self, job: &Job) -> Option<Booking> {
+    /// Takes the turn, a wire slot and a key booking, in that order, and waits until
+    /// the booked instant; hands the turn on before returning. The slot comes before the
+    /// booking so that the booked instant is the instant the attempt is sent: a booking
+    /// made first and used late could bunch requests into a burst.
+    async fn take_turn(&self, job: &Job, priority: Priority) -> Result<(Slot, Booking), Blocked> {
         // One `Throttled` per attempt that had to wait, with the time it really waited
         // (a booking may be redone after a pause, and a halt may cut the wait short),
         // so that "throttled attempts" count attempts and the wait is what was spent.
@@ -441,40 +484,53 @@ impl Engine {
                 });
             }
         };
+        let turn = tokio::select! {
+            biased;
+            _ = self.halt.cancelled() => return Err(Blocked::Halted),
+            turn = self.turnstile.enter(priority) => turn,
+        };
+        let slot = tokio::select! {
+            biased;
+            _ = self.halt.cancelled() => return Err(Blocked::Halted),
+            slot = self.wire.acquire() => slot.ok_or(Blocked::Halted)?,
+        };
         loop {
             if self.halt.is_cancelled() {
                 throttled(waited_on);
-                return None;
+                return Err(Blocked::Halted);
             }
             let now = Instant::now();
-            let Some(booking) = self.keys.book(|| job.estimated_tokens(), now) else {
-                self.stop("every API key left the pool (see the keys retired above); re-run with a working key to finish");
-                throttled(waited_on);
-                return None;
+            let booking = match self.keys.book(|| job.estimated_tokens(), now) {
+                Ok(booking) => booking,
+                Err(BookError::NoKeyLeft) => {
+                    self.stop("every API key left the pool (see the keys retired above); re-run with a working key to finish");
+                    throttled(waited_on);
+                    return Err(Blocked::Halted);
+                }
+                Err(BookError::TooLarge { tokens, limit }) => {
+                    throttled(waited_on);
+                    return Err(Blocked::TooLarge { tokens, limit });
+                }
             };
             if booking.at > now {
                 waited_on = Some(booking.lane);
                 tokio::select! {
+                    // The booking is dropped unsent: it gives itself back whole.
                     _ = self.halt.cancelled() => {
-                        self.keys.release(booking.lane);
                         throttled(waited_on);
-                        return None;
+                        return Err(Blocked::Halted);
                     }
                     _ = sleep_until(booking.at) => {}
                 }
             }
-            // A key paused (by a peer's 429) while we waited: book again rather than
-            // join the crowd that would fire the moment the pause ends.
-            if self
-                .keys
-                .paused_until(booking.lane, Instant::now())
-                .is_some()
-            {
-                self.keys.release(booking.lane);
+            // A key paused (by a peer's 429) or retired while we waited: book again
+            // rather than send on it; the unused booking is given back whole.
+            if self.keys.unusable(booking.lane, Instant::now()) {
                 continue;
             }
             throttled(waited_on);
-            return Some(booking);
+            drop(turn);
+            return Ok((slot, booking));
         }
     }
 
@@ -520,13 +576,11 @@ impl Engine {
         }
     }
 
-    /// Feeds the limits a reply's headers announce to its key.
-    fn learn_limits(&self, lane: usize, reply: &Reply) {
-        let seen = ratelimit::observe(&reply.headers, SystemTime::now());
-        if seen.is_empty() {
-            return;
-        }
-        let learned = self.keys.learn(lane, &seen, Instant::now());
+    /// Acts on what a reply's headers taught its key: a new limit is reported; nothing
+    /// left until a reset beyond `--max-wait` is a spent quota (the key leaves the pool,
+    /// exactly like a long Retry-After); a shorter one is waited out — by pausing the key
+    /// when no announced limit paces it, else by the pace itself.
+    fn apply_learned(&self, lane: usize, learned: Learned) {
         if let Some((requests_per_minute, tokens_per_minute)) = learned.changed {
             self.events.emit(Event::LimitLearned {
                 key: self.keys.lane(lane).label.clone(),
@@ -534,13 +588,17 @@ impl Engine {
                 tokens_per_minute,
             });
         }
-        // Nothing left until a reset within reach: wait it out on this key rather than
-        // collect a 429 for every request in flight. A longer wait is left to the 429
-        // that follows, which decides whether the key is spent (--max-wait).
-        if let Some(wait) = learned
-            .exhausted_for
-            .filter(|w| *w <= self.config.retry.max_wait)
-        {
+        let Some(wait) = learned.exhausted_for else {
+            return;
+        };
+        if wait > self.config.retry.max_wait {
+            let why = format!(
+                "the provider says nothing of the key's limit remains for {:.0} s, longer than --max-wait {:.0} s: treated as a spent quota",
+                wait.as_secs_f64(),
+                self.config.retry.max_wait.as_secs_f64()
+            );
+            self.retire(lane, Reason::QuotaExhausted, &why);
+        } else if !learned.paced {
             self.pause_key(lane, wait);
         }
     }
@@ -605,7 +663,7 @@ impl Engine {
                 latency_ms: latency.as_secs_f64() * 1000.0,
                 usage: done.usage,
                 cost: done.usage.cost,
-                key: Some(done.key),
+                key: done.key,
                 model: done.job.model.as_deref(),
                 finished_at: unix_now(),
             },
@@ -639,7 +697,8 @@ struct Done<'a> {
     started: Instant,
     attempts: u32,
     usage: Usage,
-    key: &'a str,
+    /// The key of the last attempt; `None` when none was sent.
+    key: Option<&'a str>,
     reply: Option<&'a Reply>,
 }
 

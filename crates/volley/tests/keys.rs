@@ -79,6 +79,35 @@ fn two_keys_double_the_throughput_and_each_stays_under_its_limit() {
 }
 
 #[test]
+fn a_token_buckets_burst_is_spent_at_once_then_its_rate_is_kept() {
+    // 600/min with a burst of 50: the burst goes at once, the other 100 at 10/s, so the
+    // provider's limit allows about 10 s.
+    let mock = MockProc::start(&["--rpm", "600", "--limit-shape", "bucket", "--burst", "50"]);
+    let ws = Workspace::new();
+    ws.prompts("b.jsonl", 150);
+    let started = Instant::now();
+    let out = ws.run(&run_args(
+        "b.jsonl",
+        &mock.base_url,
+        &["--concurrency", "8", "--progress", "log"],
+    ));
+    let took = started.elapsed();
+    assert_exit(&out, 0);
+    each_once(&ws, "b.results.jsonl", 150);
+    let stats = mock.stats();
+    let refused = stats["by_status"]["429"].as_u64().unwrap_or(0);
+    assert!(refused <= 2, "at most 1% of requests answered 429: {stats}");
+    assert!(
+        took >= Duration::from_secs(9),
+        "faster than the bucket allows: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_secs(20),
+        "more than twice the time the bucket allows: {took:?}"
+    );
+}
+
+#[test]
 fn limits_announced_in_headers_are_learned_and_respected() {
     let mock = MockProc::start(&["--rpm", "600"]);
     let ws = Workspace::new();
@@ -101,10 +130,11 @@ fn limits_announced_in_headers_are_learned_and_respected() {
         stats["by_status"].get("429").is_none(),
         "no 429 once the limit is known: {stats}"
     );
-    // The first burst went out before any limit was known; the rest were paced.
+    // 140 of the 600 the window allows: what remains is spent at once, not paced out
+    // over the minute (an even pace would take 14 s).
     assert!(
-        started.elapsed() >= Duration::from_secs(6),
-        "not paced: {:?}",
+        started.elapsed() < Duration::from_secs(6),
+        "what remained was left idle: {:?}",
         started.elapsed()
     );
     let learned = ws

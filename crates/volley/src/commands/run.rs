@@ -86,6 +86,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         limit: args.limit,
         skip_invalid: args.skip_invalid,
         retry_failed: args.retry_failed,
+        tpm: args.tpm,
     };
     let prepared = match runner::prepare(plan) {
         Ok(p) => p,

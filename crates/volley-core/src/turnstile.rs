@@ -1,0 +1,201 @@
+//! Who books a key next: requests already in the engine go before requests not yet
+//! sent (SPEC §5, "retries first").
+//!
+//! One request at a time holds the turn: it takes a wire slot, books a key and waits
+//! until its booked instant, then hands the turn on. Waiting requests are served
+//! retries first, then in arrival order. A retry therefore waits for at most the one
+//! booking ahead of it — not behind every fresh request queued for the key — so its
+//! spacing is its backoff, and tail latency stays short. Only the turn's holder books
+//! ahead of time, so no booking is ever made far in the future.
+//!
+//! The turn is a value: dropping it (or a cancelled wait for it) hands it on, so a
+//! halt or an aborted task cannot leave the turnstile locked.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+/// Where a request waits for its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A request already admitted: a retry, or one moved off a retired key.
+    Admitted,
+    /// A request not yet sent.
+    Fresh,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    held: bool,
+    admitted: VecDeque<oneshot::Sender<()>>,
+    fresh: VecDeque<oneshot::Sender<()>>,
+}
+
+/// The queue for the turn.
+#[derive(Debug, Default)]
+pub struct Turnstile {
+    state: Arc<Mutex<State>>,
+}
+
+/// The turn: held by one request at a time; handed on when dropped.
+#[derive(Debug)]
+pub struct Turn {
+    state: Arc<Mutex<State>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        hand_on(&self.state);
+    }
+}
+
+/// A wait for the turn; if it is dropped after the turn was handed to it, it hands
+/// the turn on instead of losing it.
+struct Waiting {
+    rx: Option<oneshot::Receiver<()>>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                hand_on(&self.state);
+            }
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Gives the turn to the next waiter still waiting, or frees it.
+fn hand_on(state: &Mutex<State>) {
+    let mut state = lock(state);
+    loop {
+        let next = state
+            .admitted
+            .pop_front()
+            .or_else(|| state.fresh.pop_front());
+        match next {
+            // A waiter that gave up has dropped its receiver: try the next one.
+            Some(tx) => {
+                if tx.send(()).is_ok() {
+                    return;
+                }
+            }
+            None => {
+                state.held = false;
+                return;
+            }
+        }
+    }
+}
+
+impl Turnstile {
+    pub fn new() -> Turnstile {
+        Turnstile::default()
+    }
+
+    /// Waits for the turn.
+    pub async fn enter(&self, priority: Priority) -> Turn {
+        let rx = {
+            let mut state = lock(&self.state);
+            if !state.held {
+                state.held = true;
+                return Turn {
+                    state: self.state.clone(),
+                };
+            }
+            let (tx, rx) = oneshot::channel();
+            match priority {
+                Priority::Admitted => state.admitted.push_back(tx),
+                Priority::Fresh => state.fresh.push_back(tx),
+            }
+            rx
+        };
+        let mut waiting = Waiting {
+            rx: Some(rx),
+            state: self.state.clone(),
+        };
+        if let Some(rx) = waiting.rx.as_mut() {
+            // A sender is dropped unsent only when its waiter is gone, so this is the
+            // turn (an error could only mean the turnstile itself is gone).
+            let _ = rx.await;
+        }
+        waiting.rx = None;
+        Turn {
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn admitted_requests_go_first_then_arrival_order() {
+        let gate = Arc::new(Turnstile::new());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = gate.enter(Priority::Fresh).await;
+        let mut tasks = Vec::new();
+        for (name, priority) in [
+            ("fresh-1", Priority::Fresh),
+            ("fresh-2", Priority::Fresh),
+            ("retry-1", Priority::Admitted),
+            ("fresh-3", Priority::Fresh),
+            ("retry-2", Priority::Admitted),
+        ] {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _turn = gate.enter(priority).await;
+                order.lock().unwrap().push(name);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["retry-1", "retry-2", "fresh-1", "fresh-2", "fresh-3"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gives_up_does_not_keep_the_turn() {
+        let gate = Arc::new(Turnstile::new());
+        let held = gate.enter(Priority::Fresh).await;
+        let quitter = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _turn = gate.enter(Priority::Fresh).await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            })
+        };
+        let waiter = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _turn = gate.enter(Priority::Fresh).await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The quitter is aborted while waiting (or just as the turn reaches it).
+        quitter.abort();
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("the turn reached the next waiter")
+            .unwrap();
+        let _again = tokio::time::timeout(Duration::from_secs(1), gate.enter(Priority::Fresh))
+            .await
+            .expect("and it is free again");
+    }
+}
