@@ -282,14 +282,78 @@ impl ScriptServer {
     }
 }
 
-/// Reads one request's head and body (by content-length).
-fn read_request(stream: &mut TcpStream) {
+/// A reply of a [`FnServer`]: status, headers and the body's raw bytes (which need not
+/// be UTF-8, or JSON).
+pub struct RawReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A tiny HTTP server whose every reply a function decides from the request's body: for
+/// hostile replies the mock will not send (absurd headers, broken bodies). One thread
+/// per connection, `connection: close`; it lives as long as the test process.
+pub struct FnServer {
+    pub base_url: String,
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FnServer {
+    pub fn start(reply: impl Fn(&[u8]) -> RawReply + Send + Sync + 'static) -> FnServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        let reply = Arc::new(reply);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let reply = reply.clone();
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let body = read_request(&mut stream);
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let r = reply(&body);
+                    let mut head = format!(
+                        "HTTP/1.1 {} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                        r.status,
+                        r.body.len()
+                    );
+                    if !r
+                        .headers
+                        .iter()
+                        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                    {
+                        head.push_str("content-type: application/json\r\n");
+                    }
+                    for (k, v) in &r.headers {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&r.body);
+                });
+            }
+        });
+        FnServer {
+            base_url: format!("http://{addr}/v1"),
+            requests,
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Reads one request's head and body (by content-length); returns the body.
+fn read_request(stream: &mut TcpStream) -> Vec<u8> {
     let mut reader = BufReader::new(stream);
     let mut len = 0usize;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
+            return Vec::new();
         }
         let l = line.to_ascii_lowercase();
         if let Some(v) = l.strip_prefix("content-length:") {
@@ -301,6 +365,7 @@ fn read_request(stream: &mut TcpStream) {
     }
     let mut body = vec![0u8; len];
     let _ = reader.read_exact(&mut body);
+    body
 }
 
 /// Arguments of `volley run INPUT` against `base_url` with the test key, model `m` for
