@@ -312,6 +312,9 @@ pub struct KeyPool {
     /// or completions stop short of `max_tokens`; booking the estimate as it is would
     /// then either idle the key or run into 429s.
     calibration: Mutex<f64>,
+    /// Woken when a reply changes what a limited key allows, so a request waiting for a
+    /// booked instant can book again instead of sleeping past room that opened up.
+    changed: tokio::sync::Notify,
 }
 
 impl KeyPool {
@@ -338,6 +341,7 @@ impl KeyPool {
             lanes,
             meters_tokens: AtomicBool::new(tpm.is_some()),
             calibration: Mutex::new(1.0),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -359,6 +363,16 @@ impl KeyPool {
             .iter()
             .filter(|l| l.state().retired.is_none())
             .count()
+    }
+
+    /// The reply with every key of the pool that it echoes replaced by the key's label.
+    pub fn redact(&self, mut reply: crate::transport::Reply) -> crate::transport::Reply {
+        for lane in &self.lanes {
+            if let Some(clean) = lane.key.redact(&reply.body, &lane.label) {
+                reply.body = clean;
+            }
+        }
+        reply
     }
 
     /// Whether a key is retired or paused past `now`: a booking on it should not be sent.
@@ -481,7 +495,17 @@ impl KeyPool {
             // No token limit yet: remember what was spent, in case one is learned.
             state.unpaced.tokens = state.unpaced.tokens.saturating_add(actual);
         }
-        self.learn(state, seen, seq, now)
+        let learned = self.learn(state, seen, seq, now);
+        if state.requests.limit().is_some() || state.tokens.limit().is_some() {
+            self.changed.notify_waiters();
+        }
+        learned
+    }
+
+    /// Resolves when a reply next changes what a limited key allows (see
+    /// [`tokio::sync::futures::Notified::enable`] to register before booking).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// Adjusts a key's limits to what a response's headers announced.
@@ -792,6 +816,37 @@ mod tests {
             level <= 5.0,
             "stale news lowered nothing and raised nothing: {level}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_429_nothing_goes_before_its_retry_after_until_the_provider_has_room() {
+        let pool = KeyPool::new(keys(1), None, None);
+        let now = Instant::now();
+        answer(&pool, &requests(quota(600, 0, 60_000)), now);
+        let mut late = pool.book(|| 0, now).unwrap();
+        late.sent();
+        // A 429 says: nothing for 59 s.
+        let until = now + Duration::from_secs(59);
+        pool.pause(0, until, now);
+        // A reply sent after it, still saying nothing is left, does not shorten that.
+        late.settle(
+            Some(0),
+            &requests(quota(600, 0, 60_000)),
+            now + Duration::from_millis(50),
+        );
+        let next = pool.book(|| 0, now + Duration::from_millis(60)).unwrap();
+        assert!(next.at >= until, "{:?}", next.at - now);
+        drop(next);
+        // A reply that says there is room again lifts it.
+        let mut probe = pool.book(|| 0, until).unwrap();
+        probe.sent();
+        probe.settle(
+            Some(0),
+            &requests(quota(600, 99, 60_000)),
+            until + Duration::from_millis(50),
+        );
+        let burst = pool.book(|| 0, until + Duration::from_millis(50)).unwrap();
+        assert_eq!(burst.at, until + Duration::from_millis(50));
     }
 
     #[tokio::test(start_paused = true)]

@@ -155,6 +155,10 @@ pub struct Allowance {
     /// The newest attempt (by send order) whose reply set the level: an older reply
     /// that arrives late may only lower it, never raise it with stale news.
     synced: u64,
+    /// Set by a 429: `tat` may not fall below this until a reply says something is
+    /// available again. Replies that say "nothing left" do not lift it: in a sliding
+    /// window nothing comes back before the Retry-After, whatever the steady rate says.
+    floor: Option<Instant>,
 }
 
 /// A duration of `units × interval`, saturating at [`crate::ratelimit::LONGEST_ANNOUNCED_WAIT`].
@@ -179,6 +183,7 @@ impl Allowance {
             interval: WINDOW,
             tat: now,
             synced: 0,
+            floor: None,
         };
         a.announce(limit, remaining, reset, outstanding, now, seq.max(1));
         a
@@ -214,6 +219,9 @@ impl Allowance {
     pub fn refund(&mut self, cost: u64) {
         let back = units_of(self.interval, cost.min(self.capacity) as f64);
         self.tat = self.tat.checked_sub(back).unwrap_or(self.tat);
+        if let Some(floor) = self.floor {
+            self.tat = self.tat.max(floor);
+        }
     }
 
     /// Charges `cost` more units (tokens billed beyond the booking).
@@ -248,6 +256,10 @@ impl Allowance {
         let said = remaining as f64 - outstanding as f64;
         let level = if seq > self.synced {
             self.synced = seq;
+            if remaining > 0 {
+                // The provider has room again: whatever a 429 said is over.
+                self.floor = None;
+            }
             said
         } else {
             // Older news than the last word: it may only lower the level.
@@ -256,15 +268,20 @@ impl Allowance {
         self.set_level(level, now);
     }
 
-    /// Nothing is available until `until` (a 429's Retry-After).
+    /// Nothing is available until `until` (a 429's Retry-After), and the allowance
+    /// grows only from then, until a reply says there is room again.
     pub fn exhaust_until(&mut self, until: Instant) {
-        let full_again = until + units_of(self.interval, self.capacity as f64);
-        self.tat = self.tat.max(full_again);
+        let floor = until + units_of(self.interval, self.capacity as f64);
+        self.floor = Some(self.floor.map_or(floor, |f| f.max(floor)));
+        self.tat = self.tat.max(floor);
     }
 
     fn set_level(&mut self, level: f64, now: Instant) {
         let missing = self.capacity as f64 - level.min(self.capacity as f64);
         self.tat = now + units_of(self.interval, missing);
+        if let Some(floor) = self.floor {
+            self.tat = self.tat.max(floor);
+        }
     }
 }
 

@@ -59,6 +59,11 @@ pub struct EngineConfig {
     pub pricing: Option<Arc<Pricing>>,
     /// `--max-cost`, USD.
     pub max_cost: Option<f64>,
+    /// Tests only: the custom_id of a request whose task panics just before it sends,
+    /// to prove that a panicking task loses no request. The binary sets it from
+    /// `VOLLEY_DEBUG_PANIC_ON` in debug builds only.
+    #[doc(hidden)]
+    pub debug_panic_on: Option<Arc<str>>,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +78,7 @@ impl Default for EngineConfig {
             adaptive: false,
             pricing: None,
             max_cost: None,
+            debug_panic_on: None,
         }
     }
 }
@@ -330,6 +336,12 @@ impl Engine {
             let sent = Instant::now();
             let started = *started.get_or_insert(sent);
             booking.sent();
+            if self.config.debug_panic_on.as_deref() == Some(&*job.custom_id) {
+                panic!(
+                    "VOLLEY_DEBUG_PANIC_ON asked request {} to panic",
+                    job.custom_id
+                );
+            }
             let result = self
                 .transport
                 .send(
@@ -340,9 +352,8 @@ impl Engine {
                 )
                 .await;
             let latency = sent.elapsed();
-            drop(slot);
 
-            let (mut outcome, reply) = match result {
+            let (mut outcome, reply) = match result.map(|r| self.keys.redact(r)) {
                 Ok(reply) => (
                     classify_reply(
                         endpoint,
@@ -366,6 +377,9 @@ impl Engine {
                 // keeps the request and the token estimate.
                 None => drop(booking),
             }
+            // The slot is given back once the key has learned from the reply, so the
+            // next attempt books on what the provider just said.
+            drop(slot);
             self.adapt_concurrency(&outcome);
             self.price(&mut outcome, job.model.as_deref());
             reservation.finish(outcome.usage.and_then(|u| u.cost));
@@ -499,6 +513,10 @@ impl Engine {
                 throttled(waited_on);
                 return Err(Blocked::Halted);
             }
+            // Registered before booking, so no reply between the two is missed.
+            let changed = self.keys.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let now = Instant::now();
             let booking = match self.keys.book(|| job.estimated_tokens(), now) {
                 Ok(booking) => booking,
@@ -521,6 +539,9 @@ impl Engine {
                         return Err(Blocked::Halted);
                     }
                     _ = sleep_until(booking.at) => {}
+                    // A reply said more is allowed than when this was booked: book
+                    // again (the unused booking is given back whole).
+                    _ = changed => continue,
                 }
             }
             // A key paused (by a peer's 429) or retired while we waited: book again

@@ -29,6 +29,41 @@ impl ApiKey {
     }
 }
 
+impl ApiKey {
+    /// The secret itself, as sent after `Bearer `.
+    fn secret(&self) -> &[u8] {
+        let value = self.0.as_bytes();
+        value.strip_prefix(b"Bearer ").unwrap_or(value)
+    }
+
+    /// `body` with every occurrence of this key replaced by `label`, when it holds one:
+    /// providers echo keys in their errors ("Incorrect API key provided: sk-…"), and a
+    /// body is written to ERRORS and its message to the log. Keys shorter than
+    /// [`REDACTED_KEY_MIN`] are left alone, as replacing them would mangle ordinary text.
+    pub fn redact(&self, body: &Bytes, label: &str) -> Option<Bytes> {
+        let secret = self.secret();
+        if secret.len() < REDACTED_KEY_MIN {
+            return None;
+        }
+        let finder = memchr::memmem::Finder::new(secret);
+        let first = finder.find(body)?;
+        let mut out = Vec::with_capacity(body.len());
+        let mut rest = &body[..];
+        let mut at = Some(first);
+        while let Some(i) = at {
+            out.extend_from_slice(&rest[..i]);
+            out.extend_from_slice(label.as_bytes());
+            rest = &rest[i + secret.len()..];
+            at = finder.find(rest);
+        }
+        out.extend_from_slice(rest);
+        Some(out.into())
+    }
+}
+
+/// The shortest key that [`ApiKey::redact`] looks for in replies.
+pub const REDACTED_KEY_MIN: usize = 8;
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ApiKey(<hidden>)")
@@ -206,6 +241,26 @@ fn describe(e: reqwest::Error) -> TransportFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_keys_are_redacted() {
+        let key = ApiKey::new("sk-or-v1-secret-1234".into()).unwrap();
+        let body = Bytes::from_static(
+            b"{\"error\":{\"message\":\"Incorrect API key provided: sk-or-v1-secret-1234 (sk-or-v1-secret-1234)\"}}",
+        );
+        let clean = key.redact(&body, "key#1").unwrap();
+        assert_eq!(
+            &clean[..],
+            b"{\"error\":{\"message\":\"Incorrect API key provided: key#1 (key#1)\"}}"
+        );
+        assert!(key.redact(&Bytes::from_static(b"{}"), "key#1").is_none());
+        let short = ApiKey::new("k1".into()).unwrap();
+        assert!(
+            short
+                .redact(&Bytes::from_static(b"k1k1"), "key#1")
+                .is_none()
+        );
+    }
 
     #[test]
     fn keys_never_print() {

@@ -39,33 +39,6 @@ const HOSTILE: [&str; 22] = [
     "1.7976931348623157e308",
 ];
 
-/// The case number a request's prompt carries (`case 17`).
-fn case_of(body: &[u8]) -> usize {
-    let text = String::from_utf8_lossy(body);
-    let at = text.find("case ").expect("a case number in the prompt") + 5;
-    text[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .expect("a case number")
-}
-
-/// Counts attempts per case; returns this attempt's number (1-based).
-fn attempt(counts: &Mutex<HashMap<usize, u32>>, case: usize) -> u32 {
-    let mut counts = counts.lock().unwrap();
-    let n = counts.entry(case).or_default();
-    *n += 1;
-    *n
-}
-
-fn cases_file(ws: &Workspace, n: usize) {
-    let text: String = (0..n)
-        .map(|i| format!("{{\"id\":\"c{i}\",\"prompt\":\"case {i}\",\"max_tokens\":5}}\n"))
-        .collect();
-    ws.write("cases.jsonl", &text);
-}
-
 fn good_body() -> Vec<u8> {
     completion("fine").to_string().into_bytes()
 }

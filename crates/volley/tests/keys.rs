@@ -304,4 +304,9 @@ fn a_tokens_per_minute_limit_paces_requests_of_varied_sizes() {
         took >= Duration::from_secs(3),
         "not paced by tokens: {took:?}"
     );
+    // About 5 s of tokens past the burst: twice that is too slow.
+    assert!(
+        took <= Duration::from_secs(12),
+        "more than twice the time the token limit allows: {took:?}"
+    );
 }

@@ -129,6 +129,7 @@ fn metrics_parse_and_agree_with_the_final_report() {
         assert!(Instant::now() < deadline, "the run did not finish");
         std::thread::sleep(Duration::from_millis(100));
     };
+    assert_no_key("/metrics", &http_get(&addr, "/metrics"));
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(ws.path("report.json")).unwrap()).unwrap();
 

@@ -83,17 +83,9 @@ fn faults_are_retried_until_every_request_succeeds_and_tokens_match_the_bill() {
         stats["tokens_billed"]["total"].as_u64().unwrap(),
         "{stats}"
     );
-    let key = std::env::var(KEY_ENV).unwrap_or_default();
     let text = std::fs::read_to_string(ws.path("batch.results.jsonl")).unwrap();
-    assert!(key.is_empty() || !text.contains(&key));
-    assert!(
-        !text.contains("sk-test-0000000000001234"),
-        "the key leaked into RESULTS"
-    );
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("sk-test-"),
-        "the key leaked into the log"
-    );
+    assert_no_key("RESULTS", &text);
+    assert_no_key("the log", &String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -188,6 +180,10 @@ fn a_429_with_retry_after_is_not_retried_sooner() {
     assert_eq!(arrivals.len(), 2);
     let gap = arrivals[1] - arrivals[0];
     assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
+    assert!(
+        gap <= Duration::from_secs(4),
+        "waited more than twice the Retry-After: {gap:?}"
+    );
     let results = ws.jsonl("b.results.jsonl");
     assert_eq!(results[0]["volley"]["attempts"], 2);
     assert_eq!(results[0]["custom_id"], "line-1");
@@ -538,4 +534,87 @@ fn a_static_rpm_limit_paces_requests_under_the_providers_limit() {
     assert!(stats["peak_requests_per_minute"].as_u64().unwrap() <= 600);
     // 600/min is 10/s: after a one-second burst of 10, the other 30 take about 3 s.
     assert!(took >= Duration::from_millis(2500), "not paced: {took:?}");
+    assert!(
+        took <= Duration::from_secs(6),
+        "more than twice the time the limit allows: {took:?}"
+    );
+}
+
+#[test]
+fn a_request_whose_task_panics_is_left_for_a_rerun_and_the_run_exits_3() {
+    let mock = MockProc::start(&[]);
+    let ws = Workspace::new();
+    ws.prompts("batch.jsonl", 30);
+    let args = run_args("batch.jsonl", &mock.base_url, &["--concurrency", "4"]);
+    let out = volley()
+        .args(&args)
+        .env("VOLLEY_DEBUG_PANIC_ON", "r7")
+        .current_dir(ws.dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("request r7 failed inside volley"),
+        "the log names the lost request: {err}"
+    );
+    let results = ws.jsonl("batch.results.jsonl");
+    assert_each_once(&results, 29);
+    assert!(!ids(&results).contains(&"r7".to_string()));
+    assert!(ws.jsonl("batch.errors.jsonl").is_empty());
+    // Nothing leaked: the other 29 finished on the slots and bookings it held.
+    let out = ws.run(&args);
+    assert_exit(&out, 0);
+    assert_each_once(&ws.jsonl("batch.results.jsonl"), 30);
+}
+
+#[test]
+fn a_retry_goes_before_requests_not_yet_sent() {
+    // 10 requests/s for 80 requests queued 32 deep: a retry that waited behind the queue
+    // would wait seconds; one that goes first waits its backoff and one booking.
+    let mock = MockProc::start(&["--fail-rate", "0.15", "--seed", "5"]);
+    let ws = Workspace::new();
+    ws.prompts("batch.jsonl", 80);
+    let out = ws.run(&run_args(
+        "batch.jsonl",
+        &mock.base_url,
+        &[
+            &[
+                "--rpm",
+                "600",
+                "--concurrency",
+                "32",
+                "--events",
+                "ev.jsonl",
+            ][..],
+            &FAST_RETRY,
+        ]
+        .concat(),
+    ));
+    assert_exit(&out, 0);
+    assert_each_once(&ws.jsonl("batch.results.jsonl"), 80);
+    let events = ws.jsonl("ev.jsonl");
+    let at = |kind: &str, id: &Value, attempt: u64| {
+        events
+            .iter()
+            .find(|e| e["event"] == kind && e["custom_id"] == *id && e["attempt"] == attempt)
+            .map(|e| e["t"].as_f64().unwrap())
+    };
+    let mut gaps = Vec::new();
+    for e in events
+        .iter()
+        .filter(|e| e["event"] == "attempt_started" && e["attempt"] == 2)
+    {
+        let failed = at("attempt_finished", &e["custom_id"], 1).unwrap();
+        gaps.push(e["t"].as_f64().unwrap() - failed);
+    }
+    assert!(
+        gaps.len() >= 3,
+        "the mock should have failed some: {gaps:?}"
+    );
+    let worst = gaps.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        worst < 1.5,
+        "a retry waited behind the queue: {worst:.2} s (all: {gaps:?})"
+    );
 }

@@ -212,6 +212,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         adaptive: args.rpm.is_none() && args.tpm.is_none(),
         pricing,
         max_cost: args.max_cost,
+        // A test hook, compiled into debug builds only (see `EngineConfig`).
+        debug_panic_on: if cfg!(debug_assertions) {
+            std::env::var("VOLLEY_DEBUG_PANIC_ON").ok().map(Into::into)
+        } else {
+            None
+        },
     };
     let openrouter = volley_core::openrouter::is_openrouter(&base_url);
     let target = Target {

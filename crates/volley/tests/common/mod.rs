@@ -15,12 +15,22 @@ use serde_json::Value;
 /// The env var tests put their fake key in.
 pub const KEY_ENV: &str = "VOLLEY_TEST_KEY";
 
+/// The fake key every test run gets: tests look for it in every output.
+pub const TEST_KEY: &str = "sk-test-0000000000001234";
+
+/// Panics if `text` (the contents of `what`) holds the test key, or its secret part.
+pub fn assert_no_key(what: &str, text: &str) {
+    for secret in [TEST_KEY, &TEST_KEY[8..]] {
+        assert!(!text.contains(secret), "the key leaked into {what}");
+    }
+}
+
 pub fn volley() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
     cmd.env_remove("OPENROUTER_API_KEY")
         .env_remove("OPENAI_API_KEY")
         .env_remove("VOLLEY_BASE_URL");
-    cmd.env(KEY_ENV, "sk-test-0000000000001234");
+    cmd.env(KEY_ENV, TEST_KEY);
     cmd
 }
 
@@ -344,6 +354,33 @@ impl FnServer {
     pub fn requests(&self) -> usize {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// The case number a request's prompt carries (`case 17`).
+pub fn case_of(body: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(body);
+    let at = text.find("case ").expect("a case number in the prompt") + 5;
+    text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a case number")
+}
+
+/// Counts attempts per case; returns this attempt's number (1-based).
+pub fn attempt(counts: &Mutex<std::collections::HashMap<usize, u32>>, case: usize) -> u32 {
+    let mut counts = counts.lock().unwrap();
+    let n = counts.entry(case).or_default();
+    *n += 1;
+    *n
+}
+
+pub fn cases_file(ws: &Workspace, n: usize) {
+    let text: String = (0..n)
+        .map(|i| format!("{{\"id\":\"c{i}\",\"prompt\":\"case {i}\",\"max_tokens\":5}}\n"))
+        .collect();
+    ws.write("cases.jsonl", &text);
 }
 
 /// Reads one request's head and body (by content-length); returns the body.
