@@ -307,6 +307,9 @@ pub struct KeyPool {
     lanes: Vec<KeyLane>,
     /// Whether any key has a token limit, i.e. whether requests must be tokenized.
     meters_tokens: AtomicBool,
+    /// Whether any key has had a limit or a pause: until then every booking is
+    /// immediate and requests need not take turns. Never goes back to false.
+    limited: AtomicBool,
     /// Real tokens per estimated token, as a moving average over replies. Estimates
     /// are off when the provider's tokenizer is not ours (Claude, Llama on OpenRouter)
     /// or completions stop short of `max_tokens`; booking the estimate as it is would
@@ -340,6 +343,7 @@ impl KeyPool {
         Arc::new(KeyPool {
             lanes,
             meters_tokens: AtomicBool::new(tpm.is_some()),
+            limited: AtomicBool::new(rpm.is_some() || tpm.is_some()),
             calibration: Mutex::new(1.0),
             changed: tokio::sync::Notify::new(),
         })
@@ -497,9 +501,15 @@ impl KeyPool {
         }
         let learned = self.learn(state, seen, seq, now);
         if state.requests.limit().is_some() || state.tokens.limit().is_some() {
+            self.limited.store(true, Ordering::Relaxed);
             self.changed.notify_waiters();
         }
         learned
+    }
+
+    /// Whether any key has had a limit or a pause (see [`KeyPool::book`]'s callers).
+    pub fn is_limited(&self) -> bool {
+        self.limited.load(Ordering::Relaxed)
     }
 
     /// Resolves when a reply next changes what a limited key allows (see
@@ -556,6 +566,7 @@ impl KeyPool {
     /// true when this starts a new pause, so that a pause is reported once, not once per
     /// in-flight request that ran into the same 429.
     pub fn pause(&self, lane: usize, until: Instant, now: Instant) -> bool {
+        self.limited.store(true, Ordering::Relaxed);
         let mut state = self.lanes[lane].state();
         let running = state.paused_until.is_some_and(|t| t > now);
         if state.paused_until.is_none_or(|t| t < until) {

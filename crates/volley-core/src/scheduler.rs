@@ -498,10 +498,17 @@ impl Engine {
                 });
             }
         };
-        let turn = tokio::select! {
-            biased;
-            _ = self.halt.cancelled() => return Err(Blocked::Halted),
-            turn = self.turnstile.enter(priority) => turn,
+        // While no key is limited or paused every booking is immediate and the only
+        // queue is the wire: taking turns would only add a hand-off per request. Once
+        // one is, bookings wait, and requests take turns so admitted ones go first.
+        let turn = if self.keys.is_limited() {
+            Some(tokio::select! {
+                biased;
+                _ = self.halt.cancelled() => return Err(Blocked::Halted),
+                turn = self.turnstile.enter(priority) => turn,
+            })
+        } else {
+            None
         };
         let slot = tokio::select! {
             biased;
@@ -516,7 +523,9 @@ impl Engine {
             // Registered before booking, so no reply between the two is missed.
             let changed = self.keys.changed();
             tokio::pin!(changed);
-            changed.as_mut().enable();
+            if turn.is_some() {
+                changed.as_mut().enable();
+            }
             let now = Instant::now();
             let booking = match self.keys.book(|| job.estimated_tokens(), now) {
                 Ok(booking) => booking,
