@@ -52,7 +52,8 @@ impl CostReservation {
         if let Some(spent) = self.spent.take() {
             let mut spent = spent.lock().unwrap_or_else(|p| p.into_inner());
             spent.in_flight = spent.in_flight.saturating_sub(1);
-            if let Some(cost) = cost {
+            // Only a real cost counts: a hostile negative one must not buy headroom.
+            if let Some(cost) = cost.filter(|c| c.is_finite() && *c >= 0.0) {
                 spent.total += cost;
                 spent.dearest_attempt = spent.dearest_attempt.max(cost);
             }

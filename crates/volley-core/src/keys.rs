@@ -165,10 +165,20 @@ impl Meter {
         self.limit() != before
     }
 
-    /// Nothing may go before `until` (a 429 with its Retry-After).
-    fn exhaust_until(&mut self, until: Instant) {
+    /// Nothing may go before `until` (a 429 to the `seq`-th attempt, with its
+    /// Retry-After).
+    fn exhaust_until(&mut self, until: Instant, seq: u64) {
         if let Some(a) = &mut self.allowance {
-            a.exhaust_until(until);
+            a.exhaust_until(until, seq);
+        }
+    }
+
+    /// The most one booking may charge: the tightest limit in force.
+    fn cap(&self) -> Option<u64> {
+        let announced = self.allowance.as_ref().map(Allowance::limit);
+        match (self.pace.limit(), announced) {
+            (Some(p), Some(a)) => Some(p.min(a)),
+            (p, a) => p.or(a),
         }
     }
 }
@@ -232,6 +242,14 @@ pub struct Booking {
 }
 
 impl Booking {
+    /// The attempt's send order on its key (0 before it is sent).
+    pub fn seq(&self) -> u64 {
+        match self.stage {
+            Stage::Sent { seq } => seq,
+            _ => 0,
+        }
+    }
+
     /// The attempt goes on the wire now.
     pub fn sent(&mut self) {
         if self.stage == Stage::Booked {
@@ -375,6 +393,16 @@ impl KeyPool {
             if let Some(clean) = lane.key.redact(&reply.body, &lane.label) {
                 reply.body = clean;
             }
+            // The request id is written to RESULTS and ERRORS too.
+            let id = reply
+                .headers
+                .get("x-request-id")
+                .map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()));
+            if let Some(clean) = id.and_then(|id| lane.key.redact(&id, &lane.label))
+                && let Ok(value) = http::HeaderValue::from_bytes(&clean)
+            {
+                reply.headers.insert("x-request-id", value);
+            }
         }
         reply
     }
@@ -437,6 +465,9 @@ impl KeyPool {
             return self.book_estimate(estimate, now);
         }
         let at = earliest(&state, tokens, now);
+        // Booked as charged: never more than the key's token limit can hold, so a
+        // later correction works from what was really charged.
+        let tokens = state.tokens.cap().map_or(tokens, |cap| tokens.min(cap));
         state.requests.book(1, at);
         state.tokens.book(tokens, at);
         state.in_flight += 1;
@@ -502,9 +533,22 @@ impl KeyPool {
         let learned = self.learn(state, seen, seq, now);
         if state.requests.limit().is_some() || state.tokens.limit().is_some() {
             self.limited.store(true, Ordering::Relaxed);
-            self.changed.notify_waiters();
         }
         learned
+    }
+
+    /// Wakes the request waiting for a booked instant, to book again: the caller has
+    /// applied everything a reply meant (its pause, a retirement) first, so the waiter
+    /// books on the key's new state, never on a state about to change.
+    pub fn wake(&self) {
+        if self.is_limited() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Whether any key meters tokens, i.e. whether requests must be tokenized.
+    pub fn meters_tokens(&self) -> bool {
+        self.meters_tokens.load(Ordering::Relaxed)
     }
 
     /// Whether any key has had a limit or a pause (see [`KeyPool::book`]'s callers).
@@ -565,15 +609,18 @@ impl KeyPool {
     /// what the provider allows counts from then, not from before the pause. Returns
     /// true when this starts a new pause, so that a pause is reported once, not once per
     /// in-flight request that ran into the same 429.
-    pub fn pause(&self, lane: usize, until: Instant, now: Instant) -> bool {
+    /// `seq` is the send order of the attempt that was refused (0 if unknown).
+    pub fn pause(&self, lane: usize, until: Instant, now: Instant, seq: u64) -> bool {
         self.limited.store(true, Ordering::Relaxed);
         let mut state = self.lanes[lane].state();
         let running = state.paused_until.is_some_and(|t| t > now);
         if state.paused_until.is_none_or(|t| t < until) {
             state.paused_until = Some(until);
         }
-        state.requests.exhaust_until(until);
-        state.tokens.exhaust_until(until);
+        state.requests.exhaust_until(until, seq);
+        state.tokens.exhaust_until(until, seq);
+        drop(state);
+        self.wake();
         !running
     }
 
@@ -584,6 +631,9 @@ impl KeyPool {
             return false;
         }
         state.retired = Some(why);
+        drop(state);
+        // A request sleeping until its instant on this key must book another.
+        self.changed.notify_waiters();
         true
     }
 }
@@ -649,13 +699,13 @@ mod tests {
         let b = pool.book(|| 0, now).unwrap();
         assert_ne!(a.lane, b.lane, "unlimited keys share the work");
         drop((a, b));
-        assert!(pool.pause(0, now + Duration::from_secs(5), now));
+        assert!(pool.pause(0, now + Duration::from_secs(5), now, 0));
         assert!(
-            !pool.pause(0, now + Duration::from_secs(3), now),
+            !pool.pause(0, now + Duration::from_secs(3), now, 0),
             "a shorter pause changes nothing"
         );
         assert!(
-            !pool.pause(0, now + Duration::from_secs(4), now),
+            !pool.pause(0, now + Duration::from_secs(4), now, 0),
             "already paused: no new event"
         );
         assert!(pool.unusable(0, now));
@@ -838,7 +888,7 @@ mod tests {
         late.sent();
         // A 429 says: nothing for 59 s.
         let until = now + Duration::from_secs(59);
-        pool.pause(0, until, now);
+        pool.pause(0, until, now, late.seq());
         // A reply sent after it, still saying nothing is left, does not shorten that.
         late.settle(
             Some(0),

@@ -203,21 +203,27 @@ impl Allowance {
     /// The earliest instant, not before `now`, at which `cost` units may go. A request
     /// larger than the capacity goes once the allowance is full.
     pub fn earliest(&self, cost: u64, now: Instant) -> Instant {
-        let cost = cost.min(self.capacity);
-        let slack = units_of(self.interval, (self.capacity - cost) as f64);
-        self.tat.checked_sub(slack).map_or(now, |t| t.max(now))
+        // Computed from the level itself, not from two clamped durations that could
+        // cancel out when the figures are absurd.
+        let cost = cost.min(self.capacity) as f64;
+        let level = self.available(now);
+        if level >= cost {
+            now
+        } else {
+            now + units_of(self.interval, cost - level)
+        }
     }
 
-    /// Books `cost` units at `at`.
+    /// Books `cost` units at `at`; a booking is capped at what the limit can hold.
     pub fn commit(&mut self, cost: u64, at: Instant) {
-        let cost = cost.min(self.capacity);
+        let cost = cost.min(self.limit);
         // A bucket that was full before `at` holds `capacity` then, not more.
         self.tat = self.tat.max(at) + units_of(self.interval, cost as f64);
     }
 
     /// Gives `cost` units back (a booking never sent, or tokens not billed).
     pub fn refund(&mut self, cost: u64) {
-        let back = units_of(self.interval, cost.min(self.capacity) as f64);
+        let back = units_of(self.interval, cost.min(self.limit) as f64);
         self.tat = self.tat.checked_sub(back).unwrap_or(self.tat);
         if let Some(floor) = self.floor {
             self.tat = self.tat.max(floor);
@@ -226,7 +232,7 @@ impl Allowance {
 
     /// Charges `cost` more units (tokens billed beyond the booking).
     pub fn charge(&mut self, cost: u64) {
-        self.tat += units_of(self.interval, cost.min(self.capacity) as f64);
+        self.tat += units_of(self.interval, cost.min(self.limit) as f64);
     }
 
     /// A reply announced `remaining` of `limit` (with `reset`), sent as attempt `seq`,
@@ -249,7 +255,13 @@ impl Allowance {
         self.limit = limit;
         // `remaining` is what was left after this reply's own request: the provider
         // allows at least one more than that at once.
-        self.capacity = self.capacity.max((remaining + 1).min(limit));
+        // Never above the limit now in force: a provider that lowers its limit, or one
+        // absurd reply before sane ones, must not leave a burst the limit cannot hold.
+        self.capacity = self
+            .capacity
+            .max((remaining + 1).min(limit))
+            .min(limit)
+            .max(1);
         self.interval = crate::ratelimit::seconds(window.as_secs_f64() / limit as f64)
             .unwrap_or(WINDOW)
             .max(Duration::from_nanos(1));
@@ -269,8 +281,10 @@ impl Allowance {
     }
 
     /// Nothing is available until `until` (a 429's Retry-After), and the allowance
-    /// grows only from then, until a reply says there is room again.
-    pub fn exhaust_until(&mut self, until: Instant) {
+    /// grows only from then, until a reply says there is room again. `seq` is the
+    /// refused attempt's send order: replies to attempts sent before it are older news.
+    pub fn exhaust_until(&mut self, until: Instant, seq: u64) {
+        self.synced = self.synced.max(seq);
         let floor = until + units_of(self.interval, self.capacity as f64);
         self.floor = Some(self.floor.map_or(floor, |f| f.max(floor)));
         self.tat = self.tat.max(floor);
@@ -281,6 +295,63 @@ impl Allowance {
         self.tat = now + units_of(self.interval, missing);
         if let Some(floor) = self.floor {
             self.tat = self.tat.max(floor);
+        }
+    }
+}
+
+#[cfg(test)]
+mod allowance_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_absurd_reply_does_not_switch_limiting_off() {
+        let now = Instant::now();
+        let big = crate::ratelimit::LARGEST_ANNOUNCED_COUNT;
+        let mut a = Allowance::new(big, big, None, 0, now, 1);
+        a.announce(600, 0, Some(WINDOW), 0, now, 2);
+        assert!(
+            a.earliest(1, now) > now,
+            "nothing remains: {:?}",
+            a.earliest(1, now) - now
+        );
+        assert!(a.earliest(1, now) <= now + Duration::from_millis(101));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drained_start_still_charges_each_request_whole() {
+        let now = Instant::now();
+        // The first word: nothing left of 60,000 tokens/min (1,000/s).
+        let mut a = Allowance::new(60_000, 0, None, 0, now, 1);
+        let first = a.earliest(5_000, now);
+        a.commit(5_000, first);
+        let second = a.earliest(5_000, first);
+        assert!(
+            second - first >= Duration::from_millis(4_990),
+            "5,000 tokens take 5 s at 1,000/s: {:?}",
+            second - first
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a provider announces, nothing panics and every instant handed out
+        /// is at or after the moment it was asked for.
+        #[test]
+        fn any_announcement_is_safe(
+            limit in 0u64..u64::MAX, remaining in 0u64..u64::MAX,
+            reset_ms in proptest::option::of(0u64..u64::MAX / 2),
+            outstanding in 0u64..1_000_000, cost in 0u64..u64::MAX,
+        ) {
+            let now = Instant::now();
+            let reset = reset_ms.map(|ms| crate::ratelimit::clamp_wait(Duration::from_millis(ms)));
+            let mut a = Allowance::new(limit, remaining, reset, outstanding, now, 1);
+            let at = a.earliest(cost, now);
+            proptest::prop_assert!(at >= now);
+            a.commit(cost, at);
+            a.refund(cost);
+            a.charge(cost);
+            a.exhaust_until(now + Duration::from_secs(1), 2);
+            a.announce(limit, remaining, reset, outstanding, now, 3);
+            proptest::prop_assert!(a.earliest(1, now) >= now);
         }
     }
 }

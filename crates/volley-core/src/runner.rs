@@ -215,18 +215,18 @@ fn scan(
                             issue(&mut issues, number, format!("line-{number}"), message, done)
                         } else {
                             first_seen_note(&mut first_seen, id, number);
-                            let too_large = plan
+                            if done.contains(id) {
+                                already_done += 1;
+                                LineFate::Skip
+                            } else if let Some((tokens, tpm)) = plan
                                 .tpm
                                 .map(|tpm| (request.estimated_tokens(), tpm))
-                                .filter(|(tokens, tpm)| tokens > tpm);
-                            if let Some((tokens, tpm)) = too_large {
+                                .filter(|(tokens, tpm)| tokens > tpm)
+                            {
                                 let message = format!(
                                     "needs about {tokens} tokens (prompt plus max_tokens), more than --tpm {tpm}: it can never be sent within the limit"
                                 );
                                 issue(&mut issues, number, id.to_string(), message, done)
-                            } else if done.contains(id) {
-                                already_done += 1;
-                                LineFate::Skip
                             } else if plan.limit.is_some_and(|l| to_send >= l) {
                                 LineFate::Skip
                             } else {

@@ -366,12 +366,18 @@ impl Engine {
                 ),
                 Err(failure) => (classify_failure(&failure), None),
             };
+            let seq = booking.seq();
             match &reply {
                 Some(reply) => {
                     let seen = ratelimit::observe(&reply.headers, SystemTime::now());
                     let billed = outcome.usage.map(|u| u.total_tokens);
                     let learned = booking.settle(billed, &seen, Instant::now());
                     self.apply_learned(lane, learned);
+                    // What the reply freed or announced may let a waiting request go
+                    // sooner; a 429's pause or a retirement wakes it once applied.
+                    if !matches!(outcome.verdict, Verdict::RateLimited | Verdict::RetireKey) {
+                        self.keys.wake();
+                    }
                 }
                 // No reply: the provider may have counted the attempt, so its booking
                 // keeps the request and the token estimate.
@@ -429,7 +435,7 @@ impl Engine {
                         self.retire(lane, Reason::QuotaExhausted, &why);
                         continue;
                     }
-                    self.pause_key(lane, pause);
+                    self.pause_key(lane, pause, seq);
                     if rate_limited_retries > defaults::MAX_RATE_LIMITED_RETRIES {
                         let why = format!(
                             "still rate limited after {rate_limited_retries} tries: {}",
@@ -498,6 +504,10 @@ impl Engine {
                 });
             }
         };
+        // Tokenized before taking the turn, so requests are not tokenized one at a time.
+        if self.keys.meters_tokens() {
+            job.estimated_tokens();
+        }
         // While no key is limited or paused every booking is immediate and the only
         // queue is the wire: taking turns would only add a hand-off per request. Once
         // one is, bookings wait, and requests take turns so admitted ones go first.
@@ -629,14 +639,14 @@ impl Engine {
             );
             self.retire(lane, Reason::QuotaExhausted, &why);
         } else if !learned.paced {
-            self.pause_key(lane, wait);
+            self.pause_key(lane, wait, 0);
         }
     }
 
     /// Pauses a key for `pause`; a new pause is one event, however many requests saw it.
-    fn pause_key(&self, lane: usize, pause: Duration) {
+    fn pause_key(&self, lane: usize, pause: Duration, seq: u64) {
         let now = Instant::now();
-        if self.keys.pause(lane, now + pause, now) {
+        if self.keys.pause(lane, now + pause, now, seq) {
             self.events.emit(Event::KeyPaused {
                 key: self.keys.lane(lane).label.clone(),
                 pause,

@@ -55,7 +55,8 @@ pub fn estimate(body: &[u8], model: Option<&str>) -> u64 {
             .and_then(Value::as_u64)
             .unwrap_or(defaults::COMPLETION_TOKENS_ESTIMATE)
     };
-    prompt + completion
+    // `max_tokens` comes from the input file: it may be anything up to u64::MAX.
+    prompt.saturating_add(completion)
 }
 
 /// The text of a message's content: a string, or its text parts joined.

@@ -48,7 +48,7 @@ impl Usage {
         let total = usage
             .get("total_tokens")
             .and_then(Value::as_u64)
-            .unwrap_or(prompt + completion);
+            .unwrap_or_else(|| prompt.saturating_add(completion));
         Some(Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
@@ -63,7 +63,11 @@ impl Usage {
                     .get("prompt_tokens_details")
                     .and_then(|d| d.get("cached_tokens")),
             ),
-            cost: usage.get("cost").and_then(Value::as_f64),
+            // A cost that is not a finite, non-negative number is unknown, not a refund.
+            cost: usage
+                .get("cost")
+                .and_then(Value::as_f64)
+                .filter(|c| c.is_finite() && *c >= 0.0),
         })
     }
 
@@ -137,6 +141,16 @@ mod tests {
         sum.add(&unknown);
         assert_eq!(sum.cost, None);
         assert_eq!(sum.total_tokens, 4);
+    }
+
+    #[test]
+    fn hostile_figures_neither_overflow_nor_refund() {
+        let u = Usage::from_usage(&serde_json::json!({
+            "prompt_tokens": u64::MAX, "completion_tokens": 1, "cost": -1e300
+        }))
+        .unwrap();
+        assert_eq!(u.total_tokens, u64::MAX);
+        assert_eq!(u.cost, None, "a negative cost is unknown");
     }
 
     #[test]

@@ -350,3 +350,50 @@ fn a_request_that_can_never_fit_the_token_limit() {
     assert_eq!(errors[0]["volley"]["attempts"], 0, "never sent");
     assert_eq!(ws.jsonl("in.results.jsonl").len(), 2);
 }
+
+#[test]
+fn absurd_usage_figures_neither_crash_nor_refund() {
+    let server = FnServer::start(|_| {
+        RawReply {
+        status: 200,
+        headers: Vec::new(),
+        body: json!({
+            "choices": [{"message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": u64::MAX, "completion_tokens": 1, "cost": -1e300}
+        })
+        .to_string()
+        .into_bytes(),
+    }
+    });
+    let ws = Workspace::new();
+    // An input line whose max_tokens is the largest number JSON can carry here.
+    ws.write(
+        "in.jsonl",
+        "{\"id\":\"a\",\"prompt\":\"hi\",\"max_tokens\":18446744073709551615}\n{\"id\":\"b\",\"prompt\":\"hi\"}\n",
+    );
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &server.base_url,
+        &["--max-cost", "1", "--report", "r.json"],
+    ));
+    no_panic(&out);
+    assert_exit(&out, 0);
+    let results = ws.jsonl("in.results.jsonl");
+    assert_eq!(results.len(), 2);
+    for line in &results {
+        assert_eq!(line["volley"]["usage"]["total_tokens"], u64::MAX);
+        assert!(
+            line["volley"]["cost"].is_null(),
+            "a negative cost is unknown: {line}"
+        );
+    }
+    // With a token limit the same line is an input error, not an overflow.
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &server.base_url,
+        &["--tpm", "1000", "-o", "other.jsonl"],
+    ));
+    no_panic(&out);
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in.jsonl:1"));
+}
