@@ -161,22 +161,26 @@ pub struct Allowance {
     floor: Option<Instant>,
 }
 
+/// What one reply said about a limit, with what the key had booked and unanswered.
+#[derive(Debug, Clone, Copy)]
+pub struct Announcement {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Option<Duration>,
+    /// Units booked and not yet answered: `remaining` does not count them yet.
+    pub outstanding: u64,
+    /// The send order of the attempt the reply answers.
+    pub seq: u64,
+}
+
 /// A duration of `units × interval`, saturating at [`crate::ratelimit::LONGEST_ANNOUNCED_WAIT`].
 fn units_of(interval: Duration, units: f64) -> Duration {
     crate::ratelimit::seconds(interval.as_secs_f64() * units.max(0.0)).unwrap_or(Duration::ZERO)
 }
 
 impl Allowance {
-    /// An allowance from a first announcement: `remaining` of `limit` are left now, with
-    /// `outstanding` units booked and not yet answered; `reset` as announced.
-    pub fn new(
-        limit: u64,
-        remaining: u64,
-        reset: Option<Duration>,
-        outstanding: u64,
-        now: Instant,
-        seq: u64,
-    ) -> Allowance {
+    /// An allowance from a first announcement.
+    pub fn new(said: &Announcement, now: Instant) -> Allowance {
         let mut a = Allowance {
             limit: 1,
             capacity: 1,
@@ -185,7 +189,13 @@ impl Allowance {
             synced: 0,
             floor: None,
         };
-        a.announce(limit, remaining, reset, outstanding, now, seq.max(1));
+        a.announce(
+            &Announcement {
+                seq: said.seq.max(1),
+                ..*said
+            },
+            now,
+        );
         a
     }
 
@@ -235,17 +245,15 @@ impl Allowance {
         self.tat += units_of(self.interval, cost.min(self.limit) as f64);
     }
 
-    /// A reply announced `remaining` of `limit` (with `reset`), sent as attempt `seq`,
-    /// while `outstanding` units are booked and unanswered.
-    pub fn announce(
-        &mut self,
-        limit: u64,
-        remaining: u64,
-        reset: Option<Duration>,
-        outstanding: u64,
-        now: Instant,
-        seq: u64,
-    ) {
+    /// A reply announced what remains (see [`Announcement`]).
+    pub fn announce(&mut self, said: &Announcement, now: Instant) {
+        let Announcement {
+            limit,
+            remaining,
+            reset,
+            outstanding,
+            seq,
+        } = *said;
         let limit = limit.clamp(1, crate::ratelimit::LARGEST_ANNOUNCED_COUNT);
         let remaining = remaining.min(limit);
         // A reset longer than a minute means the limit is not per minute (a daily
@@ -307,8 +315,15 @@ mod allowance_tests {
     async fn one_absurd_reply_does_not_switch_limiting_off() {
         let now = Instant::now();
         let big = crate::ratelimit::LARGEST_ANNOUNCED_COUNT;
-        let mut a = Allowance::new(big, big, None, 0, now, 1);
-        a.announce(600, 0, Some(WINDOW), 0, now, 2);
+        let said = |limit, remaining, reset, seq| Announcement {
+            limit,
+            remaining,
+            reset,
+            outstanding: 0,
+            seq,
+        };
+        let mut a = Allowance::new(&said(big, big, None, 1), now);
+        a.announce(&said(600, 0, Some(WINDOW), 2), now);
         assert!(
             a.earliest(1, now) > now,
             "nothing remains: {:?}",
@@ -321,7 +336,16 @@ mod allowance_tests {
     async fn a_drained_start_still_charges_each_request_whole() {
         let now = Instant::now();
         // The first word: nothing left of 60,000 tokens/min (1,000/s).
-        let mut a = Allowance::new(60_000, 0, None, 0, now, 1);
+        let mut a = Allowance::new(
+            &Announcement {
+                limit: 60_000,
+                remaining: 0,
+                reset: None,
+                outstanding: 0,
+                seq: 1,
+            },
+            now,
+        );
         let first = a.earliest(5_000, now);
         a.commit(5_000, first);
         let second = a.earliest(5_000, first);
@@ -343,14 +367,15 @@ mod allowance_tests {
         ) {
             let now = Instant::now();
             let reset = reset_ms.map(|ms| crate::ratelimit::clamp_wait(Duration::from_millis(ms)));
-            let mut a = Allowance::new(limit, remaining, reset, outstanding, now, 1);
+            let said = Announcement { limit, remaining, reset, outstanding, seq: 1 };
+            let mut a = Allowance::new(&said, now);
             let at = a.earliest(cost, now);
             proptest::prop_assert!(at >= now);
             a.commit(cost, at);
             a.refund(cost);
             a.charge(cost);
             a.exhaust_until(now + Duration::from_secs(1), 2);
-            a.announce(limit, remaining, reset, outstanding, now, 3);
+            a.announce(&Announcement { seq: 3, ..said }, now);
             proptest::prop_assert!(a.earliest(1, now) >= now);
         }
     }

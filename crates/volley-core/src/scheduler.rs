@@ -427,12 +427,7 @@ impl Engine {
                     rate_limited_retries += 1;
                     let pause = outcome.retry_after.unwrap_or(defaults::RATE_LIMIT_COOLDOWN);
                     if pause > self.config.retry.max_wait {
-                        let why = format!(
-                            "asked to wait {:.0} s, longer than --max-wait {:.0} s: treated as a spent quota",
-                            pause.as_secs_f64(),
-                            self.config.retry.max_wait.as_secs_f64()
-                        );
-                        self.retire(lane, Reason::QuotaExhausted, &why);
+                        self.retire_spent(lane, "asked to wait", pause);
                         continue;
                     }
                     self.pause_key(lane, pause, seq);
@@ -632,12 +627,11 @@ impl Engine {
             return;
         };
         if wait > self.config.retry.max_wait {
-            let why = format!(
-                "the provider says nothing of the key's limit remains for {:.0} s, longer than --max-wait {:.0} s: treated as a spent quota",
-                wait.as_secs_f64(),
-                self.config.retry.max_wait.as_secs_f64()
+            self.retire_spent(
+                lane,
+                "the provider says nothing of the key's limit remains for",
+                wait,
             );
-            self.retire(lane, Reason::QuotaExhausted, &why);
         } else if !learned.paced {
             self.pause_key(lane, wait, 0);
         }
@@ -652,6 +646,17 @@ impl Engine {
                 pause,
             });
         }
+    }
+
+    /// A wait longer than `--max-wait` is not slept through: the key's quota counts as
+    /// spent and it leaves the pool. `said` is what the provider said, before the wait.
+    fn retire_spent(&self, lane: usize, said: &str, wait: Duration) {
+        let why = format!(
+            "{said} {:.0} s, longer than --max-wait {:.0} s: treated as a spent quota",
+            wait.as_secs_f64(),
+            self.config.retry.max_wait.as_secs_f64()
+        );
+        self.retire(lane, Reason::QuotaExhausted, &why);
     }
 
     fn retire(&self, lane: usize, reason: Reason, message: &str) {

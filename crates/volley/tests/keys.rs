@@ -89,14 +89,31 @@ fn a_token_buckets_burst_is_spent_at_once_then_its_rate_is_kept() {
     let out = ws.run(&run_args(
         "b.jsonl",
         &mock.base_url,
-        &["--concurrency", "8", "--progress", "log"],
+        &[
+            "--concurrency",
+            "8",
+            "--progress",
+            "log",
+            "--events",
+            "ev.jsonl",
+        ],
     ));
     let took = started.elapsed();
     assert_exit(&out, 0);
     each_once(&ws, "b.results.jsonl", 150);
     let stats = mock.stats();
     let refused = stats["by_status"]["429"].as_u64().unwrap_or(0);
-    assert!(refused <= 2, "at most 1% of requests answered 429: {stats}");
+    let refusals: Vec<String> = ws
+        .jsonl("ev.jsonl")
+        .iter()
+        .filter(|e| e["outcome"] == "rate_limited" || e["event"] == "limit_learned")
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        refused <= 2,
+        "at most 1% of requests answered 429: {stats}\n{}",
+        refusals.join("\n")
+    );
     assert!(
         took >= Duration::from_secs(9),
         "faster than the bucket allows: {took:?}"
