@@ -47,9 +47,6 @@ struct Meter {
     allowance: Option<Allowance>,
     /// Units booked and not yet answered: a `remaining` does not count them yet.
     outstanding: u64,
-    /// Units answered so far, all told: what was answered between an attempt's send
-    /// and its reply may have been counted after it by the provider.
-    answered: u64,
 }
 
 impl Meter {
@@ -59,7 +56,6 @@ impl Meter {
             ceiling,
             allowance: None,
             outstanding: 0,
-            answered: 0,
         }
     }
 
@@ -111,20 +107,14 @@ impl Meter {
     /// The booking of `cost` units is answered (or gone).
     fn answered(&mut self, cost: u64) {
         self.outstanding = self.outstanding.saturating_sub(cost);
-        self.answered = self.answered.saturating_add(cost);
-    }
-
-    /// The booking of `cost` units was never sent: it is simply no longer outstanding.
-    fn released(&mut self, cost: u64) {
-        self.outstanding = self.outstanding.saturating_sub(cost);
     }
 
     /// Learns from what a reply announced; `seq` is the reply's send order, `spent` what
     /// went out while no limit was known. True if the limit in force changed.
     ///
-    /// `since` is what was answered between this reply's send and its arrival: the
-    /// provider may have counted those after this reply's figure, when requests overtake
-    /// each other on the way, so they are taken off what it says remains.
+    /// `since` is what was sent before this reply's attempt and answered while it was on
+    /// the wire: the provider may have counted those after this reply's figure (requests
+    /// overtake each other on the way), so they are taken off what it says remains.
     fn learn(&mut self, quota: &Quota, seq: u64, since: u64, spent: u64, now: Instant) -> bool {
         let before = self.limit();
         // An absurd figure (a limit of 0) never switches limiting off: it is ignored.
@@ -176,12 +166,18 @@ impl Meter {
         self.limit() != before
     }
 
-    /// Nothing may go before `until` (a 429 to the `seq`-th attempt, with its
-    /// Retry-After).
-    fn exhaust_until(&mut self, until: Instant, seq: u64) {
+    /// Nothing may go before `until` (a 429 to the attempt `refused`, with its
+    /// Retry-After); `probed` says that attempt was sent when nothing remained.
+    fn exhaust_until(&mut self, until: Instant, seq: u64, probed: bool) {
         if let Some(a) = &mut self.allowance {
-            a.exhaust_until(until, seq);
+            a.exhaust_until(until, seq, probed);
         }
+    }
+
+    /// Whether a request sent now is a probe: the provider's newest word was "nothing
+    /// remains".
+    fn probing(&self) -> bool {
+        self.allowance.as_ref().is_some_and(Allowance::said_empty)
     }
 
     /// The most one booking may charge: the tightest limit in force.
@@ -191,6 +187,25 @@ impl Meter {
             (Some(p), Some(a)) => Some(p.min(a)),
             (p, a) => p.or(a),
         }
+    }
+}
+
+/// What a set of attempts on the wire amounts to: how many, their booked tokens, and
+/// how many were booked before tokens were metered (their tokens unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OnWire {
+    count: u64,
+    tokens: u64,
+    blind: u64,
+}
+
+impl OnWire {
+    fn of<'a>(attempts: impl Iterator<Item = &'a (u64, bool)>) -> OnWire {
+        attempts.fold(OnWire::default(), |sum, (tokens, blind)| OnWire {
+            count: sum.count + 1,
+            tokens: sum.tokens.saturating_add(*tokens),
+            blind: sum.blind + u64::from(*blind),
+        })
     }
 }
 
@@ -205,6 +220,9 @@ struct LaneState {
     in_flight: usize,
     /// Send order of the attempts on this key, so a late reply cannot pass for news.
     sent: u64,
+    /// Attempts on the wire by send order: their booked tokens, and whether they were
+    /// booked before tokens were metered.
+    on_wire: std::collections::BTreeMap<u64, (u64, bool)>,
     paused_until: Option<Instant>,
     retired: Option<Reason>,
 }
@@ -232,9 +250,13 @@ enum Stage {
     /// Booked, not sent: dropping refunds the request and its tokens whole.
     Booked,
     /// On the wire as the key's `seq`-th attempt: the provider may count it, so
-    /// dropping keeps the request and the token estimate booked. `answered` is what the
-    /// key's meters had answered (requests, tokens) when it was sent.
-    Sent { seq: u64, answered: (u64, u64) },
+    /// dropping keeps the request and the token estimate booked. `older` is what was
+    /// on the wire before it when it was sent (see [`OnWire`]).
+    Sent {
+        seq: u64,
+        older: OnWire,
+        probing: (bool, bool),
+    },
     /// Answered and settled: nothing left to give back.
     Settled,
 }
@@ -262,15 +284,27 @@ impl Booking {
         }
     }
 
+    /// What a refusal of this attempt tells its key (see [`KeyPool::pause`]).
+    pub fn refusal(&self) -> Refused {
+        match self.stage {
+            Stage::Sent { seq, probing, .. } => Refused { seq, probing },
+            _ => Refused::default(),
+        }
+    }
+
     /// The attempt goes on the wire now.
     pub fn sent(&mut self) {
         if self.stage == Stage::Booked {
             let mut state = self.pool.lanes[self.lane].state();
             state.sent += 1;
+            let seq = state.sent;
             self.stage = Stage::Sent {
-                seq: state.sent,
-                answered: (state.requests.answered, state.tokens.answered),
+                seq,
+                older: OnWire::of(state.on_wire.values()),
+                probing: (state.requests.probing(), state.tokens.probing()),
             };
+            let blind = self.estimate == 0 && !self.pool.meters_tokens();
+            state.on_wire.insert(seq, (self.tokens, blind));
         }
     }
 
@@ -293,8 +327,8 @@ impl Drop for Booking {
         let mut state = self.pool.lanes[self.lane].state();
         state.in_flight = state.in_flight.saturating_sub(1);
         if self.stage == Stage::Booked {
-            state.requests.released(1);
-            state.tokens.released(self.tokens);
+            state.requests.answered(1);
+            state.tokens.answered(self.tokens);
             state.requests.refund(1);
             state.tokens.refund(self.tokens);
             if state.unpaced.since.is_some() {
@@ -305,8 +339,19 @@ impl Drop for Booking {
             // provider may have counted it.
             state.requests.answered(1);
             state.tokens.answered(self.tokens);
+            if let Stage::Sent { seq, .. } = self.stage {
+                state.on_wire.remove(&seq);
+            }
         }
     }
+}
+
+/// The attempt a 429 refused: its send order, and whether it was sent when the
+/// provider had said nothing remains (requests, tokens).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refused {
+    pub seq: u64,
+    pub probing: (bool, bool),
 }
 
 /// Why no key could take a request.
@@ -408,6 +453,7 @@ impl KeyPool {
                     unpaced: Unpaced::default(),
                     in_flight: 0,
                     sent: 0,
+                    on_wire: Default::default(),
                     paused_until: None,
                     retired: None,
                 }),
@@ -574,22 +620,33 @@ impl KeyPool {
         }
         let mut state = self.lanes[booking.lane].state();
         let state = &mut *state;
+        // The tokens of an attempt are what the provider billed: nothing when the
+        // reply carried no usage (a 400, a 5xx without usage).
+        let actual = billed.unwrap_or(0);
         let (seq, since) = match stage {
-            Stage::Sent { seq, answered } => (
-                seq,
+            Stage::Sent { seq, older, .. } => {
+                state.on_wire.remove(&seq);
+                let now_older = OnWire::of(state.on_wire.range(..seq).map(|(_, v)| v));
+                // Attempts booked before tokens were metered carry no token figure: this
+                // reply's tokens stand in for each of them, answered or still on the wire.
+                let blind = OnWire::of(state.on_wire.values()).blind
+                    + older.blind.saturating_sub(now_older.blind);
                 (
-                    state.requests.answered.saturating_sub(answered.0),
-                    state.tokens.answered.saturating_sub(answered.1),
-                ),
-            ),
+                    seq,
+                    (
+                        older.count.saturating_sub(now_older.count),
+                        older
+                            .tokens
+                            .saturating_sub(now_older.tokens)
+                            .saturating_add(blind.saturating_mul(actual)),
+                    ),
+                )
+            }
             _ => (0, (0, 0)),
         };
         state.in_flight = state.in_flight.saturating_sub(1);
         state.requests.answered(1);
         state.tokens.answered(booking.tokens);
-        // The tokens of an attempt are what the provider billed: nothing when the
-        // reply carried no usage (a 400, a 5xx without usage).
-        let actual = billed.unwrap_or(0);
         if state.tokens.limit().is_some() {
             state.tokens.correct(booking.tokens, actual);
         } else if state
@@ -686,16 +743,20 @@ impl KeyPool {
     /// what the provider allows counts from then, not from before the pause. Returns
     /// true when this starts a new pause, so that a pause is reported once, not once per
     /// in-flight request that ran into the same 429.
-    /// `seq` is the send order of the attempt that was refused (0 if unknown).
-    pub fn pause(&self, lane: usize, until: Instant, now: Instant, seq: u64) -> bool {
+    /// `refused` is the attempt that was refused (default when unknown).
+    pub fn pause(&self, lane: usize, until: Instant, now: Instant, refused: Refused) -> bool {
         self.limited.store(true, Ordering::Relaxed);
         let mut state = self.lanes[lane].state();
         let running = state.paused_until.is_some_and(|t| t > now);
         if state.paused_until.is_none_or(|t| t < until) {
             state.paused_until = Some(until);
         }
-        state.requests.exhaust_until(until, seq);
-        state.tokens.exhaust_until(until, seq);
+        state
+            .requests
+            .exhaust_until(until, refused.seq, refused.probing.0);
+        state
+            .tokens
+            .exhaust_until(until, refused.seq, refused.probing.1);
         drop(state);
         self.wake();
         !running
@@ -776,13 +837,13 @@ mod tests {
         let b = pool.book(|| 0, now).unwrap();
         assert_ne!(a.lane, b.lane, "unlimited keys share the work");
         drop((a, b));
-        assert!(pool.pause(0, now + Duration::from_secs(5), now, 0));
+        assert!(pool.pause(0, now + Duration::from_secs(5), now, Refused::default()));
         assert!(
-            !pool.pause(0, now + Duration::from_secs(3), now, 0),
+            !pool.pause(0, now + Duration::from_secs(3), now, Refused::default()),
             "a shorter pause changes nothing"
         );
         assert!(
-            !pool.pause(0, now + Duration::from_secs(4), now, 0),
+            !pool.pause(0, now + Duration::from_secs(4), now, Refused::default()),
             "already paused: no new event"
         );
         assert!(pool.unusable(0, now));
@@ -965,7 +1026,7 @@ mod tests {
         late.sent();
         // A 429 says: nothing for 59 s.
         let until = now + Duration::from_secs(59);
-        pool.pause(0, until, now, late.seq());
+        pool.pause(0, until, now, late.refusal());
         // A reply sent after it, still saying nothing is left, does not shorten that.
         late.settle(
             Some(0),
@@ -1008,6 +1069,147 @@ mod tests {
             .unwrap()
             .available(now);
         assert!(level < 9.5, "9 remain, not {level}");
+    }
+
+    /// A provider's limit, simulated: a sliding window or a token bucket over `WINDOW`.
+    enum Provider {
+        Window {
+            limit: u64,
+            log: std::collections::VecDeque<Instant>,
+        },
+        Bucket {
+            limit: u64,
+            burst: u64,
+            level: f64,
+            at: Instant,
+        },
+    }
+
+    impl Provider {
+        /// Admits a request at `t`: `Ok(remaining after it)` or `Err(retry_after)`.
+        fn admit(&mut self, t: Instant) -> Result<u64, Duration> {
+            self.settle(t);
+            match self {
+                Provider::Window { limit, log } => {
+                    if log.len() as u64 >= *limit {
+                        return Err((log[0] + WINDOW).duration_since(t));
+                    }
+                    log.push_back(t);
+                    Ok(*limit - log.len() as u64)
+                }
+                Provider::Bucket { limit, level, .. } => {
+                    let rate = *limit as f64 / WINDOW.as_secs_f64();
+                    if *level < 1.0 {
+                        return Err(Duration::from_secs_f64((1.0 - *level) / rate));
+                    }
+                    *level -= 1.0;
+                    Ok(level.floor() as u64)
+                }
+            }
+        }
+
+        /// Brings the provider's state to `t`.
+        fn settle(&mut self, t: Instant) {
+            match self {
+                Provider::Window { log, .. } => {
+                    while log.front().is_some_and(|f| t.duration_since(*f) >= WINDOW) {
+                        log.pop_front();
+                    }
+                }
+                Provider::Bucket {
+                    limit,
+                    burst,
+                    level,
+                    at,
+                } => {
+                    let rate = *limit as f64 / WINDOW.as_secs_f64();
+                    *level =
+                        (*level + t.duration_since(*at).as_secs_f64() * rate).min(*burst as f64);
+                    *at = t;
+                }
+            }
+        }
+
+        /// OpenAI's `reset`: the time until the limit is whole again.
+        fn reset(&self, t: Instant) -> Duration {
+            match self {
+                Provider::Window { log, .. } => log.back().map_or(Duration::ZERO, |newest| {
+                    (*newest + WINDOW).duration_since(t)
+                }),
+                Provider::Bucket {
+                    limit,
+                    burst,
+                    level,
+                    ..
+                } => Duration::from_secs_f64(
+                    (*burst as f64 - *level) / (*limit as f64 / WINDOW.as_secs_f64()),
+                ),
+            }
+        }
+
+        fn limit(&self) -> u64 {
+            match self {
+                Provider::Window { limit, .. } | Provider::Bucket { limit, .. } => *limit,
+            }
+        }
+    }
+
+    /// Sends `gaps.len()` requests through a pool that learns only from the provider's
+    /// replies; returns (refusals, windows the run spanned).
+    fn drive(mut provider: Provider, gaps: &[u64]) -> (u64, u64) {
+        let pool = KeyPool::new(keys(1), None, None);
+        let start = Instant::now();
+        let mut t = start;
+        let mut refused = 0;
+        for gap in gaps {
+            t += Duration::from_millis(*gap);
+            let mut b = pool.book(|| 0, t).unwrap();
+            t = t.max(b.at);
+            b.sent();
+            let attempt = b.refusal();
+            let admitted = provider.admit(t);
+            let said = |remaining| {
+                requests(Quota {
+                    limit: Some(provider.limit()),
+                    remaining: Some(remaining),
+                    reset: Some(provider.reset(t)),
+                })
+            };
+            match admitted {
+                Ok(remaining) => {
+                    b.settle(Some(0), &said(remaining), t);
+                }
+                Err(retry_after) => {
+                    refused += 1;
+                    b.settle(None, &said(0), t);
+                    pool.pause(0, t + retry_after, t, attempt);
+                }
+            }
+        }
+        (refused, t.duration_since(start).as_secs() / 60 + 1)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Against a token bucket, what the provider announces is never outrun; against a
+        /// sliding window, at most one probe per window is refused. Either way the
+        /// provider never holds more than its limit (it refuses instead), so refusals
+        /// measure how often volley sent what was not allowed.
+        #[test]
+        fn announced_limits_are_never_outrun(
+            limit in 1u64..300,
+            burst_share in 1u64..=4,
+            gaps in proptest::collection::vec(proptest::prop_oneof![4 => proptest::prelude::Just(0u64), 1 => 0u64..5_000], 1..600),
+        ) {
+            let now = Instant::now();
+            let burst = (limit * burst_share / 4).max(1);
+            let bucket = Provider::Bucket { limit, burst, level: burst as f64, at: now };
+            let (refused, _) = drive(bucket, &gaps);
+            proptest::prop_assert_eq!(refused, 0, "a bucket was outrun");
+            let window = Provider::Window { limit, log: Default::default() };
+            let (refused, windows) = drive(window, &gaps);
+            proptest::prop_assert!(refused <= windows, "{} refusals over {} windows", refused, windows);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -139,6 +139,12 @@ impl Limiter for Gcra {
 /// the limit is whole again; others: until the next unit returns), so only `remaining`
 /// is believed about the present, and the rate about the future.
 ///
+/// Once nothing remains, the next request is a probe sent on the steady rate alone: a
+/// token bucket admits it, a sliding window answers 429 (nothing comes back before its
+/// oldest entries leave). After one refused probe the provider is known to refill all
+/// at once, and from then on "nothing remains" waits for the announced reset instead
+/// of probing again: one 429 per key, not one per window.
+///
 /// It is a GCRA bucket whose level can be reset by the provider's word: `tat` is the
 /// instant the allowance would be full again if nothing more were sent.
 #[derive(Debug, Clone)]
@@ -159,6 +165,12 @@ pub struct Allowance {
     /// available again. Replies that say "nothing left" do not lift it: in a sliding
     /// window nothing comes back before the Retry-After, whatever the steady rate says.
     floor: Option<Instant>,
+    /// The newest word was "nothing remains": a request sent now goes on the steady
+    /// rate alone, a probe of whether the provider refills continuously.
+    said_empty: bool,
+    /// A probe was refused: this provider refills all at once (a sliding window), not
+    /// continuously, so once nothing remains, nothing is sent before its reset.
+    refills_at_once: bool,
 }
 
 /// What one reply said about a limit, with what the key had booked and unanswered.
@@ -172,6 +184,9 @@ pub struct Announcement {
     /// The send order of the attempt the reply answers.
     pub seq: u64,
 }
+
+/// A margin against rounding in the arithmetic of an allowance.
+const ROUNDING: Duration = Duration::from_micros(1);
 
 /// A duration of `units × interval`, saturating at [`crate::ratelimit::LONGEST_ANNOUNCED_WAIT`].
 fn units_of(interval: Duration, units: f64) -> Duration {
@@ -188,6 +203,8 @@ impl Allowance {
             tat: now,
             synced: 0,
             floor: None,
+            said_empty: false,
+            refills_at_once: false,
         };
         a.announce(
             &Announcement {
@@ -220,7 +237,9 @@ impl Allowance {
         if level >= cost {
             now
         } else {
-            now + units_of(self.interval, cost - level)
+            // Rounded up by a microsecond: arriving a hair early at a provider that
+            // refills at exactly this rate is a 429.
+            now + units_of(self.interval, cost - level) + ROUNDING
         }
     }
 
@@ -276,9 +295,16 @@ impl Allowance {
         let said = remaining as f64 - outstanding as f64;
         let level = if seq > self.synced {
             self.synced = seq;
+            self.said_empty = remaining == 0;
             if remaining > 0 {
                 // The provider has room again: whatever a 429 said is over.
                 self.floor = None;
+            } else if self.refills_at_once
+                && let Some(reset) = reset.filter(|r| !r.is_zero())
+            {
+                // A window: nothing comes back before the reset (OpenAI's meaning: the
+                // limit whole again; others': the next unit back — either way, not before).
+                self.set_floor(now + reset);
             }
             said
         } else {
@@ -291,8 +317,21 @@ impl Allowance {
     /// Nothing is available until `until` (a 429's Retry-After), and the allowance
     /// grows only from then, until a reply says there is room again. `seq` is the
     /// refused attempt's send order: replies to attempts sent before it are older news.
-    pub fn exhaust_until(&mut self, until: Instant, seq: u64) {
+    /// `probed` says the refused attempt was sent when nothing remained: then the
+    /// provider does not refill continuously, and is not probed again.
+    pub fn exhaust_until(&mut self, until: Instant, seq: u64, probed: bool) {
         self.synced = self.synced.max(seq);
+        self.refills_at_once |= probed;
+        self.set_floor(until);
+    }
+
+    /// Whether the newest word was "nothing remains" (see [`Allowance::exhaust_until`]).
+    pub fn said_empty(&self) -> bool {
+        self.said_empty
+    }
+
+    /// Nothing before `until`; the allowance grows from then.
+    fn set_floor(&mut self, until: Instant) {
         let floor = until + units_of(self.interval, self.capacity as f64);
         self.floor = Some(self.floor.map_or(floor, |f| f.max(floor)));
         self.tat = self.tat.max(floor);
@@ -374,7 +413,7 @@ mod allowance_tests {
             a.commit(cost, at);
             a.refund(cost);
             a.charge(cost);
-            a.exhaust_until(now + Duration::from_secs(1), 2);
+            a.exhaust_until(now + Duration::from_secs(1), 2, true);
             a.announce(&Announcement { seq: 3, ..said }, now);
             proptest::prop_assert!(a.earliest(1, now) >= now);
         }

@@ -6,7 +6,14 @@
 //! `concurrency` attempts are on the wire. A request holds a connection slot only while
 //! it is booked and sending, never while it sleeps in backoff, and it takes the slot
 //! *before* booking its key so that the booked instant is the instant it sends: a
-//! booking made first and used late could bunch requests into a burst.
+//! booking made first and used late could bunch requests into a burst. Once a key is
+//! limited, requests take turns for slot and booking ([`crate::turnstile`]), admitted
+//! ones (retries) first.
+//!
+//! Every resource an attempt holds — the turn, its slot, its key booking, its share of
+//! `--max-cost` — is a guard that gives itself back when dropped, and a request's task
+//! that panics is caught: its request is left for a re-run and the run cannot end as
+//! complete. No path loses a request or leaks a resource.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,12 +28,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::CostBudget;
 use crate::classify::{Classified, Endpoint, Reason, Verdict, classify_failure, classify_reply};
-use crate::concurrency::Concurrency;
-use crate::concurrency::Slot;
+use crate::concurrency::{Concurrency, Slot};
 use crate::defaults;
 use crate::events::{Event, EventBus};
 use crate::job::Job;
-use crate::keys::{BookError, Booking, KeyPool, Learned};
+use crate::keys::{BookError, Booking, KeyPool, Learned, Refused};
 use crate::pricing::Pricing;
 use crate::ratelimit;
 use crate::retry::{RetryBudget, RetryPolicy};
@@ -366,7 +372,7 @@ impl Engine {
                 ),
                 Err(failure) => (classify_failure(&failure), None),
             };
-            let seq = booking.seq();
+            let refusal = booking.refusal();
             match &reply {
                 Some(reply) => {
                     let seen = ratelimit::observe(&reply.headers, SystemTime::now());
@@ -430,7 +436,7 @@ impl Engine {
                         self.retire_spent(lane, "asked to wait", pause);
                         continue;
                     }
-                    self.pause_key(lane, pause, seq);
+                    self.pause_key(lane, pause, refusal);
                     if rate_limited_retries > defaults::MAX_RATE_LIMITED_RETRIES {
                         let why = format!(
                             "still rate limited after {rate_limited_retries} tries: {}",
@@ -633,14 +639,14 @@ impl Engine {
                 wait,
             );
         } else if !learned.paced {
-            self.pause_key(lane, wait, 0);
+            self.pause_key(lane, wait, Refused::default());
         }
     }
 
     /// Pauses a key for `pause`; a new pause is one event, however many requests saw it.
-    fn pause_key(&self, lane: usize, pause: Duration, seq: u64) {
+    fn pause_key(&self, lane: usize, pause: Duration, refused: Refused) {
         let now = Instant::now();
-        if self.keys.pause(lane, now + pause, now, seq) {
+        if self.keys.pause(lane, now + pause, now, refused) {
             self.events.emit(Event::KeyPaused {
                 key: self.keys.lane(lane).label.clone(),
                 pause,
