@@ -199,13 +199,31 @@ pub struct OnWire {
     blind: u64,
 }
 
+/// Attempts sent this close before another may reach the provider after it: only
+/// those can make a reply's `remaining` leave out an attempt sent earlier. Anything
+/// sent before that was counted by the provider first.
+const OVERTAKE_WINDOW: Duration = Duration::from_millis(100);
+
+/// One attempt on the wire: its booked tokens, whether it was booked before tokens were
+/// metered, and when it was sent.
+type Wired = (u64, bool, Instant);
+
+/// The earliest send instant that can still overtake an attempt sent at `sent`.
+fn overtake_horizon(sent: Instant) -> Instant {
+    sent.checked_sub(OVERTAKE_WINDOW).unwrap_or(sent)
+}
+
 impl OnWire {
-    fn of<'a>(attempts: impl Iterator<Item = &'a (u64, bool)>) -> OnWire {
-        attempts.fold(OnWire::default(), |sum, (tokens, blind)| OnWire {
-            count: sum.count + 1,
-            tokens: sum.tokens.saturating_add(*tokens),
-            blind: sum.blind + u64::from(*blind),
-        })
+    /// What the attempts sent from `since` on amount to.
+    fn of<'a>(attempts: impl Iterator<Item = &'a Wired>, since: Instant) -> OnWire {
+        attempts.filter(|(_, _, sent)| *sent >= since).fold(
+            OnWire::default(),
+            |sum, (tokens, blind, _)| OnWire {
+                count: sum.count + 1,
+                tokens: sum.tokens.saturating_add(*tokens),
+                blind: sum.blind + u64::from(*blind),
+            },
+        )
     }
 }
 
@@ -222,7 +240,10 @@ struct LaneState {
     sent: u64,
     /// Attempts on the wire by send order: their booked tokens, and whether they were
     /// booked before tokens were metered.
-    on_wire: std::collections::BTreeMap<u64, (u64, bool)>,
+    on_wire: std::collections::BTreeMap<u64, Wired>,
+    /// Tokens billed per reply, as a moving average: what an attempt booked before
+    /// tokens were metered is taken to weigh.
+    billed_per_reply: f64,
     paused_until: Option<Instant>,
     retired: Option<Reason>,
 }
@@ -251,9 +272,10 @@ enum Stage {
     Booked,
     /// On the wire as the key's `seq`-th attempt: the provider may count it, so
     /// dropping keeps the request and the token estimate booked. `older` is what was
-    /// on the wire before it when it was sent (see [`OnWire`]).
+    /// on the wire, sent shortly before it, when it was sent (see [`OnWire`]).
     Sent {
         seq: u64,
+        sent_at: Instant,
         older: OnWire,
         probing: (bool, bool),
     },
@@ -272,6 +294,8 @@ pub struct Booking {
     pub tokens: u64,
     /// The raw estimate, to calibrate against the real usage.
     pub estimate: u64,
+    /// Booked before tokens were metered: its token figure is unknown.
+    blind: bool,
     stage: Stage,
 }
 
@@ -298,13 +322,14 @@ impl Booking {
             let mut state = self.pool.lanes[self.lane].state();
             state.sent += 1;
             let seq = state.sent;
+            let now = Instant::now();
             self.stage = Stage::Sent {
                 seq,
-                older: OnWire::of(state.on_wire.values()),
+                sent_at: now,
+                older: OnWire::of(state.on_wire.values(), overtake_horizon(now)),
                 probing: (state.requests.probing(), state.tokens.probing()),
             };
-            let blind = self.estimate == 0 && !self.pool.meters_tokens();
-            state.on_wire.insert(seq, (self.tokens, blind));
+            state.on_wire.insert(seq, (self.tokens, self.blind, now));
         }
     }
 
@@ -454,6 +479,7 @@ impl KeyPool {
                     in_flight: 0,
                     sent: 0,
                     on_wire: Default::default(),
+                    billed_per_reply: 0.0,
                     paused_until: None,
                     retired: None,
                 }),
@@ -596,6 +622,7 @@ impl KeyPool {
             at,
             tokens,
             estimate,
+            blind: !self.meters_tokens(),
             stage: Stage::Booked,
         })
     }
@@ -623,13 +650,36 @@ impl KeyPool {
         // The tokens of an attempt are what the provider billed: nothing when the
         // reply carried no usage (a 400, a 5xx without usage).
         let actual = billed.unwrap_or(0);
+        if let Some(billed) = billed {
+            state.billed_per_reply = if state.billed_per_reply == 0.0 {
+                billed as f64
+            } else {
+                (1.0 - CALIBRATION_WEIGHT) * state.billed_per_reply
+                    + CALIBRATION_WEIGHT * billed as f64
+            };
+        }
+        // Attempts booked before tokens were metered carry no token figure: a typical
+        // reply's tokens stand in for each (never less than this one's).
+        let stand_in = (state.billed_per_reply as u64).max(actual);
         let (seq, since) = match stage {
-            Stage::Sent { seq, older, .. } => {
+            Stage::Sent {
+                seq,
+                sent_at,
+                older,
+                ..
+            } => {
                 state.on_wire.remove(&seq);
-                let now_older = OnWire::of(state.on_wire.range(..seq).map(|(_, v)| v));
-                // Attempts booked before tokens were metered carry no token figure: this
-                // reply's tokens stand in for each of them, answered or still on the wire.
-                let blind = OnWire::of(state.on_wire.values()).blind
+                let now_older = OnWire::of(
+                    state.on_wire.range(..seq).map(|(_, v)| v),
+                    overtake_horizon(sent_at),
+                );
+                // Blind attempts still on the wire are missing from `outstanding`, and
+                // those that overtook this one from what it says remains.
+                let blind = state
+                    .on_wire
+                    .values()
+                    .filter(|(_, blind, _)| *blind)
+                    .count() as u64
                     + older.blind.saturating_sub(now_older.blind);
                 (
                     seq,
@@ -638,7 +688,7 @@ impl KeyPool {
                         older
                             .tokens
                             .saturating_sub(now_older.tokens)
-                            .saturating_add(blind.saturating_mul(actual)),
+                            .saturating_add(blind.saturating_mul(stand_in)),
                     ),
                 )
             }

@@ -332,7 +332,8 @@ impl Allowance {
 
     /// Nothing before `until`; the allowance grows from then.
     fn set_floor(&mut self, until: Instant) {
-        let floor = until + units_of(self.interval, self.capacity as f64);
+        // One unit is back at `until`, whatever the provider's reset means.
+        let floor = until + units_of(self.interval, self.capacity.saturating_sub(1) as f64);
         self.floor = Some(self.floor.map_or(floor, |f| f.max(floor)));
         self.tat = self.tat.max(floor);
     }
