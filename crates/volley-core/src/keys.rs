@@ -300,14 +300,6 @@ pub struct Booking {
 }
 
 impl Booking {
-    /// The attempt's send order on its key (0 before it is sent).
-    pub fn seq(&self) -> u64 {
-        match self.stage {
-            Stage::Sent { seq, .. } => seq,
-            _ => 0,
-        }
-    }
-
     /// What a refusal of this attempt tells its key (see [`KeyPool::pause`]).
     pub fn refusal(&self) -> Refused {
         match self.stage {
@@ -521,11 +513,8 @@ impl KeyPool {
                 reply.body = clean;
             }
             // The request id is written to RESULTS and ERRORS too.
-            let id = reply
-                .headers
-                .get("x-request-id")
-                .map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()));
-            if let Some(clean) = id.and_then(|id| lane.key.redact(&id, &lane.label))
+            let id = reply.headers.get("x-request-id");
+            if let Some(clean) = id.and_then(|id| lane.key.redact(id.as_bytes(), &lane.label))
                 && let Ok(value) = http::HeaderValue::from_bytes(&clean)
             {
                 reply.headers.insert("x-request-id", value);
@@ -784,11 +773,6 @@ impl KeyPool {
         learned
     }
 
-    /// When the key's pause ends, if it is paused past `now`.
-    pub fn paused_until(&self, lane: usize, now: Instant) -> Option<Instant> {
-        self.lanes[lane].state().paused_until.filter(|t| *t > now)
-    }
-
     /// Pauses a key until `until` (a pause already running is only ever extended);
     /// what the provider allows counts from then, not from before the pause. Returns
     /// true when this starts a new pause, so that a pause is reported once, not once per
@@ -860,11 +844,27 @@ mod tests {
         }
     }
 
+    /// Books one request and sends it.
+    fn send(pool: &Arc<KeyPool>, now: Instant) -> Booking {
+        let mut b = pool.book(|| 0, now).unwrap();
+        b.sent();
+        b
+    }
+
+    /// What the key's announced request allowance holds at `now`.
+    fn requests_level(pool: &KeyPool, now: Instant) -> f64 {
+        pool.lanes[0]
+            .state()
+            .requests
+            .allowance
+            .as_ref()
+            .unwrap()
+            .available(now)
+    }
+
     /// Books, sends and answers one request with `seen` headers.
     fn answer(pool: &Arc<KeyPool>, seen: &Observation, now: Instant) -> Learned {
-        let mut b = pool.book(|| 1, now).unwrap();
-        b.sent();
-        b.settle(Some(1), seen, now)
+        send(pool, now).settle(Some(1), seen, now)
     }
 
     #[tokio::test(start_paused = true)]
@@ -1047,20 +1047,12 @@ mod tests {
         let pool = KeyPool::new(keys(1), None, None);
         let now = Instant::now();
         answer(&pool, &requests(quota(600, 100, 1000)), now);
-        let mut early = pool.book(|| 0, now).unwrap();
-        early.sent();
-        let mut late = pool.book(|| 0, now).unwrap();
-        late.sent();
+        let early = send(&pool, now);
+        let late = send(&pool, now);
         // The later-sent attempt answers first, with less left.
         late.settle(Some(0), &requests(quota(600, 5, 1000)), now);
         early.settle(Some(0), &requests(quota(600, 90, 1000)), now);
-        let level = pool.lanes[0]
-            .state()
-            .requests
-            .allowance
-            .as_ref()
-            .unwrap()
-            .available(now);
+        let level = requests_level(&pool, now);
         assert!(
             level <= 5.0,
             "stale news lowered nothing and raised nothing: {level}"
@@ -1072,8 +1064,7 @@ mod tests {
         let pool = KeyPool::new(keys(1), None, None);
         let now = Instant::now();
         answer(&pool, &requests(quota(600, 0, 60_000)), now);
-        let mut late = pool.book(|| 0, now).unwrap();
-        late.sent();
+        let late = send(&pool, now);
         // A 429 says: nothing for 59 s.
         let until = now + Duration::from_secs(59);
         pool.pause(0, until, now, late.refusal());
@@ -1087,8 +1078,7 @@ mod tests {
         assert!(next.at >= until, "{:?}", next.at - now);
         drop(next);
         // A reply that says there is room again lifts it.
-        let mut probe = pool.book(|| 0, until).unwrap();
-        probe.sent();
+        let probe = send(&pool, until);
         probe.settle(
             Some(0),
             &requests(quota(600, 99, 60_000)),
@@ -1103,21 +1093,13 @@ mod tests {
         let pool = KeyPool::new(keys(1), None, None);
         let now = Instant::now();
         answer(&pool, &requests(quota(600, 100, 1000)), now);
-        let mut a = pool.book(|| 0, now).unwrap();
-        a.sent();
-        let mut b = pool.book(|| 0, now).unwrap();
-        b.sent();
+        let a = send(&pool, now);
+        let b = send(&pool, now);
         // b reached the provider first (10 left after it), a second (9 left); a's
         // reply arrives first, then b's: b's figure does not count a.
         a.settle(Some(0), &requests(quota(600, 9, 1000)), now);
         b.settle(Some(0), &requests(quota(600, 10, 1000)), now);
-        let level = pool.lanes[0]
-            .state()
-            .requests
-            .allowance
-            .as_ref()
-            .unwrap()
-            .available(now);
+        let level = requests_level(&pool, now);
         assert!(level < 9.5, "9 remain, not {level}");
     }
 

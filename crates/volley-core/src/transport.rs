@@ -40,7 +40,7 @@ impl ApiKey {
     /// providers echo keys in their errors ("Incorrect API key provided: sk-…"), and a
     /// body is written to ERRORS and its message to the log. Keys shorter than
     /// [`REDACTED_KEY_MIN`] are left alone, as replacing them would mangle ordinary text.
-    pub fn redact(&self, body: &Bytes, label: &str) -> Option<Bytes> {
+    pub fn redact(&self, body: &[u8], label: &str) -> Option<Bytes> {
         let secret = self.secret();
         if secret.len() < REDACTED_KEY_MIN {
             return None;
@@ -48,7 +48,7 @@ impl ApiKey {
         let finder = memchr::memmem::Finder::new(secret);
         let first = finder.find(body)?;
         let mut out = Vec::with_capacity(body.len());
-        let mut rest = &body[..];
+        let mut rest = body;
         let mut at = Some(first);
         while let Some(i) = at {
             out.extend_from_slice(&rest[..i]);
