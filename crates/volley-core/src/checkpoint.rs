@@ -516,3 +516,194 @@ fn rewrite(path: &Path, mut keep: impl FnMut(u64, &Entry<'_>) -> bool) -> Result
     tmp.persist(&target).map_err(|e| io_error(path)(e.error))?;
     Ok(kept)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> OutputFiles {
+        OutputFiles {
+            results: dir.join("r.jsonl"),
+            errors: dir.join("e.jsonl"),
+        }
+    }
+
+    fn fp(n: u64) -> Fingerprint {
+        Fingerprint::from_raw(n).unwrap()
+    }
+
+    fn line(id: &str, print: Option<u64>) -> String {
+        let print = print.map_or("null".to_string(), |p| format!("\"{}\"", fp(p).to_hex()));
+        format!(
+            "{{\"id\":\"vol-1\",\"custom_id\":\"{id}\",\"response\":null,\"error\":null,\"volley\":{{\"attempts\":1,\"fingerprint\":{print}}}}}\n"
+        )
+    }
+
+    fn failed(id: &str, print: u64) -> String {
+        line(id, Some(print)).replace(
+            "\"error\":null",
+            "\"error\":{\"code\":\"server_error\",\"message\":\"x\"}",
+        )
+    }
+
+    fn invalid(id: &str, input_line: u64) -> String {
+        format!(
+            "{{\"id\":\"vol-input-{input_line}\",\"custom_id\":\"{id}\",\"response\":null,\"error\":{{\"code\":\"invalid_input\",\"message\":\"x\"}},\"volley\":{{\"attempts\":0}}}}\n"
+        )
+    }
+
+    const FINISHED: Lookup = Lookup::Finished {
+        place: Place::Results,
+        by_id_only: false,
+        stale: false,
+    };
+
+    #[test]
+    fn lookup_tells_new_finished_changed_and_unfingerprinted() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        std::fs::write(
+            &f.results,
+            format!("{}{}", line("a", Some(1)), line("old", None)),
+        )
+        .unwrap();
+        std::fs::write(&f.errors, failed("x", 3)).unwrap();
+        let cp = Checkpoint::read(&f).unwrap();
+        assert_eq!(cp.lookup("a", fp(1), false), FINISHED);
+        assert_eq!(
+            cp.lookup("a", fp(2), false),
+            Lookup::Changed {
+                place: Place::Results
+            }
+        );
+        assert!(matches!(
+            cp.lookup("old", fp(9), false),
+            Lookup::Finished {
+                by_id_only: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            cp.lookup("x", fp(3), false),
+            Lookup::Finished {
+                place: Place::Errors,
+                ..
+            }
+        ));
+        assert_eq!(
+            cp.lookup("x", fp(4), false),
+            Lookup::Changed {
+                place: Place::Errors
+            }
+        );
+        assert_eq!(cp.lookup("x", fp(3), true), Lookup::New);
+        assert_eq!(cp.lookup("nobody", fp(1), false), Lookup::New);
+        assert_eq!(cp.unfingerprinted, 1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_a_complete_one_gets_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        let a = line("a", Some(1));
+        std::fs::write(&f.results, format!("{a}{{\"id\":\"vol")).unwrap();
+        std::fs::write(&f.errors, failed("x", 2).trim_end()).unwrap();
+        let mut cp = Checkpoint::read(&f).unwrap();
+        assert_eq!(cp.results_lines, 1);
+        assert_eq!(cp.errors_lines, 1, "a complete last line counts");
+        assert_eq!(
+            std::fs::read_to_string(&f.results).unwrap().len(),
+            a.len() + 10,
+            "reading changes nothing"
+        );
+        let repaired = cp.repair_tails().unwrap();
+        assert_eq!(repaired.len(), 2);
+        assert_eq!(std::fs::read_to_string(&f.results).unwrap(), a);
+        assert_eq!(std::fs::read_to_string(&f.errors).unwrap(), failed("x", 2));
+    }
+
+    #[test]
+    fn a_file_that_is_one_torn_line_becomes_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        std::fs::write(&f.results, "{\"custom_id\":").unwrap();
+        let mut cp = Checkpoint::read(&f).unwrap();
+        assert_eq!(cp.results_lines, 0);
+        cp.repair_tails().unwrap();
+        assert_eq!(std::fs::read(&f.results).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_corrupt_middle_line_or_a_foreign_line_is_refused_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        let text = format!("{}garbage\n{}", line("a", Some(1)), line("b", Some(1)));
+        std::fs::write(&f.results, &text).unwrap();
+        let err = Checkpoint::read(&f).err().unwrap();
+        assert!(err.to_string().contains("r.jsonl:2"), "{err}");
+        assert_eq!(std::fs::read_to_string(&f.results).unwrap(), text);
+        for foreign in ["{\"custom_id\":\"a\"}\n", "{\"custom_id\":\"a\"}"] {
+            std::fs::write(&f.results, foreign).unwrap();
+            let err = Checkpoint::read(&f).err().unwrap();
+            assert!(matches!(err, SinkError::Foreign { line: 1, .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn tidy_keeps_one_line_per_failure_and_drops_succeeded_and_stale_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        // "a" was re-run: its old (1) and new (2) answers are both in RESULTS.
+        std::fs::write(
+            &f.results,
+            format!(
+                "{}{}{}",
+                line("a", Some(1)),
+                line("b", Some(1)),
+                line("a", Some(2))
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            &f.errors,
+            format!(
+                "{}{}{}{}{}",
+                failed("b", 1),
+                failed("x", 1),
+                invalid("line-7", 7),
+                failed("x", 1),
+                invalid("line-2", 2)
+            ),
+        )
+        .unwrap();
+        let cp = Checkpoint::read(&f).unwrap();
+        assert!(matches!(
+            cp.lookup("a", fp(2), false),
+            Lookup::Finished { stale: true, .. }
+        ));
+        let mut current = IdMap::default();
+        current.insert(id_hash("a"), 2);
+        // Input lines after 5 are checked again this run: line 7's record goes.
+        let left = cp.tidy(&f, &current, Some(5)).unwrap();
+        assert_eq!(left, 2);
+        assert_eq!(
+            std::fs::read_to_string(&f.results).unwrap(),
+            format!("{}{}", line("b", Some(1)), line("a", Some(2)))
+        );
+        assert_eq!(
+            std::fs::read_to_string(&f.errors).unwrap(),
+            format!("{}{}", failed("x", 1), invalid("line-2", 2))
+        );
+    }
+
+    #[test]
+    fn output_that_is_not_a_regular_file_is_never_read() {
+        let f = OutputFiles {
+            results: PathBuf::from("/dev/null"),
+            errors: PathBuf::from("/dev/null"),
+        };
+        let cp = Checkpoint::read(&f).unwrap();
+        assert!(!cp.resumable() && cp.is_empty());
+        assert_eq!(cp.tidy(&f, &IdMap::default(), Some(0)).unwrap(), 0);
+    }
+}
