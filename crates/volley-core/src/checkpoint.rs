@@ -520,13 +520,7 @@ fn rewrite(path: &Path, mut keep: impl FnMut(u64, &Entry<'_>) -> bool) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn files(dir: &Path) -> OutputFiles {
-        OutputFiles {
-            results: dir.join("r.jsonl"),
-            errors: dir.join("e.jsonl"),
-        }
-    }
+    use crate::sink::tests::files;
 
     fn fp(n: u64) -> Fingerprint {
         Fingerprint::from_raw(n).unwrap()

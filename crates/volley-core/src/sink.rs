@@ -242,10 +242,11 @@ impl Drop for Sink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn files(dir: &Path) -> OutputFiles {
+    /// `r.jsonl` and `e.jsonl` in `dir`.
+    pub(crate) fn files(dir: &Path) -> OutputFiles {
         OutputFiles {
             results: dir.join("r.jsonl"),
             errors: dir.join("e.jsonl"),

@@ -30,6 +30,17 @@ fn models_by_id(lines: &[Value]) -> HashMap<String, String> {
     out
 }
 
+/// A workspace whose `in.jsonl` (ids "a" and "b") is answered in `in.results.jsonl`.
+fn two_lines_answered(mock: &MockProc) -> Workspace {
+    let ws = Workspace::new();
+    ws.write(
+        "in.jsonl",
+        "{\"id\":\"a\",\"prompt\":\"one\"}\n{\"id\":\"b\",\"prompt\":\"two\"}\n",
+    );
+    assert_exit(&ws.run(&run_args("in.jsonl", &mock.base_url, &[])), 0);
+    ws
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -151,12 +162,7 @@ fn stable_ids_survive_inserts_and_reorders_and_only_edits_are_named() {
 #[test]
 fn after_a_crash_mid_rerun_the_line_matching_the_input_wins() {
     let mock = MockProc::start(&[]);
-    let ws = Workspace::new();
-    ws.write(
-        "in.jsonl",
-        "{\"id\":\"a\",\"prompt\":\"one\"}\n{\"id\":\"b\",\"prompt\":\"two\"}\n",
-    );
-    assert_exit(&ws.run(&run_args("in.jsonl", &mock.base_url, &[])), 0);
+    let ws = two_lines_answered(&mock);
     let old = std::fs::read_to_string(ws.path("in.results.jsonl")).unwrap();
     // The new version of "a", answered into another file...
     ws.write("new.jsonl", "{\"id\":\"a\",\"prompt\":\"one, edited\"}\n");
@@ -187,12 +193,7 @@ fn after_a_crash_mid_rerun_the_line_matching_the_input_wins() {
 #[test]
 fn lines_without_fingerprints_match_by_id_with_one_warning_and_strays_are_named() {
     let mock = MockProc::start(&[]);
-    let ws = Workspace::new();
-    ws.write(
-        "in.jsonl",
-        "{\"id\":\"a\",\"prompt\":\"one\"}\n{\"id\":\"b\",\"prompt\":\"two\"}\n",
-    );
-    assert_exit(&ws.run(&run_args("in.jsonl", &mock.base_url, &[])), 0);
+    let ws = two_lines_answered(&mock);
     // As an older volley wrote them: no fingerprint. Plus one id the input lacks.
     let mut text = String::new();
     for mut line in ws.jsonl("in.results.jsonl") {
@@ -251,12 +252,7 @@ fn a_results_file_volley_did_not_write_is_refused() {
 #[test]
 fn a_complete_last_line_without_newline_is_kept_and_a_torn_one_cut() {
     let mock = MockProc::start(&[]);
-    let ws = Workspace::new();
-    ws.write(
-        "in.jsonl",
-        "{\"id\":\"a\",\"prompt\":\"one\"}\n{\"id\":\"b\",\"prompt\":\"two\"}\n",
-    );
-    assert_exit(&ws.run(&run_args("in.jsonl", &mock.base_url, &[])), 0);
+    let ws = two_lines_answered(&mock);
     let full = std::fs::read_to_string(ws.path("in.results.jsonl")).unwrap();
     ws.write("in.results.jsonl", full.trim_end_matches('\n'));
 
