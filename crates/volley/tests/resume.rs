@@ -436,3 +436,17 @@ fn tidying_errors_keeps_its_mode_and_its_symlink() {
             .any(|l| l["custom_id"] == "a")
     );
 }
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_the_input_is_ignored() {
+    let mock = MockProc::start(&[]);
+    let ws = Workspace::new();
+    ws.write(
+        "in.jsonl",
+        "\u{feff}{\"id\":\"a\",\"prompt\":\"one\"}\n{\"id\":\"b\",\"prompt\":\"two\"}\n",
+    );
+    let out = ws.run(&run_args("in.jsonl", &mock.base_url, &[]));
+    assert_exit(&out, 0);
+    assert_eq!(requests(&mock), 2);
+    assert_eq!(models_by_id(&ws.jsonl("in.results.jsonl")).len(), 2);
+}
