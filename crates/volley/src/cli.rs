@@ -117,6 +117,11 @@ pub struct RunArgs {
     /// Retries after errors, per request.
     #[arg(long, default_value_t = defaults::MAX_RETRIES, value_name = "N", allow_negative_numbers = true, value_parser = within(0, u32::MAX, "must be a whole number, 0 or more (0: no retries after errors)"))]
     pub max_retries: u32,
+    /// Retries of a request whose reply came back empty (no content, no tool calls),
+    /// within --max-retries: a model that answers nothing to a prompt mostly answers
+    /// nothing again.
+    #[arg(long, default_value_t = defaults::MAX_EMPTY_RETRIES, value_name = "N", allow_negative_numbers = true, value_parser = within(0, u32::MAX, "must be a whole number, 0 or more (0: an empty reply is not retried)"))]
+    pub max_empty_retries: u32,
     /// First backoff step in seconds; doubles each retry, with full jitter.
     #[arg(long, default_value_t = defaults::INITIAL_BACKOFF.as_secs_f64(), value_name = "SECS", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
     pub initial_backoff: f64,

@@ -5,7 +5,14 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use common::*;
+use serde_json::{Value, json};
+
+/// Retries in milliseconds, so tests that exhaust them stay quick.
+const FAST_RETRY: [&str; 4] = ["--initial-backoff", "0.01", "--max-backoff", "0.05"];
 
 /// A server that answers every request with a good completion and counts them.
 fn counting_server() -> FnServer {
@@ -50,6 +57,11 @@ fn flags_that_cannot_work_are_usage_errors_and_nothing_is_sent() {
         ("--retry-budget", "-0.1", "must be 0 or more"),
         ("--retry-budget", "inf", "\"inf\" is not a finite number"),
         ("--max-retries", "-1", "must be a whole number, 0 or more"),
+        (
+            "--max-empty-retries",
+            "-1",
+            "must be a whole number, 0 or more",
+        ),
         ("--limit", "-2", "must be a whole number, 0 or more"),
         ("--offset", "1.5", "\"1.5\" is not a whole number"),
     ];
@@ -88,4 +100,100 @@ fn flags_that_cannot_work_are_usage_errors_and_nothing_is_sent() {
     ));
     assert_exit(&out, 0);
     assert_eq!(server.requests(), 3, "{}", explain(&out));
+}
+
+/// A server whose every reply is a completion with empty content.
+fn empty_server() -> FnServer {
+    FnServer::start(|_| RawReply {
+        status: 200,
+        headers: Vec::new(),
+        body: completion("").to_string().into_bytes(),
+    })
+}
+
+/// Runs one request against `server` with `flags`; returns its ERRORS line.
+fn one_failed_request(server: &FnServer, flags: &[&str]) -> Value {
+    let ws = Workspace::new();
+    ws.prompts("in.jsonl", 1);
+    let flags = [flags, &FAST_RETRY[..]].concat();
+    let out = ws.run(&run_args("in.jsonl", &server.base_url, &flags));
+    assert_exit(&out, 1);
+    assert!(ws.jsonl("in.results.jsonl").is_empty(), "{}", explain(&out));
+    let errors = ws.jsonl("in.errors.jsonl");
+    assert_eq!(errors.len(), 1, "{}", explain(&out));
+    errors.into_iter().next().unwrap()
+}
+
+#[test]
+fn empty_replies_are_retried_a_bounded_number_of_times_and_the_error_says_all_were_empty() {
+    // (flags, attempts, how the message counts them)
+    let cases: &[(&[&str], u64, &str)] = &[
+        (&[], 3, "all 3 attempts came back empty"),
+        (
+            &["--max-empty-retries", "0"],
+            1,
+            "the only attempt came back empty",
+        ),
+        // --max-retries stays the overall cap.
+        (
+            &["--max-empty-retries", "4", "--max-retries", "2"],
+            3,
+            "all 3 attempts came back empty",
+        ),
+        (
+            &["--max-empty-retries", "4"],
+            5,
+            "all 5 attempts came back empty",
+        ),
+    ];
+    for &(flags, attempts, says) in cases {
+        let server = empty_server();
+        let line = one_failed_request(&server, flags);
+        assert_eq!(line["error"]["code"], "empty_response", "{flags:?}: {line}");
+        let message = line["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(says) && message.contains("no content and no tool calls"),
+            "{flags:?}: {line}"
+        );
+        assert_eq!(line["volley"]["attempts"], attempts, "{flags:?}: {line}");
+        assert_eq!(
+            server.requests() as u64,
+            attempts,
+            "{flags:?}: the server saw each attempt"
+        );
+        // Every attempt reported usage, and every one is billed.
+        assert_eq!(
+            line["volley"]["usage"]["total_tokens"],
+            15 * attempts,
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_reply_after_a_server_error_still_gets_its_empty_retries() {
+    let counts = Mutex::new(HashMap::new());
+    let server = FnServer::start(move |_| {
+        let first = attempt(&counts, 0) == 1;
+        RawReply {
+            status: if first { 503 } else { 200 },
+            headers: Vec::new(),
+            body: if first {
+                json!({"error": {"message": "overloaded"}}).to_string()
+            } else {
+                completion("").to_string()
+            }
+            .into_bytes(),
+        }
+    });
+    let line = one_failed_request(&server, &[]);
+    // One 503, then the first empty reply and its 2 retries.
+    assert_eq!(line["volley"]["attempts"], 4, "{line}");
+    assert_eq!(server.requests(), 4);
+    assert_eq!(line["error"]["code"], "empty_response", "{line}");
+    let message = line["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("gave up after 4 attempts:") && !message.contains("all 4"),
+        "not every attempt was empty, and the message does not say so: {line}"
+    );
 }

@@ -200,6 +200,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         concurrency: args.concurrency,
         retry: RetryPolicy {
             max_retries: args.max_retries,
+            max_empty_retries: args.max_empty_retries,
             initial_backoff: Duration::from_secs_f64(args.initial_backoff),
             max_backoff: Duration::from_secs_f64(args.max_backoff),
             max_wait: Duration::from_secs_f64(args.max_wait),
