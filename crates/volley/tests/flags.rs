@@ -197,3 +197,23 @@ fn an_empty_reply_after_a_server_error_still_gets_its_empty_retries() {
         "not every attempt was empty, and the message does not say so: {line}"
     );
 }
+
+#[test]
+fn an_empty_id_is_named_as_empty() {
+    let server = counting_server();
+    let ws = Workspace::new();
+    ws.write(
+        "in.jsonl",
+        "{\"id\": \"a\", \"prompt\": \"fine\"}\n{\"id\": \"\", \"prompt\": \"no id\"}\n",
+    );
+    let out = ws.run(&run_args("in.jsonl", &server.base_url, &[]));
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("in.jsonl:2: field \"id\": must not be empty"),
+        "{}",
+        explain(&out)
+    );
+    assert!(!err.contains("found a string"), "{}", explain(&out));
+    assert_eq!(server.requests(), 0);
+}
