@@ -217,3 +217,142 @@ fn an_empty_id_is_named_as_empty() {
     assert!(!err.contains("found a string"), "{}", explain(&out));
     assert_eq!(server.requests(), 0);
 }
+
+/// Every non-empty line of standard error, as JSON; fails on any that is not.
+fn json_lines(out: &std::process::Output) -> Vec<Value> {
+    stderr(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "a stderr line is not a JSON object: {l:?}\n{}",
+                        explain(out)
+                    )
+                })
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_hold_the_summary_and_the_final_lines_as_json() {
+    const N: u64 = 5;
+    let mock = MockProc::start(&[]);
+    let ws = Workspace::new();
+    ws.prompts("in.jsonl", N as usize);
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &mock.base_url,
+        &["--log-format", "json", "--progress", "log"],
+    ));
+    assert_exit(&out, 0);
+    let lines = json_lines(&out);
+    let summaries: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["report"].is_object())
+        .collect();
+    assert_eq!(summaries.len(), 1, "one summary\n{}", explain(&out));
+    let fields = &summaries[0]["fields"];
+    assert_eq!(fields["report"]["requests"]["succeeded"], N, "{fields}");
+    assert_eq!(fields["report"]["requests"]["failed"], 0, "{fields}");
+    assert_eq!(fields["report"]["attempts"], N, "{fields}");
+    assert_eq!(summaries[0]["level"], "INFO");
+    assert!(
+        fields["results"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("in.results.jsonl"))
+            && fields["errors"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("in.errors.jsonl")),
+        "{fields}"
+    );
+    assert_eq!(ws.jsonl("in.results.jsonl").len(), N as usize);
+
+    // A run that stops early says why in JSON too: every key answers 401, so none is left.
+    let server = FnServer::start(|_| RawReply {
+        status: 401,
+        headers: Vec::new(),
+        body: json!({"error": {"message": "no such key"}})
+            .to_string()
+            .into_bytes(),
+    });
+    let ws = Workspace::new();
+    ws.prompts("in.jsonl", 2);
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &server.base_url,
+        &["--log-format", "json"],
+    ));
+    assert_exit(&out, 3);
+    let lines = json_lines(&out);
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("stopped: "))
+            && l["level"] == "WARN"),
+        "{}",
+        explain(&out)
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["report"]["requests"]["not_finished"] == 2),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn a_run_with_nothing_to_send_says_why_and_exits_0() {
+    let server = counting_server();
+    let ws = Workspace::new();
+    ws.write("empty.jsonl", "");
+    ws.write("blank.jsonl", "\n   \n\t\n");
+    ws.prompts("three.jsonl", 3);
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "empty.jsonl",
+            &[],
+            "empty.jsonl has no requests (empty or blank lines only)",
+        ),
+        (
+            "blank.jsonl",
+            &[],
+            "blank.jsonl has no requests (empty or blank lines only)",
+        ),
+        (
+            "three.jsonl",
+            &["--offset", "3"],
+            "--offset 3 skips every line of three.jsonl, which has 3 non-blank line(s)",
+        ),
+        (
+            "three.jsonl",
+            &["--offset", "1000"],
+            "--offset 1000 skips every line of three.jsonl, which has 3 non-blank line(s)",
+        ),
+    ];
+    for &(input, flags, says) in cases {
+        let out = ws.run(&run_args(input, &server.base_url, flags));
+        assert_exit(&out, 0);
+        let err = stderr(&out);
+        assert!(err.contains(says), "{input} {flags:?}\n{}", explain(&out));
+        assert!(err.contains("WARN"), "a warning\n{}", explain(&out));
+    }
+    assert_eq!(server.requests(), 0);
+    // Not said when an offset leaves something to send.
+    let out = ws.run(&run_args(
+        "three.jsonl",
+        &server.base_url,
+        &["--offset", "2"],
+    ));
+    assert_exit(&out, 0);
+    assert!(
+        !stderr(&out).contains("skips every line"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(server.requests(), 1);
+}

@@ -22,7 +22,7 @@ use volley_core::transport::ApiKey;
 use volley_core::validate::ResponseCheck;
 use volley_mock::{MockConfig, MockServer};
 
-use crate::cli::{Expect, ProgressMode, RunArgs};
+use crate::cli::{Expect, LogFormat, ProgressMode, RunArgs};
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::metrics_endpoint::MetricsEndpoint;
@@ -131,6 +131,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             scan.already_done,
             files.results.display()
         );
+    }
+    if scan.lines == 0 {
+        // Not an error (a pipeline may well produce nothing today), but a run that ends
+        // at once with nothing done must say why, or it reads as a silent success.
+        tracing::warn!("{}", nothing_to_send(&args, &scan.label));
     }
 
     let mock = if args.mock {
@@ -256,12 +261,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let outcome = match outcome {
         Ok(o) => o,
         Err(e @ RunError::Transport(_)) => {
-            eprintln!("error: {e}");
+            tracing::error!("{e}");
             return Ok(Exit::Usage);
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("finished results are on disk; re-run the same command to resume");
+            tracing::error!("{e}; finished results are on disk, re-run the same command to resume");
             return Ok(Exit::Stopped);
         }
     };
@@ -274,32 +278,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(path, json + "\n"));
         if let Err(e) = written {
-            eprintln!(
-                "error: cannot write the report {}: {e}; `volley report {}` recomputes it from the files",
+            tracing::error!(
+                "cannot write the report {}: {e}; `volley report {}` recomputes it from the files",
                 path.display(),
                 files.results.display()
             );
         }
     }
     if !args.quiet {
-        eprintln!(
-            "{}",
-            summary::render(
-                &report,
-                &files.results.display().to_string(),
-                &files.errors.display().to_string()
-            )
+        let (results, errors) = (
+            files.results.display().to_string(),
+            files.errors.display().to_string(),
         );
+        let text = match args.log_format {
+            LogFormat::Text => summary::render(&report, &results, &errors),
+            LogFormat::Json => logging::json_record(
+                tracing::Level::INFO,
+                &summary::JsonSummary::new(&report, &results, &errors),
+            ),
+        };
+        eprintln!("{text}");
     }
     let exit = match outcome.stop {
         StopReason::Completed if outcome.errors_in_file > 0 => Exit::Failures,
         StopReason::Completed => Exit::Success,
         StopReason::Interrupted => {
-            eprintln!("interrupted: re-run the same command to finish the rest");
+            tracing::warn!("interrupted: re-run the same command to finish the rest");
             Exit::Stopped
         }
         StopReason::Halted(why) => {
-            eprintln!("stopped: {why}");
+            tracing::warn!("stopped: {why}");
             Exit::Stopped
         }
     };
@@ -319,6 +327,51 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         endpoint.shutdown();
     }
     Ok(exit)
+}
+
+/// Why a run that found no request to send has nothing to do: an input with no
+/// request at all, or an `--offset` past its last one (with how many it has, so the
+/// user sees how far off the offset is).
+fn nothing_to_send(args: &RunArgs, label: &str) -> String {
+    const EMPTY: &str = "has no requests (empty or blank lines only); nothing was sent";
+    if args.offset == 0 {
+        return format!("{label} {EMPTY}");
+    }
+    let offset = args.offset;
+    // Counted again only here, where the scan skipped every line: it kept no count of
+    // the lines before the offset. Standard input cannot be read twice.
+    let stdin = args.input.as_os_str() == "-";
+    let counted = if stdin {
+        None
+    } else {
+        count_request_lines(&args.input)
+    };
+    match counted {
+        Some(0) => format!("{label} {EMPTY}"),
+        Some(n) => format!(
+            "--offset {offset} skips every line of {label}, which has {n} non-blank line(s); nothing was sent"
+        ),
+        None => format!(
+            "--offset {offset} skips every line of {label} (or it has no requests); nothing was sent"
+        ),
+    }
+}
+
+/// Non-blank lines of a file; `None` when it cannot be read (the scan would have said).
+fn count_request_lines(path: &Path) -> Option<u64> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).ok()?;
+    let mut reader = std::io::BufReader::new(file);
+    let (mut count, mut line) = (0u64, Vec::new());
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).ok()? == 0 {
+            return Some(count);
+        }
+        if !line.trim_ascii().is_empty() {
+            count += 1;
+        }
+    }
 }
 
 /// Why a file could not be written at `path` once the run is over, found before any
@@ -348,7 +401,7 @@ async fn watch_signals(cancel: CancellationToken, grace: Duration) {
     );
     cancel.cancel();
     crate::commands::mock::shutdown_signal().await;
-    eprintln!("exiting now; finished results are on disk, re-run to resume");
+    tracing::warn!("exiting now; finished results are on disk, re-run to resume");
     std::process::exit(Exit::Stopped as i32);
 }
 
