@@ -48,14 +48,15 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn id_from(value: Value, field: &'static str) -> Result<String, LineProblem> {
-    match value {
-        Value::String(s) if !s.is_empty() => Ok(s),
-        Value::Number(n) => Ok(n.to_string()),
-        other => Err(LineProblem::BadField {
-            field,
-            reason: format!("must be a non-empty string, found {}", type_name(&other)),
-        }),
-    }
+    let reason = match value {
+        Value::String(s) if !s.is_empty() => return Ok(s),
+        Value::Number(n) => return Ok(n.to_string()),
+        // "must be a non-empty string, found a string" would leave the user puzzling
+        // over what is wrong with it.
+        Value::String(_) => "must not be empty".to_string(),
+        other => format!("must be a non-empty string, found {}", type_name(&other)),
+    };
+    Err(LineProblem::BadField { field, reason })
 }
 
 /// The custom_id a line would have, if it can be told, without judging the rest: used
@@ -395,6 +396,40 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn an_empty_id_is_said_to_be_empty() {
+        let d = defaults();
+        let cases = [
+            (r#"{"id":"","prompt":"x"}"#, "id", "must not be empty"),
+            (
+                r#"{"custom_id":"","model":"m","messages":[{"role":"user","content":"x"}]}"#,
+                "custom_id",
+                "must not be empty",
+            ),
+            (
+                r#"{"custom_id":"","url":"/v1/chat/completions","body":{"messages":[1]}}"#,
+                "custom_id",
+                "must not be empty",
+            ),
+            (
+                r#"{"id":null,"prompt":"x"}"#,
+                "id",
+                "must be a non-empty string, found null",
+            ),
+        ];
+        for (line, field, reason) in cases {
+            assert_eq!(
+                parse_line(line, 1, &d).map(|j| j.custom_id),
+                Err(LineProblem::BadField {
+                    field,
+                    reason: reason.into()
+                }),
+                "{line}"
+            );
+        }
+        assert_eq!(peek_custom_id(r#"{"id":"","prompt":"x"}"#, 6), "line-6");
     }
 
     #[test]

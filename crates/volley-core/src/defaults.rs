@@ -19,6 +19,13 @@ pub const CONCURRENCY: usize = 64;
 /// long-running and cheap to retry, so volley is more patient.
 pub const MAX_RETRIES: u32 = 5;
 
+/// Retries of a request whose replies come back empty (no content, no tool calls),
+/// within `MAX_RETRIES`. An empty answer is mostly the model's answer to that prompt:
+/// under greedy decoding a real inference server gave the same empty reply to every
+/// one of 6 attempts, and those requests set the run's tail. Two retries still get past
+/// a provider's one-off hiccup without paying six times for the same nothing.
+pub const MAX_EMPTY_RETRIES: u32 = 2;
+
 /// First backoff step, doubled each retry (SPEC §3).
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 

@@ -15,8 +15,13 @@ use crate::{defaults, ratelimit};
 /// The per-request retry rules.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Retries after errors per request.
+    /// Retries after errors per request: the cap on every kind of retry but a 429's.
     pub max_retries: u32,
+    /// Retries after replies that came back empty, counted apart from other errors (a
+    /// request that met a 503 first still gets these) and within `max_retries`: an
+    /// empty answer tends to repeat, so insisting as long as after a 5xx only pays for
+    /// more of it.
+    pub max_empty_retries: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     /// A Retry-After longer than this is not slept through.
@@ -27,6 +32,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_retries: defaults::MAX_RETRIES,
+            max_empty_retries: defaults::MAX_EMPTY_RETRIES,
             initial_backoff: defaults::INITIAL_BACKOFF,
             max_backoff: defaults::MAX_BACKOFF,
             max_wait: defaults::MAX_WAIT,
@@ -60,6 +66,30 @@ impl RetryPolicy {
             Some(h) => h.max(jittered),
             None => jittered,
         }
+    }
+}
+
+/// The retries after errors one request has taken, counted against the caps of a
+/// [`RetryPolicy`]. Rate-limited tries are counted apart: a 429 is pacing, not failure.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetryCount {
+    /// Failed attempts that asked for a retry, of every kind (capped by `max_retries`).
+    pub errors: u32,
+    /// Of those, the replies that came back empty (capped by `max_empty_retries`).
+    pub empty: u32,
+}
+
+impl RetryCount {
+    /// Counts a failed attempt that asks for a retry; `empty` when its reply came back
+    /// empty. `Some(n)`: the request takes its `n`-th retry after errors (the backoff
+    /// step); `None`: a cap is reached and it gives up.
+    pub fn next(&mut self, policy: &RetryPolicy, empty: bool) -> Option<u32> {
+        self.errors += 1;
+        if empty {
+            self.empty += 1;
+        }
+        let within_empty_cap = !empty || self.empty <= policy.max_empty_retries;
+        (self.errors <= policy.max_retries && within_empty_cap).then_some(self.errors)
     }
 }
 
@@ -148,6 +178,7 @@ mod tests {
     fn policy() -> RetryPolicy {
         RetryPolicy {
             max_retries: 5,
+            max_empty_retries: 2,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             max_wait: Duration::from_secs(600),
@@ -190,6 +221,47 @@ mod tests {
             p.delay(1, Some(crate::ratelimit::LONGEST_ANNOUNCED_WAIT), false)
                 <= Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn empty_replies_have_their_own_cap_within_max_retries() {
+        // (max_retries, max_empty_retries, outcomes: true = empty) → retries granted
+        // before giving up, with the outcome that gave up.
+        let cases: [(u32, u32, &[bool], u32); 6] = [
+            // By default an always-empty request is tried 3 times (2 retries).
+            (5, 2, &[true, true, true], 2),
+            (5, 0, &[true], 0),
+            // --max-retries stays the overall cap.
+            (2, 4, &[true, true, true], 2),
+            // An error before the empties does not eat their cap: 503, then 2 empty
+            // retries, then the third empty gives up.
+            (5, 2, &[false, true, true, true], 3),
+            // Other errors are capped by max_retries alone, whatever the empties took.
+            (5, 1, &[true, false, false, false, false, false], 5),
+            (0, 2, &[false], 0),
+        ];
+        for (max_retries, max_empty_retries, outcomes, granted) in cases {
+            let p = RetryPolicy {
+                max_retries,
+                max_empty_retries,
+                ..policy()
+            };
+            let mut count = RetryCount::default();
+            let (last, before) = outcomes.split_last().unwrap();
+            for (i, &empty) in before.iter().enumerate() {
+                assert_eq!(
+                    count.next(&p, empty),
+                    Some(i as u32 + 1),
+                    "{max_retries}/{max_empty_retries} {outcomes:?}: outcome {i} is retried"
+                );
+            }
+            assert_eq!(
+                count.next(&p, *last),
+                None,
+                "{max_retries}/{max_empty_retries} {outcomes:?}: the last outcome gives up"
+            );
+            assert_eq!(count.errors - 1, granted);
+        }
     }
 
     #[test]

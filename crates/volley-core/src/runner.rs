@@ -117,8 +117,10 @@ pub struct InputIssue {
 pub struct Scan {
     /// How the input is named in messages (`<stdin>` or the path).
     pub label: String,
-    /// Non-blank lines read.
+    /// Non-blank lines read (after `--offset`).
     pub lines: u64,
+    /// Non-blank lines `--offset` skipped.
+    pub before_offset: u64,
     /// Requests this run will send.
     pub to_send: u64,
     /// Lines skipped because an earlier run finished them.
@@ -295,6 +297,7 @@ fn scan(
     let mut fates = Vec::new();
     let mut issues = Vec::new();
     let (mut lines, mut to_send, mut already_done) = (0u64, 0u64, 0u64);
+    let mut before_offset = 0u64;
     let (mut changed, mut changed_lines, mut by_id_only) = (0u64, Vec::new(), 0u64);
     let (mut stale, mut replacing) = (IdMap::default(), IdMap::default());
     // The line each id was first seen on, so a repeat can name it (bounded; see
@@ -304,6 +307,7 @@ fn scan(
         let fate = match text {
             Ok(t) if t.trim().is_empty() => LineFate::Skip,
             Ok(t) if number <= plan.offset => {
+                before_offset += 1;
                 // Not this run's to send, but still the input's: its id is not one that
                 // RESULTS holds for no line.
                 if let Ok(request) = parse_request(t, number, &plan.defaults) {
@@ -311,7 +315,10 @@ fn scan(
                 }
                 LineFate::Skip
             }
-            _ if number <= plan.offset => LineFate::Skip,
+            _ if number <= plan.offset => {
+                before_offset += 1;
+                LineFate::Skip
+            }
             Ok(t) => {
                 lines += 1;
                 match parse_request(t, number, &plan.defaults) {
@@ -403,6 +410,7 @@ fn scan(
     let scan = Scan {
         label,
         lines,
+        before_offset,
         to_send,
         already_done,
         issues,

@@ -35,7 +35,7 @@ use crate::job::Job;
 use crate::keys::{BookError, Booking, KeyPool, Learned, Refused};
 use crate::pricing::Pricing;
 use crate::ratelimit;
-use crate::retry::{RetryBudget, RetryPolicy};
+use crate::retry::{RetryBudget, RetryCount, RetryPolicy};
 use crate::sink::{
     Destination, ErrorPart, OutputLine, ResponsePart, SinkHandle, VolleyPart, unix_now,
 };
@@ -297,7 +297,7 @@ impl Engine {
         let endpoint = Endpoint::of(&job.path);
         let mut usage = Usage::default();
         let mut attempts = 0u32;
-        let mut error_retries = 0u32;
+        let mut retries = RetryCount::default();
         let mut rate_limited_retries = 0u32;
         let mut priority = Priority::Fresh;
         loop {
@@ -447,12 +447,15 @@ impl Engine {
                     rate_limited_retries
                 }
                 Verdict::Retry => {
-                    error_retries += 1;
-                    if error_retries > self.config.retry.max_retries {
-                        let why =
-                            format!("gave up after {attempts} attempts: {}", message(&outcome));
+                    let empty = reason == Reason::EmptyResponse;
+                    let Some(retry) = retries.next(&self.config.retry, empty) else {
+                        let why = if retries.empty == attempts {
+                            all_empty(attempts)
+                        } else {
+                            format!("gave up after {attempts} attempts: {}", message(&outcome))
+                        };
                         return self.finish(done, Some((reason, why)));
-                    }
+                    };
                     if let Err(first) = self.budget.try_spend() {
                         if first {
                             self.events.emit(Event::RetryBudgetExhausted {
@@ -466,7 +469,7 @@ impl Engine {
                         );
                         return self.finish(done, Some((reason, why)));
                     }
-                    error_retries
+                    retry
                 }
             };
             let delay = self.config.retry.delay(
@@ -761,6 +764,18 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The ERRORS message of a request whose every attempt came back empty. Said apart
+/// from "gave up after N attempts" because it tells the user something retries cannot
+/// change: the model answers this prompt with nothing (`--max-empty-retries` decides
+/// how often to insist).
+fn all_empty(attempts: u32) -> String {
+    const WHAT: &str = "no content and no tool calls";
+    match attempts {
+        1 => format!("the only attempt came back empty ({WHAT})"),
+        n => format!("all {n} attempts came back empty ({WHAT})"),
+    }
 }
 
 fn message(outcome: &Classified) -> String {

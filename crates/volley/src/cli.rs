@@ -1,11 +1,38 @@
 //! Command-line flags. Raw flags become validated settings in `commands::*`; defaults
 //! come from `volley_core::defaults` so help text and engine never disagree.
+//!
+//! Numeric flags are checked by the parsers of [`values`]: a value that cannot work
+//! (`--timeout 0`, `--concurrency 0`, `--max-cost -1`, NaN) is a usage error (exit 2)
+//! that says why, before anything is sent. Negative numbers are let through to those
+//! parsers (`allow_negative_numbers`) so that they say "must be 0 or more" instead of
+//! clap suggesting `-- -1`, which cannot work either.
+
+mod values;
 
 use std::path::PathBuf;
 
-use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use volley_core::defaults;
+
+use values::{MAX_SECONDS, non_negative, seconds, within};
+
+/// The rule of every flag that is a plain span of seconds.
+const SECONDS: &str = "must be 0 to 1e9 seconds";
+
+/// The rule of `--offset` and `--limit`.
+const LINES: &str = "must be a whole number, 0 or more";
+
+/// The shortest `--timeout`: a provider bills a request it has received whether or not
+/// the client waits for the answer, and hardly any completion comes back sooner (setting
+/// up the connection takes part of it), so a shorter timeout mostly pays for replies it
+/// throws away.
+const MIN_TIMEOUT_SECS: f64 = 1.0;
+
+/// The rule of the mock's fault rates.
+const FRACTION: &str = "must be a fraction from 0 to 1";
+
+/// The rule of a price in USD per million tokens.
+const PRICE: &str = "must be 0 or more USD per million tokens";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,38 +106,43 @@ pub struct RunArgs {
     #[arg(long)]
     pub key_info: bool,
     /// Requests in flight at once (the ceiling when concurrency adapts).
-    #[arg(long, default_value_t = defaults::CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
+    #[arg(long, default_value_t = defaults::CONCURRENCY, allow_negative_numbers = true, value_parser = within(1usize, 100_000, "must be 1 to 100000 requests in flight at once: 0 would never send one"))]
     pub concurrency: usize,
     /// Requests per minute, per key [default: learned from the provider's headers; adaptive concurrency until then].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = within(1, u64::MAX, "must be at least 1: a limit of 0 requests per minute would never send one (leave --rpm out to learn the limit from the provider)"))]
     pub rpm: Option<u64>,
     /// Tokens per minute, per key (prompt counted with a tokenizer + max_tokens, corrected by usage) [default: learned from headers].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = within(1, u64::MAX, "must be at least 1: a limit of 0 tokens per minute would never send a request (leave --tpm out to learn the limit from the provider)"))]
     pub tpm: Option<u64>,
     /// Retries after errors, per request.
-    #[arg(long, default_value_t = defaults::MAX_RETRIES, value_name = "N")]
+    #[arg(long, default_value_t = defaults::MAX_RETRIES, value_name = "N", allow_negative_numbers = true, value_parser = within(0, u32::MAX, "must be a whole number, 0 or more (0: no retries after errors)"))]
     pub max_retries: u32,
+    /// Retries of a request whose reply came back empty (no content, no tool calls),
+    /// within --max-retries: a model that answers nothing to a prompt mostly answers
+    /// nothing again.
+    #[arg(long, default_value_t = defaults::MAX_EMPTY_RETRIES, value_name = "N", allow_negative_numbers = true, value_parser = within(0, u32::MAX, "must be a whole number, 0 or more (0: an empty reply is not retried)"))]
+    pub max_empty_retries: u32,
     /// First backoff step in seconds; doubles each retry, with full jitter.
-    #[arg(long, default_value_t = defaults::INITIAL_BACKOFF.as_secs_f64(), value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, default_value_t = defaults::INITIAL_BACKOFF.as_secs_f64(), value_name = "SECS", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
     pub initial_backoff: f64,
     /// Longest backoff step in seconds.
-    #[arg(long, default_value_t = defaults::MAX_BACKOFF.as_secs_f64(), value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, default_value_t = defaults::MAX_BACKOFF.as_secs_f64(), value_name = "SECS", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
     pub max_backoff: f64,
-    /// Timeout of one attempt in seconds.
-    #[arg(long, default_value_t = defaults::TIMEOUT.as_secs_f64(), value_name = "SECS", value_parser = parse_secs)]
+    /// Timeout of one attempt in seconds (at least 1).
+    #[arg(long, default_value_t = defaults::TIMEOUT.as_secs_f64(), value_name = "SECS", allow_negative_numbers = true, value_parser = within(MIN_TIMEOUT_SECS, MAX_SECONDS, "must be 1 to 1e9 seconds: a shorter timeout abandons requests the provider has already received and will bill"))]
     pub timeout: f64,
     /// A Retry-After longer than this (seconds) is not waited out: the key counts as quota-spent.
-    #[arg(long, default_value_t = defaults::MAX_WAIT.as_secs_f64(), value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, default_value_t = defaults::MAX_WAIT.as_secs_f64(), value_name = "SECS", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
     pub max_wait: f64,
     /// Retries after errors allowed across the run, as a fraction of requests sent.
-    #[arg(long, default_value_t = defaults::RETRY_BUDGET_RATIO, value_name = "RATIO", value_parser = parse_ratio)]
+    #[arg(long, default_value_t = defaults::RETRY_BUDGET_RATIO, value_name = "RATIO", allow_negative_numbers = true, value_parser = non_negative("must be 0 or more: the retries after errors allowed across the run, as a fraction of the requests sent (0.2 is 20%)"))]
     pub retry_budget: f64,
 
     /// Send only the first N requests (after resume skips), to try a sample.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = within(0, u64::MAX, LINES))]
     pub limit: Option<u64>,
     /// Skip the first N lines of the input.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true, value_parser = within(0, u64::MAX, LINES))]
     pub offset: u64,
     /// Check every reply's content; a reply that fails is retried as invalid_response.
     #[arg(long, value_enum, value_name = "json")]
@@ -139,7 +171,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub fetch_prices: bool,
     /// Stop starting requests once the cost recorded (plus what may be in flight) reaches USD; exit 3, resumable.
-    #[arg(long, value_name = "USD", value_parser = parse_ratio)]
+    #[arg(long, value_name = "USD", allow_negative_numbers = true, value_parser = non_negative("must be 0 or more US dollars"))]
     pub max_cost: Option<f64>,
     /// Write the final report as JSON to FILE (schema: docs/report.md).
     #[arg(long, value_name = "FILE")]
@@ -161,7 +193,7 @@ pub struct RunArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Keep serving /metrics this many seconds after the run ends, so a scraper gets
     /// the final figures (Ctrl-C ends the wait).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "metrics_addr", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "metrics_addr", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
     pub metrics_linger: f64,
 }
 
@@ -192,16 +224,16 @@ pub struct MockArgs {
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = crate::commands::mock::parse_window)]
     pub window: std::time::Duration,
     /// Fraction of requests answered 500/502/503.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = within(0.0, 1.0, FRACTION))]
     pub fail_rate: f64,
     /// Fraction of requests that never answer.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = within(0.0, 1.0, FRACTION))]
     pub hang_rate: f64,
     /// Fraction of requests answered with a truncated JSON body.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = within(0.0, 1.0, FRACTION))]
     pub malformed_rate: f64,
     /// Fraction of requests whose connection is dropped mid-reply.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = within(0.0, 1.0, FRACTION))]
     pub reset_rate: f64,
     /// Seed for faults and jitter: the same seed and arrival order give the same run.
     #[arg(long, default_value_t = 0)]
@@ -216,7 +248,7 @@ pub struct MockArgs {
     #[arg(long, value_name = "N")]
     pub in_flight_budget: Option<u64>,
     /// Report usage.cost (USD) in every reply with usage, at this price per million tokens.
-    #[arg(long, value_name = "USD", value_parser = parse_ratio)]
+    #[arg(long, value_name = "USD", allow_negative_numbers = true, value_parser = non_negative(PRICE))]
     pub cost_per_million_tokens: Option<f64>,
     /// List MODEL in GET /v1/models with OpenRouter-style prices (USD per million prompt and completion tokens). Repeatable.
     #[arg(long = "model-price", value_name = "MODEL=PROMPT,COMPLETION", value_parser = parse_model_price)]
@@ -247,41 +279,13 @@ pub struct SortArgs {
     pub input: PathBuf,
 }
 
-fn parse_secs(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if (0.0..1e9).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{s:?} must be a non-negative number of seconds"))
-    }
-}
-
-fn parse_fraction(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{s:?} must be between 0 and 1"))
-    }
-}
-
-fn parse_ratio(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("{s:?} must be a non-negative number"))
-    }
-}
-
 fn parse_model_price(s: &str) -> Result<(String, f64, f64), String> {
     let bad = || format!("{s:?} is not MODEL=PROMPT,COMPLETION (USD per million tokens)");
     let (model, prices) = s.rsplit_once('=').ok_or_else(bad)?;
     let (prompt, completion) = prices.split_once(',').ok_or_else(bad)?;
-    let prompt = parse_ratio(prompt.trim())?;
-    let completion = parse_ratio(completion.trim())?;
+    let price = non_negative(PRICE);
+    let prompt = price(prompt)?;
+    let completion = price(completion)?;
     if model.is_empty() {
         return Err(bad());
     }

@@ -5,8 +5,11 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
 use indicatif::ProgressBar;
+use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
 use crate::cli::LogFormat;
 
@@ -76,4 +79,52 @@ pub fn init(format: LogFormat, quiet: bool, slot: BarSlot) {
         LogFormat::Text => builder.without_time().try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// One record shaped like the JSON log lines (`timestamp`, `level`, `fields`), for
+/// output that is data, not a message: tracing can only put flat values in `fields`, and
+/// a consumer of `--log-format json` should find the final summary as nested JSON in
+/// the same stream, read the same way as every other line.
+pub fn json_record(level: tracing::Level, fields: &impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Record<'a, F> {
+        timestamp: String,
+        level: &'a str,
+        fields: &'a F,
+    }
+    let mut timestamp = String::new();
+    // The subscriber's own clock and format, so every line's timestamp reads alike.
+    let _ = SystemTime.format_time(&mut Writer::new(&mut timestamp));
+    let record = Record {
+        timestamp,
+        level: level.as_str(),
+        fields,
+    };
+    // Plain data with string keys always serializes; should it not, a line that still
+    // parses beats a missing one.
+    serde_json::to_string(&record).unwrap_or_else(|e| {
+        serde_json::json!({"level": "ERROR", "fields": {"message": format!("cannot encode a log record: {e}")}})
+            .to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_record_reads_like_a_json_log_line() {
+        let line = json_record(
+            tracing::Level::INFO,
+            &serde_json::json!({"message": "m", "n": {"a": 1}}),
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["fields"]["n"]["a"], 1);
+        assert!(
+            v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
 }

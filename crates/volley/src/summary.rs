@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use serde::Serialize;
 use volley_core::report::Report;
 
 /// "1.5 s", "2m05s", "1h02m".
@@ -128,6 +129,29 @@ pub fn render(r: &Report, results: &str, errors: &str) -> String {
     }
     let _ = write!(out, "  results: {results} · errors: {errors}");
     out
+}
+
+/// The report as the fields of one JSON log record (`--log-format json`): the same
+/// data as `--report FILE.json`, and where RESULTS and ERRORS went, so a log consumer
+/// needs no second file and no text parsing.
+#[derive(Debug, Serialize)]
+pub struct JsonSummary<'a> {
+    /// What the record is, as the other log lines' `message` says.
+    pub message: &'static str,
+    pub report: &'a Report,
+    pub results: &'a str,
+    pub errors: &'a str,
+}
+
+impl<'a> JsonSummary<'a> {
+    pub fn new(report: &'a Report, results: &'a str, errors: &'a str) -> JsonSummary<'a> {
+        JsonSummary {
+            message: "summary",
+            report,
+            results,
+            errors,
+        }
+    }
 }
 
 #[cfg(test)]

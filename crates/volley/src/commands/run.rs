@@ -25,7 +25,7 @@ use volley_core::transport::ApiKey;
 use volley_core::validate::ResponseCheck;
 use volley_mock::{MockConfig, MockServer};
 
-use crate::cli::{Expect, ProgressMode, RunArgs};
+use crate::cli::{Expect, LogFormat, ProgressMode, RunArgs};
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::metrics_endpoint::MetricsEndpoint;
@@ -155,6 +155,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         }
     }
     let scan = started.scan();
+    if scan.lines == 0 {
+        // Not an error (a pipeline may well produce nothing today), but a run that ends
+        // at once with nothing done must say why, or it reads as a silent success.
+        tracing::warn!("{}", nothing_to_send(args.offset, scan));
+    }
 
     let mock = if args.mock {
         let config = MockConfig {
@@ -223,6 +228,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         concurrency: args.concurrency,
         retry: RetryPolicy {
             max_retries: args.max_retries,
+            max_empty_retries: args.max_empty_retries,
             initial_backoff: Duration::from_secs_f64(args.initial_backoff),
             max_backoff: Duration::from_secs_f64(args.max_backoff),
             max_wait: Duration::from_secs_f64(args.max_wait),
@@ -278,12 +284,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let outcome = match outcome {
         Ok(o) => o,
         Err(e @ RunError::Transport(_)) => {
-            eprintln!("error: {e}");
+            tracing::error!("{e}");
             return Ok(Exit::Usage);
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("finished results are on disk; re-run the same command to resume");
+            tracing::error!("{e}; finished results are on disk, re-run the same command to resume");
             return Ok(Exit::Stopped);
         }
     };
@@ -296,32 +301,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(path, json + "\n"));
         if let Err(e) = written {
-            eprintln!(
-                "error: cannot write the report {}: {e}; `volley report {}` recomputes it from the files",
+            tracing::error!(
+                "cannot write the report {}: {e}; `volley report {}` recomputes it from the files",
                 path.display(),
                 files.results.display()
             );
         }
     }
     if !args.quiet {
-        eprintln!(
-            "{}",
-            summary::render(
-                &report,
-                &files.results.display().to_string(),
-                &files.errors.display().to_string()
-            )
+        let (results, errors) = (
+            files.results.display().to_string(),
+            files.errors.display().to_string(),
         );
+        let text = match args.log_format {
+            LogFormat::Text => summary::render(&report, &results, &errors),
+            LogFormat::Json => logging::json_record(
+                tracing::Level::INFO,
+                &summary::JsonSummary::new(&report, &results, &errors),
+            ),
+        };
+        eprintln!("{text}");
     }
     let exit = match outcome.stop {
         StopReason::Completed if outcome.errors_in_file > 0 => Exit::Failures,
         StopReason::Completed => Exit::Success,
         StopReason::Interrupted => {
-            eprintln!("interrupted: re-run the same command to finish the rest");
+            tracing::warn!("interrupted: re-run the same command to finish the rest");
             Exit::Stopped
         }
         StopReason::Halted(why) => {
-            eprintln!("stopped: {why}");
+            tracing::warn!("stopped: {why}");
             Exit::Stopped
         }
     };
@@ -422,6 +431,20 @@ fn report_resume(prepared: &Prepared, files: &OutputFiles) {
     }
 }
 
+/// Why a run that found no request to send has nothing to do: an input with no
+/// request at all, or an `--offset` past its last one (with how many it has, so the
+/// user sees how far off the offset is).
+fn nothing_to_send(offset: u64, scan: &Scan) -> String {
+    let label = &scan.label;
+    if scan.before_offset == 0 {
+        return format!("{label} has no requests (empty or blank lines only); nothing was sent");
+    }
+    format!(
+        "--offset {offset} skips every line of {label}, which has {} non-blank line(s); nothing was sent",
+        scan.before_offset
+    )
+}
+
 /// Why a file could not be written at `path` once the run is over, found before any
 /// request is sent: its folder must exist and it must not be a folder itself.
 fn check_writable(path: &Path) -> Result<(), String> {
@@ -449,7 +472,7 @@ async fn watch_signals(cancel: CancellationToken, grace: Duration) {
     );
     cancel.cancel();
     crate::commands::mock::shutdown_signal().await;
-    eprintln!("exiting now; finished results are on disk, re-run to resume");
+    tracing::warn!("exiting now; finished results are on disk, re-run to resume");
     std::process::exit(Exit::Stopped as i32);
 }
 
