@@ -100,18 +100,41 @@ impl FileIdentity {
 }
 
 fn locate(path: &Path) -> std::io::Result<Located> {
+    // The file itself first: a pipe reached through `/dev/stdout` has an inode but no
+    // path to resolve.
+    match std::fs::metadata(path) {
+        Ok(m) => return Ok(Located::Existing(m)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let at = future_place(&past_dangling_links(path)?)?;
+    Ok(match std::fs::metadata(&at) {
+        // `missing/../batch.jsonl` is `batch.jsonl` once `missing` is created.
+        Ok(m) => Located::Existing(m),
+        Err(_) => Located::Future(at),
+    })
+}
+
+/// The canonical path of `path` if it exists, else the place it will be created at.
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    match std::fs::canonicalize(path) {
+        Ok(real) => Ok(real),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            future_place(&past_dangling_links(path)?)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `path`, or if it is a dangling symlink what it leads to, link after link: opening a
+/// dangling link for writing creates its target, so that is the file.
+fn past_dangling_links(path: &Path) -> std::io::Result<PathBuf> {
     let mut path = path.to_path_buf();
     for _ in 0..=MAX_LINKS {
-        match std::fs::metadata(&path) {
-            Ok(m) => return Ok(Located::Existing(m)),
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            Err(_) => {}
+        let link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if !link || std::fs::metadata(&path).is_ok() {
+            return Ok(path);
         }
-        let dangling = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
-        if !dangling {
-            return future_place(&path);
-        }
-        // Opening a dangling link for writing creates its target: that is the file.
         let target = std::fs::read_link(&path)?;
         path = match path.parent() {
             Some(dir) => dir.join(target),
@@ -124,9 +147,8 @@ fn locate(path: &Path) -> std::io::Result<Located> {
 /// Where a path that does not exist yet will be created. Folders that exist are
 /// canonicalized one by one, so `..` after a symlinked folder goes where the kernel
 /// goes; past the first missing folder `..` is lexical, which is also what creating the
-/// missing folders and then opening the path does. If the result exists after all (as
-/// `missing/../batch.jsonl` does), it is that file.
-fn future_place(path: &Path) -> std::io::Result<Located> {
+/// missing folders and then opening the path does.
+fn future_place(path: &Path) -> std::io::Result<PathBuf> {
     let mut at = PathBuf::new();
     for part in std::path::absolute(path)?.components() {
         match part {
@@ -143,10 +165,7 @@ fn future_place(path: &Path) -> std::io::Result<Located> {
             }
         }
     }
-    Ok(match std::fs::metadata(&at) {
-        Ok(m) => Located::Existing(m),
-        Err(_) => Located::Future(at),
-    })
+    Ok(at)
 }
 
 /// Whether a run reads or writes a file.
@@ -261,17 +280,20 @@ pub struct OutputLock {
 }
 
 impl OutputLock {
-    /// `RESULTS.lock`, beside RESULTS.
-    pub fn path_for(results: &Path) -> PathBuf {
-        let mut name = results.as_os_str().to_owned();
+    /// `RESULTS.lock`, beside the file RESULTS is (symlinks and `..` resolved), so that
+    /// every name of one RESULTS leads to one lock.
+    pub fn path_for(results: &Path) -> Result<PathBuf, ClaimError> {
+        let mut name = resolve(results)
+            .map_err(io_error("RESULTS", results))?
+            .into_os_string();
         name.push(".lock");
-        PathBuf::from(name)
+        Ok(PathBuf::from(name))
     }
 
     /// Takes the lock at once, or says who holds it ([`ClaimError::Held`]). Creates
     /// RESULTS's folder if missing, as writing RESULTS would.
     pub fn acquire(results: &Path) -> Result<OutputLock, ClaimError> {
-        let path = Self::path_for(results);
+        let path = Self::path_for(results)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_error("folder", dir))?;
         }
@@ -363,9 +385,10 @@ mod tests {
     #[test]
     fn a_second_claim_is_refused_with_the_holders_pid_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
         let results = dir.path().join("b.results.jsonl");
         let lock = OutputLock::acquire(&results).unwrap();
-        assert_eq!(lock.path(), dir.path().join("b.results.jsonl.lock"));
+        assert_eq!(lock.path(), base.join("b.results.jsonl.lock"));
         let text = std::fs::read_to_string(lock.path()).unwrap();
         assert_eq!(text, format!("{}\n", std::process::id()));
         // flock belongs to the open file, so a second open in this process is refused
@@ -381,8 +404,22 @@ mod tests {
                 && message.contains("b.results.jsonl"),
             "{message}"
         );
+        // Another name of the same RESULTS is the same claim.
+        std::fs::write(&results, "").unwrap();
+        std::os::unix::fs::symlink(&results, dir.path().join("link.jsonl")).unwrap();
+        for alias in [
+            dir.path().join("link.jsonl"),
+            dir.path().join("x/../b.results.jsonl"),
+        ] {
+            let err = OutputLock::acquire(&alias).unwrap_err();
+            assert!(
+                matches!(err, ClaimError::Held { .. }),
+                "{}: {err:?}",
+                alias.display()
+            );
+        }
         drop(lock);
-        assert!(!dir.path().join("b.results.jsonl.lock").exists());
+        assert!(!base.join("b.results.jsonl.lock").exists());
         let again = OutputLock::acquire(&results).unwrap();
         drop(again);
     }
@@ -392,7 +429,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let results = dir.path().join("b.results.jsonl");
         // Exists with a pid in it, but nobody holds the lock: what `kill -9` leaves.
-        std::fs::write(OutputLock::path_for(&results), "4000000\n").unwrap();
+        std::fs::write(OutputLock::path_for(&results).unwrap(), "4000000\n").unwrap();
         let lock = OutputLock::acquire(&results).unwrap();
         let text = std::fs::read_to_string(lock.path()).unwrap();
         assert_eq!(

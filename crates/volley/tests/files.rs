@@ -80,7 +80,10 @@ fn a_second_run_on_the_same_files_is_refused_at_once_naming_the_first() {
                 lock.display()
             );
         }
-        assert!(started.elapsed() < STARTUP_LIMIT, "no lock after {STARTUP_LIMIT:?}");
+        assert!(
+            started.elapsed() < STARTUP_LIMIT,
+            "no lock after {STARTUP_LIMIT:?}"
+        );
         std::thread::sleep(POLL);
     };
     assert_eq!(holder, first.id(), "the lock file names its holder");
@@ -125,7 +128,10 @@ fn assert_refused(ws: &Workspace, mock: &MockProc, extra: &[&str], named: &[&str
     assert_exit(&out, 2);
     let said = stderr(&out);
     for name in named {
-        assert!(said.contains(name), "{extra:?}: the refusal names {name}: {said}");
+        assert!(
+            said.contains(name),
+            "{extra:?}: the refusal names {name}: {said}"
+        );
     }
     assert_eq!(requests(mock), before, "{extra:?}: a request was sent");
     assert_eq!(
@@ -151,7 +157,12 @@ fn no_file_of_a_run_is_written_over_another_by_any_name() {
     std::os::unix::fs::symlink(ws.path("in.jsonl"), ws.path("link.jsonl")).unwrap();
     let absolute = ws.path("in.jsonl").display().to_string();
 
-    assert_refused(&ws, &mock, &["--report", "in.jsonl"], &["INPUT", "--report"]);
+    assert_refused(
+        &ws,
+        &mock,
+        &["--report", "in.jsonl"],
+        &["INPUT", "--report"],
+    );
     assert_refused(
         &ws,
         &mock,
@@ -236,11 +247,7 @@ fn errors_go_beside_the_output_a_run_names() {
             "{name}'s summary shows its own failures: {said}"
         );
     }
-    assert!(
-        !ws.path("batch.errors.jsonl").exists(),
-        "{}",
-        ws.listing()
-    );
+    assert!(!ws.path("batch.errors.jsonl").exists(), "{}", ws.listing());
     assert_eq!(requests(&mock), 2 * n as u64);
 }
 
@@ -266,7 +273,10 @@ fn a_device_as_output_needs_errors_named_and_takes_no_lock() {
     ));
     assert_exit(&out, 0);
     assert_eq!(requests(&mock), 3);
-    assert!(!Path::new("/dev/null.lock").exists(), "no lock beside a device");
+    assert!(
+        !Path::new("/dev/null.lock").exists(),
+        "no lock beside a device"
+    );
 }
 
 #[test]
@@ -305,7 +315,10 @@ fn an_unwritable_report_is_found_before_any_request() {
 
 /// A hand-made output line: `custom_id` took `attempts`, and failed with `code` if given.
 fn output_line(record: &str, custom_id: &str, attempts: u32, code: Option<&str>) -> String {
-    let error = code.map_or(Value::Null, |c| serde_json::json!({"code": c, "message": "x"}));
+    let error = code.map_or(
+        Value::Null,
+        |c| serde_json::json!({"code": c, "message": "x"}),
+    );
     let line = serde_json::json!({
         "id": record, "custom_id": custom_id, "response": null, "error": error,
         "volley": {"attempts": attempts, "latency_ms": 10.0,
@@ -337,7 +350,9 @@ fn volley_report_counts_each_request_once() {
     .concat();
     ws.write("r.jsonl", &results);
     ws.write("e.jsonl", &errors);
-    let out = ws.run(&["report", "r.jsonl", "--errors", "e.jsonl", "--json", "rep.json"]);
+    let out = ws.run(&[
+        "report", "r.jsonl", "--errors", "e.jsonl", "--json", "rep.json",
+    ]);
     assert_exit(&out, 0);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(ws.path("rep.json")).unwrap()).unwrap();

@@ -46,7 +46,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     // two of them are the same one.
     let (input, files) = output_files(&args)?;
     let regular_output = claim::is_regular_output(&files.results);
-    let lock_path = regular_output.then(|| OutputLock::path_for(&files.results));
+    // Beside the file RESULTS really is, so that any name of it finds the same lock.
+    let lock_path = if regular_output {
+        Some(OutputLock::path_for(&files.results)?)
+    } else {
+        None
+    };
     claim::check_distinct(&run_files(&args, &files, lock_path.as_deref()))?;
     let check = match (&args.expect, &args.json_schema) {
         (_, Some(path)) => Some(Arc::new(ResponseCheck::schema_file(path)?)),
