@@ -206,15 +206,14 @@ impl<'a> NamedFile<'a> {
 /// writes of several outputs, since nothing is read back from it nor written over; it is
 /// still refused as any file that is read.
 pub fn check_distinct(files: &[NamedFile<'_>]) -> Result<(), ClaimError> {
-    let mut seen: Vec<(&NamedFile<'_>, FileIdentity, bool)> = Vec::with_capacity(files.len());
+    let mut seen: Vec<(&NamedFile<'_>, FileIdentity)> = Vec::with_capacity(files.len());
     for file in files {
         let identity = FileIdentity::of(file.path).map_err(io_error(file.label, file.path))?;
-        let stream = !is_regular_output(file.path);
-        let clash = seen.iter().find(|(earlier, id, _)| {
-            *id == identity
-                && !(stream && earlier.access == Access::Write && file.access == Access::Write)
+        let shared_stream = file.access == Access::Write && !is_regular_output(file.path);
+        let clash = seen.iter().find(|(earlier, id)| {
+            *id == identity && !(shared_stream && earlier.access == Access::Write)
         });
-        if let Some((earlier, _, _)) = clash {
+        if let Some((earlier, _)) = clash {
             return Err(ClaimError::SameFile {
                 first_label: earlier.label.into(),
                 first: earlier.path.display().to_string(),
@@ -222,7 +221,7 @@ pub fn check_distinct(files: &[NamedFile<'_>]) -> Result<(), ClaimError> {
                 second: file.path.display().to_string(),
             });
         }
-        seen.push((file, identity, stream));
+        seen.push((file, identity));
     }
     Ok(())
 }
