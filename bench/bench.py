@@ -4,8 +4,9 @@
 With two or more cores, volley runs pinned to core 0 and the mock to core 1, so that
 the busy share of each core says which process limits throughput. Reports, for N requests (default 100,000) against a zero-latency mock at concurrency
 256: requests/s, volley's CPU seconds and peak RSS, and the mock's CPU seconds; then the
-peak RSS of a run over a 1,000,000-line input, and what `volley report --html` over
-that run's RESULTS takes (time, peak RSS, page size). Run from the repository root:
+peak RSS of a run over a 1,000,000-line input, of resuming that run once it is all
+done (the fingerprint check of every line), and what `volley report --html` over that
+run's RESULTS takes (time, peak RSS, page size). Run from the repository root:
 
     python3 bench/bench.py            # builds --release first
     python3 bench/bench.py --requests 20000 --big-lines 200000   # a quicker look
@@ -107,6 +108,15 @@ def main():
                 "volley_cpu_s": round(cpu, 2), "volley_peak_rss_mb": round(rss, 1), "target_rss_mb": 64,
             }
             print(json.dumps(report["big_input"]), flush=True)
+
+            # The same command again: every line is finished, so the run only reads
+            # RESULTS, checks each line's fingerprint against it and sends nothing.
+            wall, cpu, rss = timed_run(["run", big] + common, env)
+            report["resume_all_done"] = {
+                "lines": a.big_lines, "wall_s": round(wall, 2), "volley_cpu_s": round(cpu, 2),
+                "volley_peak_rss_mb": round(rss, 1),
+            }
+            print(json.dumps(report["resume_all_done"]), flush=True)
 
             # `volley report` over that run's RESULTS, with the HTML page: how long a
             # report of a big past run takes, how much memory, how big the page is.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::job::Job;
+use crate::job::{Fingerprint, Job};
 
 /// What the user configured that fills gaps in input lines.
 #[derive(Debug, Clone, Default)]
@@ -94,11 +94,17 @@ impl Request {
         Job {
             custom_id: Arc::from(self.custom_id),
             line: self.line,
+            fingerprint: Fingerprint::of(&self.path, &bytes),
             path: Arc::from(self.path),
             body: bytes.into(),
             model: Some(Arc::from(self.model)),
             tokens: Arc::default(),
         }
+    }
+
+    /// The request's [`Fingerprint`], equal to its job's, without serializing the body.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of_value(&self.path, &self.body)
     }
 
     /// The tokens this request books against a tokens-per-minute limit (see

@@ -3,10 +3,15 @@
 //!
 //! The input is read twice. The first pass validates every line and decides, per line,
 //! whether it is sent, skipped (blank, finished before, outside `--offset`/`--limit`) or
-//! invalid, so that input errors are reported before any request is sent and the total
-//! is known for the progress bar. It keeps one byte per line and the set of ids seen;
-//! the second pass streams the lines to send through a channel no deeper than the
-//! concurrency, so memory is bounded by concurrency, not by file size.
+//! invalid, so that input errors and requests that changed since they were answered are
+//! reported before any request is sent or any file changed, and the total is known for
+//! the progress bar. It keeps one byte per line and a hash per id; the second pass
+//! streams the lines to send through a channel no deeper than the concurrency, so memory
+//! is bounded by concurrency, not by file size.
+//!
+//! A request is "the same" across runs when its custom_id and its [`Fingerprint`] (the
+//! route and body after defaults) are: a finished custom_id whose request changed is
+//! neither kept nor re-sent silently ([`ChangedPolicy`]).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -17,16 +22,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{LineDefaults, parse_line, parse_request, peek_custom_id};
+use crate::checkpoint::{Checkpoint, Lookup, Place, Tail};
 use crate::classify::Reason;
 use crate::events::{Event, EventBus};
-use crate::ids::IdSet;
+use crate::ids::{IdMap, IdSet, id_hash};
 use crate::job::Job;
 use crate::keys::KeyPool;
 use crate::openrouter;
 use crate::scheduler::{Engine, EngineConfig, StopReason};
 use crate::sink::{
-    Checkpoint, Destination, ErrorPart, OutputFiles, OutputLine, Sink, SinkError, SinkHandle,
-    VolleyPart, unix_now,
+    Destination, ErrorPart, OutputFiles, OutputLine, Sink, SinkError, SinkHandle, VolleyPart,
+    unix_now,
 };
 use crate::transport::{ApiKey, Transport, TransportError};
 use crate::usage::Usage;
@@ -52,9 +58,35 @@ pub struct RunPlan {
     pub limit: Option<u64>,
     pub skip_invalid: bool,
     pub retry_failed: bool,
+    /// What to do with finished requests whose input line has changed since.
+    pub changed: ChangedPolicy,
     /// `--tpm`: a request whose tokens exceed it can never be sent within the limit,
     /// so it is an input error.
     pub tpm: Option<u64>,
+}
+
+/// What a run does with a custom_id that is finished in RESULTS or ERRORS for a request
+/// that is no longer the one in the input (another model, path or body).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChangedPolicy {
+    /// Name them and send nothing: mixing answers to two versions of a batch is never
+    /// what a user meant.
+    #[default]
+    Refuse,
+    /// `--rerun-changed`: send them again; each old line is dropped once its new one is
+    /// written.
+    Rerun,
+    /// `--keep-changed`: keep the old lines as the answers.
+    Keep,
+}
+
+/// A finished custom_id whose request changed.
+#[derive(Debug, Clone)]
+pub struct ChangedLine {
+    pub line: u64,
+    pub custom_id: String,
+    /// Where its old line is.
+    pub place: Place,
 }
 
 /// Why a run could not start or finish cleanly.
@@ -93,6 +125,22 @@ pub struct Scan {
     pub already_done: u64,
     /// Invalid lines, in file order.
     pub issues: Vec<InputIssue>,
+    /// Finished custom_ids whose request changed (see [`ChangedPolicy`]).
+    pub changed: u64,
+    /// The first [`CHANGED_SHOWN`] of them, in file order.
+    pub changed_lines: Vec<ChangedLine>,
+    /// Requests found finished by custom_id alone: their lines carry no fingerprint.
+    pub matched_by_id_only: u64,
+    /// Distinct custom_ids in RESULTS that no input line has.
+    pub orphans: u64,
+    /// A few of them, to name.
+    pub orphan_ids: Vec<String>,
+    /// custom_id → fingerprint of requests finished now whose older versions are still
+    /// in the files (a crash cut a re-run short): those lines are dropped at start.
+    stale: IdMap<u64>,
+    /// custom_id → fingerprint of requests this run sends that already have a line:
+    /// their old lines are dropped once the new ones are written.
+    replacing: IdMap<u64>,
     path: PathBuf,
     plan: Vec<LineFate>,
     /// Holds stdin's copy alive for the second pass.
@@ -108,17 +156,24 @@ enum LineFate {
     Record,
 }
 
-/// A checked input plus the state of the output files: ready to run.
+/// How many changed lines a scan keeps to name.
+pub const CHANGED_SHOWN: usize = 20;
+
+/// How many custom_ids missing from the input a scan names.
+const ORPHANS_SHOWN: usize = 5;
+
+/// A checked input plus the state of the output files: ready to start.
 pub struct Prepared {
     pub plan: RunPlan,
     pub scan: Scan,
     pub checkpoint: Checkpoint,
 }
 
-/// Reads the output files (repairing a torn line) and checks every input line.
-/// Sends nothing: the caller decides what to do with [`Scan::issues`].
+/// Reads the output files and checks every input line against them. Sends nothing and
+/// changes no file: the caller decides what to do with [`Scan::issues`] and
+/// [`Scan::changed`], then calls [`Prepared::start`].
 pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
-    let checkpoint = Checkpoint::open(&plan.files, plan.retry_failed)?;
+    let checkpoint = Checkpoint::read(&plan.files)?;
     let (path, label, spool) = match &plan.input {
         InputSource::File(p) => (p.clone(), p.display().to_string(), None),
         InputSource::Stdin => {
@@ -130,12 +185,52 @@ pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
             )
         }
     };
-    let scan = scan(&path, label, spool, &plan, &checkpoint.done)?;
+    let (mut scan, seen) = scan(&path, label, spool, &plan, &checkpoint)?;
+    scan.orphans = checkpoint.results_where(|h| seen.contains_hash(h));
+    if scan.orphans > 0 {
+        scan.orphan_ids =
+            checkpoint.result_ids(&plan.files, ORPHANS_SHOWN, |id| !seen.contains(id))?;
+    }
     Ok(Prepared {
         plan,
         scan,
         checkpoint,
     })
+}
+
+/// A run whose files are repaired, tidied and open: [`execute`] it.
+pub struct Started {
+    plan: RunPlan,
+    scan: Scan,
+    sink: Sink,
+    /// Last lines that were repaired.
+    pub repaired: Vec<Tail>,
+}
+
+impl Started {
+    pub fn scan(&self) -> &Scan {
+        &self.scan
+    }
+}
+
+impl Prepared {
+    /// Commits to running: repairs the files' last lines, drops the lines that no longer
+    /// count, and opens both files for appending. An error here means nothing was sent.
+    pub fn start(mut self) -> Result<Started, RunError> {
+        let repaired = self.checkpoint.repair_tails()?;
+        // Invalid-input records of the lines this run checks are written afresh (with
+        // `--skip-invalid`) or not at all: a line fixed since is no longer an error.
+        let checked_from = self.plan.offset;
+        self.checkpoint
+            .tidy(&self.plan.files, &self.scan.stale, Some(checked_from))?;
+        let sink = Sink::open(&self.plan.files)?;
+        Ok(Started {
+            plan: self.plan,
+            scan: self.scan,
+            sink,
+            repaired,
+        })
+    }
 }
 
 fn spool_stdin(results: &Path) -> Result<tempfile::NamedTempFile, RunError> {
@@ -176,30 +271,46 @@ fn for_each_line(
             return Ok(());
         }
         number += 1;
-        let text = std::str::from_utf8(&buf).map_err(|e| format!("not valid UTF-8: {e}"));
+        // A byte-order mark (editors on Windows write one) is not part of the JSON.
+        let bytes = match buf.strip_prefix("\u{feff}".as_bytes()) {
+            Some(rest) if number == 1 => rest,
+            _ => &buf[..],
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8: {e}"));
         if !f(number, text) {
             return Ok(());
         }
     }
 }
 
+/// The first pass: decides every line's fate and returns the ids the input holds.
 fn scan(
     path: &Path,
     label: String,
     spool: Option<tempfile::NamedTempFile>,
     plan: &RunPlan,
-    done: &IdSet,
-) -> Result<Scan, RunError> {
+    checkpoint: &Checkpoint,
+) -> Result<(Scan, IdSet), RunError> {
     let mut seen = IdSet::new();
     let mut fates = Vec::new();
     let mut issues = Vec::new();
     let (mut lines, mut to_send, mut already_done) = (0u64, 0u64, 0u64);
+    let (mut changed, mut changed_lines, mut by_id_only) = (0u64, Vec::new(), 0u64);
+    let (mut stale, mut replacing) = (IdMap::default(), IdMap::default());
     // The line each id was first seen on, so a repeat can name it (bounded; see
     // `first_seen_note`).
     let mut first_seen: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     for_each_line(path, &label, |number, text| {
         let fate = match text {
             Ok(t) if t.trim().is_empty() => LineFate::Skip,
+            Ok(t) if number <= plan.offset => {
+                // Not this run's to send, but still the input's: its id is not one that
+                // RESULTS holds for no line.
+                if let Ok(request) = parse_request(t, number, &plan.defaults) {
+                    seen.insert(&request.custom_id);
+                }
+                LineFate::Skip
+            }
             _ if number <= plan.offset => LineFate::Skip,
             Ok(t) => {
                 lines += 1;
@@ -207,15 +318,42 @@ fn scan(
                     Ok(request) => {
                         let id = request.custom_id.as_str();
                         if !seen.insert(id) {
-                            let first = first_seen.get(&crate::ids::id_hash(id)).copied();
+                            let first = first_seen.get(&id_hash(id)).copied();
                             let message = match first {
                                 Some(first) => format!("custom_id {id:?} repeats line {first}"),
                                 None => format!("custom_id {id:?} repeats an earlier line"),
                             };
-                            issue(&mut issues, number, format!("line-{number}"), message, done)
+                            issue(&mut issues, number, format!("line-{number}"), message)
                         } else {
                             first_seen_note(&mut first_seen, id, number);
-                            if done.contains(id) {
+                            let fp = request.fingerprint();
+                            let lookup = checkpoint.lookup(id, fp, plan.retry_failed);
+                            let send = match lookup {
+                                Lookup::Finished {
+                                    by_id_only: old,
+                                    stale: older_versions,
+                                    ..
+                                } => {
+                                    by_id_only += u64::from(old);
+                                    if older_versions {
+                                        stale.insert(id_hash(id), fp.get());
+                                    }
+                                    false
+                                }
+                                Lookup::Changed { place } => {
+                                    changed += 1;
+                                    if changed_lines.len() < CHANGED_SHOWN {
+                                        changed_lines.push(ChangedLine {
+                                            line: number,
+                                            custom_id: id.to_string(),
+                                            place,
+                                        });
+                                    }
+                                    plan.changed == ChangedPolicy::Rerun
+                                }
+                                Lookup::New => true,
+                            };
+                            if !send {
                                 already_done += 1;
                                 LineFate::Skip
                             } else if let Some((tokens, tpm)) = plan
@@ -226,45 +364,60 @@ fn scan(
                                 let message = format!(
                                     "needs about {tokens} tokens (prompt plus max_tokens), more than --tpm {tpm}: it can never be sent within the limit"
                                 );
-                                issue(&mut issues, number, id.to_string(), message, done)
+                                issue(&mut issues, number, id.to_string(), message)
                             } else if plan.limit.is_some_and(|l| to_send >= l) {
                                 LineFate::Skip
                             } else {
+                                if checkpoint.knows(id_hash(id)) {
+                                    replacing.insert(id_hash(id), fp.get());
+                                }
                                 to_send += 1;
                                 LineFate::Send
                             }
                         }
                     }
                     Err(problem) => {
+                        // A line's own custom_id is reserved even when the rest of it is
+                        // wrong (a later line reusing it is a repeat). The `line-N` an
+                        // unusable one files under is not an id of the input, so it
+                        // reserves nothing: a real custom_id "line-N" stays valid.
+                        let fallback = format!("line-{number}");
                         let id = peek_custom_id(t, number);
-                        // An id that is unusable or already taken files under line-N.
-                        let id = if seen.insert(&id) {
-                            id
+                        let id = if id == fallback || !seen.insert(&id) {
+                            fallback
                         } else {
-                            format!("line-{number}")
+                            id
                         };
-                        issue(&mut issues, number, id, problem.to_string(), done)
+                        issue(&mut issues, number, id, problem.to_string())
                     }
                 }
             }
             Err(why) => {
                 lines += 1;
-                issue(&mut issues, number, format!("line-{number}"), why, done)
+                issue(&mut issues, number, format!("line-{number}"), why)
             }
         };
         fates.push(fate);
         true
     })?;
-    Ok(Scan {
+    let scan = Scan {
         label,
         lines,
         to_send,
         already_done,
         issues,
+        changed,
+        changed_lines,
+        matched_by_id_only: by_id_only,
+        orphans: 0,
+        orphan_ids: Vec::new(),
+        stale,
+        replacing,
         path: path.to_path_buf(),
         plan: fates,
         _spool: spool,
-    })
+    };
+    Ok((scan, seen))
 }
 
 /// Remembers the first line of an id, bounded: only the hash and line number, and only
@@ -276,24 +429,15 @@ fn first_seen_note(map: &mut std::collections::HashMap<u64, u64>, id: &str, line
     }
 }
 
-fn issue(
-    issues: &mut Vec<InputIssue>,
-    line: u64,
-    custom_id: String,
-    message: String,
-    done: &IdSet,
-) -> LineFate {
-    let fate = if done.contains(&custom_id) {
-        LineFate::Skip
-    } else {
-        LineFate::Record
-    };
+/// Notes an invalid line. Its record is written afresh each run (`--skip-invalid`), so
+/// a line fixed since is sent, never skipped as "finished".
+fn issue(issues: &mut Vec<InputIssue>, line: u64, custom_id: String, message: String) -> LineFate {
     issues.push(InputIssue {
         line,
         custom_id,
         message,
     });
-    fate
+    LineFate::Record
 }
 
 impl Scan {
@@ -329,15 +473,19 @@ pub struct Target {
 /// Runs a prepared batch. `events` receives every event of the run; `cancel` stops
 /// admitting new requests (Ctrl-C).
 pub async fn execute(
-    prepared: Prepared,
+    started: Started,
     target: Target,
     mut engine: EngineConfig,
     events: EventBus,
     cancel: CancellationToken,
 ) -> Result<RunOutcome, RunError> {
-    let Prepared { plan, scan, .. } = prepared;
+    let Started {
+        plan,
+        mut scan,
+        mut sink,
+        ..
+    } = started;
     let transport = Transport::new(&target.base_url, engine.concurrency)?;
-    let mut sink = Sink::open(&plan.files)?;
     let keys = KeyPool::new(target.keys, target.rpm, target.tpm);
     events.emit(Event::RunStarted {
         total: scan.to_send,
@@ -384,25 +532,43 @@ pub async fn execute(
     }
 
     let (tx, rx) = mpsc::channel::<Job>(engine.concurrency.max(1));
+    let replacing = std::mem::take(&mut scan.replacing);
     let reader = spawn_reader(scan, plan.defaults.clone(), tx);
     let engine = Engine::new(engine, transport, keys, events, writer, &cancel);
     let stop = engine.run(rx, &cancel).await;
     // The engine holds a sink handle: drop it so the writer can finish.
     drop(engine);
     let read = reader.await.unwrap_or(Ok(()));
-    sink.finish()?;
+    let written = sink.finish()?;
     // A read error matters only if the run meant to read everything.
     if stop == StopReason::Completed {
         read?;
     }
-    if plan.retry_failed {
-        // Ids that failed before and succeeded now leave ERRORS.
-        Checkpoint::open(&plan.files, true)?;
-    }
+    let errors_in_file = if replacing.is_empty() {
+        match std::fs::metadata(&plan.files.errors) {
+            Ok(m) if m.is_file() => count_lines(&plan.files.errors),
+            // A pipe or terminal cannot be read back: count what this run wrote.
+            _ => written.errors,
+        }
+    } else {
+        tidy_replaced(&plan.files, &replacing)?
+    };
     Ok(RunOutcome {
         stop,
-        errors_in_file: count_lines(&plan.files.errors),
+        errors_in_file,
     })
+}
+
+/// Drops the older lines of requests this run sent again (a retried failure, a changed
+/// request re-run), once their new line is on disk; returns the lines left in ERRORS.
+fn tidy_replaced(files: &OutputFiles, replacing: &IdMap<u64>) -> Result<u64, RunError> {
+    let after = Checkpoint::read(files)?;
+    let current: IdMap<u64> = replacing
+        .iter()
+        .filter(|(h, fp)| after.holds(**h, **fp))
+        .map(|(h, fp)| (*h, *fp))
+        .collect();
+    Ok(after.tidy(files, &current, None)?)
 }
 
 /// Files the invalid lines in ERRORS (`--skip-invalid`), once each across re-runs.
@@ -429,6 +595,7 @@ fn record_issues(scan: &Scan, writer: &SinkHandle, events: &EventBus) {
                 key: None,
                 model: None,
                 finished_at: unix_now(),
+                fingerprint: None,
             },
         };
         writer.write(Destination::Errors, line.to_line());

@@ -717,6 +717,7 @@ impl Engine {
                 key: done.key,
                 model: done.job.model.as_deref(),
                 finished_at: unix_now(),
+                fingerprint: Some(done.job.fingerprint),
             },
         };
         let dest = if error.is_some() {

@@ -124,6 +124,12 @@ pub struct RunArgs {
     /// Also re-send the requests found in ERRORS (they leave ERRORS once they succeed).
     #[arg(long)]
     pub retry_failed: bool,
+    /// Re-send finished requests whose input line changed since (another model, path or body); each old line is dropped once its new one is written.
+    #[arg(long, conflicts_with = "keep_changed")]
+    pub rerun_changed: bool,
+    /// Keep the old answers of finished requests whose input line changed since.
+    #[arg(long)]
+    pub keep_changed: bool,
 
     /// Prices (USD per million tokens) for providers that report no usage.cost: a JSON or TOML table of model → {prompt, completion, cached?, reasoning?}.
     #[arg(long, value_name = "FILE")]

@@ -9,13 +9,16 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use volley_core::batch::LineDefaults;
+use volley_core::checkpoint::Tail;
 use volley_core::claim::{self, NamedFile, OutputLock};
 use volley_core::defaults;
 use volley_core::events::{EventBus, EventFile, Observer};
 use volley_core::pricing::Pricing;
 use volley_core::report::Report;
 use volley_core::retry::RetryPolicy;
-use volley_core::runner::{self, InputSource, RunError, RunPlan, Target};
+use volley_core::runner::{
+    self, ChangedPolicy, InputSource, Prepared, RunError, RunPlan, Scan, Target,
+};
 use volley_core::scheduler::{EngineConfig, StopReason};
 use volley_core::sink::OutputFiles;
 use volley_core::stats::RunStats;
@@ -111,6 +114,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         limit: args.limit,
         skip_invalid: args.skip_invalid,
         retry_failed: args.retry_failed,
+        changed: if args.rerun_changed {
+            ChangedPolicy::Rerun
+        } else if args.keep_changed {
+            ChangedPolicy::Keep
+        } else {
+            ChangedPolicy::Refuse
+        },
         tpm: args.tpm,
     };
     let prepared = match runner::prepare(plan) {
@@ -120,11 +130,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Usage);
         }
     };
-    for (path, bytes) in &prepared.checkpoint.repaired {
-        tracing::warn!(
-            "{path}: cut a torn last line ({bytes} bytes) left by a crash; that request will be sent again"
-        );
-    }
     let scan = &prepared.scan;
     if !scan.issues.is_empty() {
         if !args.skip_invalid {
@@ -150,13 +155,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             scan.label
         );
     }
-    if prepared.checkpoint.results > 0 || scan.already_done > 0 {
-        tracing::info!(
-            "resuming: {} request(s) already finished in {} are skipped",
-            scan.already_done,
-            files.results.display()
-        );
+    if !report_changed(scan, args.rerun_changed, args.keep_changed) {
+        return Ok(Exit::Usage);
     }
+    report_resume(&prepared, &files);
+    let started = match prepared.start() {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("nothing was sent");
+            return Ok(Exit::Usage);
+        }
+    };
+    for tail in &started.repaired {
+        match tail {
+            Tail::Torn { path, bytes } => tracing::warn!(
+                "{}: cut a torn last line ({bytes} bytes) left by a crash; that request will be sent again",
+                path.display()
+            ),
+            Tail::Unterminated { path } => tracing::info!(
+                "{}: its last line was complete but had no newline; added one",
+                path.display()
+            ),
+        }
+    }
+    let scan = started.scan();
 
     let mock = if args.mock {
         let config = MockConfig {
@@ -255,7 +278,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         cache_dir: cache_dir(),
     };
     let outcome = runner::execute(
-        prepared,
+        started,
         target,
         engine,
         EventBus::new(observers),
@@ -345,6 +368,85 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         endpoint.shutdown();
     }
     Ok(exit)
+}
+
+/// Names the finished requests whose input line changed since they were answered.
+/// Returns false when the run must not go on: the user has not said whether to re-run
+/// them or keep their old answers.
+fn report_changed(scan: &Scan, rerun: bool, keep: bool) -> bool {
+    if scan.changed == 0 {
+        return true;
+    }
+    if rerun {
+        tracing::info!(
+            "re-sending {} request(s) whose input changed since they were answered (--rerun-changed); each old line is dropped once its new one is written",
+            scan.changed
+        );
+        return true;
+    }
+    if keep {
+        tracing::info!(
+            "keeping the old answers of {} request(s) whose input changed since (--keep-changed)",
+            scan.changed
+        );
+        return true;
+    }
+    for changed in &scan.changed_lines {
+        eprintln!(
+            "error: {}:{}: custom_id {:?} is finished in {} for a different request (its model, path or body changed since)",
+            scan.label,
+            changed.line,
+            changed.custom_id,
+            changed.place.name()
+        );
+    }
+    let shown = scan.changed_lines.len() as u64;
+    if scan.changed > shown {
+        eprintln!("error: ... and {} more changed lines", scan.changed - shown);
+    }
+    eprintln!(
+        "{} finished request(s) changed since they were answered; nothing was sent. Pass --rerun-changed to send them again (each old line is replaced once its new one is written) or --keep-changed to keep the old answers.",
+        scan.changed
+    );
+    if scan
+        .changed_lines
+        .iter()
+        .any(|c| c.custom_id.starts_with("line-"))
+    {
+        eprintln!(
+            "note: lines without an id are named line-N after their line number, so inserting or removing a line renames every line after it; give each line a stable \"custom_id\" (or \"id\")"
+        );
+    }
+    false
+}
+
+/// Says what resume found: requests skipped, lines matched by id alone, results of ids
+/// the input no longer has.
+fn report_resume(prepared: &Prepared, files: &OutputFiles) {
+    let scan = &prepared.scan;
+    if !prepared.checkpoint.is_empty() || scan.already_done > 0 {
+        tracing::info!(
+            "resuming: {} request(s) already finished in {} are skipped",
+            scan.already_done,
+            files.results.display()
+        );
+    }
+    if scan.matched_by_id_only > 0 {
+        tracing::warn!(
+            "{} finished line(s) carry no request fingerprint (written by an older volley): matched by custom_id alone, so a change to those requests cannot be seen",
+            scan.matched_by_id_only
+        );
+    }
+    if scan.orphans > 0 {
+        let named: Vec<String> = scan.orphan_ids.iter().map(|id| format!("{id:?}")).collect();
+        tracing::warn!(
+            "{} holds {} custom_id(s) that are not in {} (e.g. {}): kept, but they answer no line of this input",
+            files.results.display(),
+            scan.orphans,
+            scan.label,
+            named.join(", ")
+        );
+    }
 }
 
 /// First Ctrl-C (or SIGTERM): stop admitting and let in-flight requests finish.

@@ -1,0 +1,703 @@
+//! What earlier runs left in RESULTS and ERRORS, and keeping those files tidy.
+//!
+//! Resume reads both files once, before anything is sent or changed, into compact maps
+//! (a hash per custom_id and the fingerprint of the request its line answered). The
+//! input pass then asks, line by line, whether a request is new, finished, or finished
+//! in another version ([`Lookup`]). Only once the run is known to go ahead are the
+//! files changed: a torn last line is cut (or a complete one given its newline), and
+//! lines that no longer count are dropped ([`Checkpoint::tidy`]): ERRORS lines of ids
+//! that later succeeded or failed again, lines of an older version of a request once
+//! its new line is written, and invalid-input records, which each run writes afresh.
+//!
+//! Rewrites are atomic (a temporary file renamed over the old one), go through a
+//! symlink to its target, and keep the file's permissions.
+
+use std::borrow::Cow;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::classify::Reason;
+use crate::ids::{IdMap, id_hash};
+use crate::job::Fingerprint;
+use crate::sink::{OutputFiles, SinkError, io_error};
+
+/// Which output file a line is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Results,
+    Errors,
+}
+
+impl Place {
+    pub fn name(self) -> &'static str {
+        match self {
+            Place::Results => "RESULTS",
+            Place::Errors => "ERRORS",
+        }
+    }
+}
+
+/// What the output files say about one input request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// No line for this custom_id (or, with `--retry-failed`, only a failure): send it.
+    New,
+    /// A line answers this very request.
+    Finished {
+        place: Place,
+        /// The line carries no fingerprint (written by a volley before 0.3): matched by
+        /// custom_id alone.
+        by_id_only: bool,
+        /// Lines for other versions of the request are still in the files (a crash
+        /// before a re-run could drop them): [`Checkpoint::tidy`] drops them.
+        stale: bool,
+    },
+    /// The custom_id's line answered a different request (its model, path or body
+    /// changed since).
+    Changed { place: Place },
+}
+
+/// How the last line of a file ended, and what resume does about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tail {
+    /// A crash mid-write left a line that does not parse: it is cut.
+    Torn { path: PathBuf, bytes: u64 },
+    /// A complete record with no newline after it: it is kept and given one.
+    Unterminated { path: PathBuf },
+}
+
+/// The state of the output files, read without changing them.
+#[derive(Default)]
+pub struct Checkpoint {
+    /// custom_id → fingerprint (0: none recorded) of its first line in RESULTS.
+    results: IdMap<u64>,
+    /// custom_ids whose RESULTS lines carry more than one fingerprint, with all of them.
+    several: IdMap<Vec<u64>>,
+    /// custom_id → (fingerprint, line number) of its last line in ERRORS, invalid-input
+    /// records aside.
+    errors: IdMap<(u64, u64)>,
+    /// Lines in RESULTS.
+    pub results_lines: u64,
+    /// Lines in ERRORS.
+    pub errors_lines: u64,
+    /// Lines without a fingerprint, in either file.
+    pub unfingerprinted: u64,
+    /// Last lines to repair before appending.
+    pub tails: Vec<Tail>,
+    /// Whether each file is a regular one (or none yet). A pipe or a terminal
+    /// (`-o /dev/stdout`) is neither read back nor rewritten; with RESULTS such a file,
+    /// there is no resume at all.
+    results_regular: bool,
+    errors_regular: bool,
+}
+
+/// The fields resume needs from an output line. `volley` is required: it is what tells
+/// a line volley wrote from any other JSON with a custom_id.
+#[derive(Deserialize)]
+struct Recorded<'a> {
+    #[serde(borrow)]
+    custom_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    error: Option<RecordedError<'a>>,
+    #[serde(borrow)]
+    volley: RecordedVolley<'a>,
+}
+
+#[derive(Deserialize)]
+struct RecordedError<'a> {
+    #[serde(borrow)]
+    code: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct RecordedVolley<'a> {
+    #[allow(dead_code)]
+    attempts: u32,
+    #[serde(borrow, default)]
+    fingerprint: Option<Cow<'a, str>>,
+}
+
+/// One output line, as resume sees it.
+struct Entry<'a> {
+    custom_id: Cow<'a, str>,
+    /// 0 when the line has none.
+    fingerprint: u64,
+    /// The input line an invalid-input record is about (its `id` is `vol-input-N`;
+    /// 0 if it says none).
+    invalid_line: Option<u64>,
+}
+
+/// Why a line is not an entry.
+enum Problem {
+    /// Not JSON at all: a torn write, if it is the last line.
+    Unparsable(String),
+    /// JSON, but not a line volley writes.
+    Foreign(String),
+}
+
+impl<'a> Entry<'a> {
+    fn parse(text: &'a str) -> Result<Entry<'a>, Problem> {
+        let recorded: Recorded<'a> = match serde_json::from_str(text) {
+            Ok(r) => r,
+            Err(e) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                return Err(Problem::Foreign(e.to_string()));
+            }
+            Err(e) => return Err(Problem::Unparsable(e.to_string())),
+        };
+        let fingerprint = match recorded.volley.fingerprint.as_deref() {
+            None => 0,
+            Some(hex) => Fingerprint::parse(hex)
+                .map(Fingerprint::get)
+                .ok_or_else(|| {
+                    Problem::Foreign(format!("volley.fingerprint {hex:?} is not 16 hex digits"))
+                })?,
+        };
+        let invalid = recorded
+            .error
+            .is_some_and(|e| e.code == Reason::InvalidInput.as_str());
+        let invalid_line = invalid.then(|| {
+            recorded
+                .id
+                .as_deref()
+                .and_then(|id| id.strip_prefix("vol-input-"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        });
+        Ok(Entry {
+            custom_id: recorded.custom_id,
+            fingerprint,
+            invalid_line,
+        })
+    }
+}
+
+/// Calls `f(line_number, entry, text)` for each line of an output file (a missing file
+/// has none) and says how its last line ended.
+fn read_entries(
+    path: &Path,
+    mut f: impl FnMut(u64, Entry<'_>, &str) -> Result<(), SinkError>,
+) -> Result<Option<Tail>, SinkError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(path)(e)),
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut buf = Vec::new();
+    let mut number = 0u64;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io_error(path))? == 0 {
+            return Ok(None);
+        }
+        number += 1;
+        let terminated = buf.last() == Some(&b'\n');
+        let corrupt = |reason: String| SinkError::Corrupt {
+            path: path.display().to_string(),
+            line: number,
+            reason,
+        };
+        let text = match std::str::from_utf8(&buf) {
+            Ok(text) => text,
+            Err(_) if !terminated => {
+                return Ok(Some(Tail::Torn {
+                    path: path.to_path_buf(),
+                    bytes: buf.len() as u64,
+                }));
+            }
+            Err(e) => return Err(corrupt(format!("not valid UTF-8: {e}"))),
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        match Entry::parse(text) {
+            Ok(entry) => {
+                f(number, entry, text)?;
+                if !terminated {
+                    return Ok(Some(Tail::Unterminated {
+                        path: path.to_path_buf(),
+                    }));
+                }
+            }
+            // Only the last line can be torn, and a torn line has no newline.
+            Err(Problem::Unparsable(_)) if !terminated => {
+                return Ok(Some(Tail::Torn {
+                    path: path.to_path_buf(),
+                    bytes: buf.len() as u64,
+                }));
+            }
+            Err(Problem::Unparsable(reason)) => return Err(corrupt(reason)),
+            Err(Problem::Foreign(reason)) => {
+                return Err(SinkError::Foreign {
+                    path: path.display().to_string(),
+                    line: number,
+                    reason,
+                });
+            }
+        }
+    }
+}
+
+/// Whether `path` is something resume can read and rewrite: a regular file, or nothing
+/// yet. A pipe or a terminal (`-o /dev/stdout`) is neither read back nor rewritten.
+pub fn is_resumable(path: &Path) -> bool {
+    std::fs::metadata(path).map_or(true, |m| m.is_file())
+}
+
+impl Checkpoint {
+    /// Reads both files. Changes nothing: see [`Checkpoint::repair_tails`] and
+    /// [`Checkpoint::tidy`].
+    pub fn read(files: &OutputFiles) -> Result<Checkpoint, SinkError> {
+        let mut cp = Checkpoint {
+            results_regular: is_resumable(&files.results),
+            errors_regular: is_resumable(&files.errors),
+            ..Checkpoint::default()
+        };
+        if !cp.results_regular {
+            return Ok(cp);
+        }
+        let tail = read_entries(&files.results, |_, entry, _| {
+            cp.results_lines += 1;
+            cp.unfingerprinted += u64::from(entry.fingerprint == 0);
+            let h = id_hash(&entry.custom_id);
+            let fp = entry.fingerprint;
+            match cp.results.get(&h) {
+                None => {
+                    cp.results.insert(h, fp);
+                }
+                Some(first) if *first == fp => {}
+                Some(first) => {
+                    let all = cp.several.entry(h).or_insert_with(|| vec![*first]);
+                    if !all.contains(&fp) {
+                        all.push(fp);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        cp.tails.extend(tail);
+        if !cp.errors_regular {
+            return Ok(cp);
+        }
+        let tail = read_entries(&files.errors, |number, entry, _| {
+            cp.errors_lines += 1;
+            if entry.invalid_line.is_none() {
+                cp.unfingerprinted += u64::from(entry.fingerprint == 0);
+                cp.errors
+                    .insert(id_hash(&entry.custom_id), (entry.fingerprint, number));
+            }
+            Ok(())
+        })?;
+        cp.tails.extend(tail);
+        Ok(cp)
+    }
+
+    /// Whether RESULTS is a file resume can read (see [`is_resumable`]).
+    pub fn resumable(&self) -> bool {
+        self.results_regular
+    }
+
+    /// Whether RESULTS or ERRORS held anything.
+    pub fn is_empty(&self) -> bool {
+        self.results_lines == 0 && self.errors_lines == 0
+    }
+
+    /// Fingerprints of the custom_id's lines in RESULTS.
+    fn result_prints(&self, h: u64) -> &[u64] {
+        match self.several.get(&h) {
+            Some(all) => all,
+            None => self.results.get(&h).map_or(&[], std::slice::from_ref),
+        }
+    }
+
+    /// What the files say about the request `custom_id` with fingerprint `fp`. With
+    /// `retry_failed`, a failure does not count as finished.
+    pub fn lookup(&self, custom_id: &str, fp: Fingerprint, retry_failed: bool) -> Lookup {
+        let h = id_hash(custom_id);
+        let fp = fp.get();
+        let results = self.result_prints(h);
+        let failed = self.errors.get(&h).map(|(print, _)| *print);
+        if results.contains(&fp) {
+            return Lookup::Finished {
+                place: Place::Results,
+                by_id_only: false,
+                stale: results.len() > 1,
+            };
+        }
+        if results.contains(&0) {
+            return Lookup::Finished {
+                place: Place::Results,
+                by_id_only: true,
+                stale: false,
+            };
+        }
+        match failed {
+            Some(_) if retry_failed => Lookup::New,
+            Some(print) if print == fp => Lookup::Finished {
+                place: Place::Errors,
+                by_id_only: false,
+                stale: !results.is_empty(),
+            },
+            _ if !results.is_empty() => Lookup::Changed {
+                place: Place::Results,
+            },
+            Some(0) => Lookup::Finished {
+                place: Place::Errors,
+                by_id_only: true,
+                stale: false,
+            },
+            Some(_) => Lookup::Changed {
+                place: Place::Errors,
+            },
+            None => Lookup::New,
+        }
+    }
+
+    /// Whether a line of `custom_id` hashed `h` with fingerprint `fp` is in the files.
+    pub fn holds(&self, h: u64, fp: u64) -> bool {
+        self.result_prints(h).contains(&fp) || self.errors.get(&h).is_some_and(|(p, _)| *p == fp)
+    }
+
+    /// Whether the custom_id hashed `h` has any line in either file.
+    pub fn knows(&self, h: u64) -> bool {
+        self.results.contains_key(&h) || self.errors.contains_key(&h)
+    }
+
+    /// Distinct custom_ids in RESULTS for which `keep` says false.
+    pub fn results_where(&self, mut keep: impl FnMut(u64) -> bool) -> u64 {
+        self.results.keys().filter(|h| !keep(**h)).count() as u64
+    }
+
+    /// Up to `n` custom_ids of RESULTS for which `wanted` says true, in file order.
+    pub fn result_ids(
+        &self,
+        files: &OutputFiles,
+        n: usize,
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Result<Vec<String>, SinkError> {
+        let mut found: Vec<String> = Vec::new();
+        if !self.results_regular {
+            return Ok(found);
+        }
+        read_entries(&files.results, |_, entry, _| {
+            if found.len() < n
+                && wanted(&entry.custom_id)
+                && !found.iter().any(|f| *f == entry.custom_id)
+            {
+                found.push(entry.custom_id.into_owned());
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// Cuts torn last lines and ends complete ones with a newline, so appending starts
+    /// on a line of its own.
+    pub fn repair_tails(&mut self) -> Result<Vec<Tail>, SinkError> {
+        for tail in &self.tails {
+            match tail {
+                Tail::Torn { path, bytes } => {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io_error(path))?;
+                    let len = file.metadata().map_err(io_error(path))?.len();
+                    file.set_len(len.saturating_sub(*bytes))
+                        .map_err(io_error(path))?;
+                    file.sync_all().map_err(io_error(path))?;
+                }
+                Tail::Unterminated { path } => {
+                    let mut file = OpenOptions::new()
+                        .append(true)
+                        .open(path)
+                        .map_err(io_error(path))?;
+                    file.write_all(b"\n").map_err(io_error(path))?;
+                    file.sync_all().map_err(io_error(path))?;
+                }
+            }
+        }
+        Ok(std::mem::take(&mut self.tails))
+    }
+
+    /// Drops the lines that no longer count, rewriting a file only if it loses one:
+    /// - of a custom_id in `current` (hash → the fingerprint of its request now, whose
+    ///   line is in the files), every line of another version;
+    /// - in ERRORS, every line but the last of a custom_id, and all of them once the
+    ///   custom_id has a line in RESULTS;
+    /// - in ERRORS, invalid-input records of input lines after `invalid_after` (the
+    ///   run re-validates those lines and writes their records again).
+    ///
+    /// Returns the lines left in ERRORS.
+    pub fn tidy(
+        &self,
+        files: &OutputFiles,
+        current: &IdMap<u64>,
+        invalid_after: Option<u64>,
+    ) -> Result<u64, SinkError> {
+        if !self.results_regular {
+            return Ok(self.errors_lines);
+        }
+        let old_version = |h: u64, fp: u64| current.get(&h).is_some_and(|cur| *cur != fp);
+        let results_lose = current
+            .iter()
+            .any(|(h, cur)| self.result_prints(*h).iter().any(|fp| fp != cur));
+        if results_lose {
+            rewrite(&files.results, |_, entry| {
+                !old_version(id_hash(&entry.custom_id), entry.fingerprint)
+            })?;
+        }
+        // A custom_id keeps its RESULTS line unless a newer version replaced it.
+        let succeeded = |h: u64| {
+            let prints = self.result_prints(h);
+            !prints.is_empty() && current.get(&h).is_none_or(|cur| prints.contains(cur))
+        };
+        if self.errors_lines == 0 || !self.errors_regular {
+            return Ok(self.errors_lines);
+        }
+        rewrite(&files.errors, |number, entry| {
+            if let Some(line) = entry.invalid_line {
+                return invalid_after.is_none_or(|after| line <= after);
+            }
+            let h = id_hash(&entry.custom_id);
+            let last = self.errors.get(&h).is_some_and(|(_, at)| *at == number);
+            last && !old_version(h, entry.fingerprint) && !succeeded(h)
+        })
+    }
+}
+
+/// Rewrites `path` with only the lines `keep(line_number, entry)` accepts, if it
+/// rejects any; returns the lines kept. Atomic, through a symlink, mode kept.
+fn rewrite(path: &Path, mut keep: impl FnMut(u64, &Entry<'_>) -> bool) -> Result<u64, SinkError> {
+    // Write where the file really is, so a symlink stays a symlink.
+    let target = match std::fs::canonicalize(path) {
+        Ok(target) => target,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_error(path)(e)),
+    };
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".volley-tidy-")
+        .tempfile_in(dir)
+        .map_err(io_error(path))?;
+    let (mut kept, mut dropped) = (0u64, 0u64);
+    {
+        let mut out = BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
+        read_entries(&target, |number, entry, text| {
+            if keep(number, &entry) {
+                kept += 1;
+                out.write_all(text.trim_end_matches(['\n', '\r']).as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(io_error(path))?;
+            } else {
+                dropped += 1;
+            }
+            Ok(())
+        })?;
+        out.flush().map_err(io_error(path))?;
+    }
+    if dropped == 0 {
+        return Ok(kept);
+    }
+    let permissions = std::fs::metadata(&target)
+        .map_err(io_error(path))?
+        .permissions();
+    tmp.as_file()
+        .set_permissions(permissions)
+        .map_err(io_error(path))?;
+    tmp.as_file().sync_all().map_err(io_error(path))?;
+    tmp.persist(&target).map_err(|e| io_error(path)(e.error))?;
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::tests::files;
+
+    fn fp(n: u64) -> Fingerprint {
+        Fingerprint::from_raw(n).unwrap()
+    }
+
+    fn line(id: &str, print: Option<u64>) -> String {
+        let print = print.map_or("null".to_string(), |p| format!("\"{}\"", fp(p).to_hex()));
+        format!(
+            "{{\"id\":\"vol-1\",\"custom_id\":\"{id}\",\"response\":null,\"error\":null,\"volley\":{{\"attempts\":1,\"fingerprint\":{print}}}}}\n"
+        )
+    }
+
+    fn failed(id: &str, print: u64) -> String {
+        line(id, Some(print)).replace(
+            "\"error\":null",
+            "\"error\":{\"code\":\"server_error\",\"message\":\"x\"}",
+        )
+    }
+
+    fn invalid(id: &str, input_line: u64) -> String {
+        format!(
+            "{{\"id\":\"vol-input-{input_line}\",\"custom_id\":\"{id}\",\"response\":null,\"error\":{{\"code\":\"invalid_input\",\"message\":\"x\"}},\"volley\":{{\"attempts\":0}}}}\n"
+        )
+    }
+
+    const FINISHED: Lookup = Lookup::Finished {
+        place: Place::Results,
+        by_id_only: false,
+        stale: false,
+    };
+
+    #[test]
+    fn lookup_tells_new_finished_changed_and_unfingerprinted() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        std::fs::write(
+            &f.results,
+            format!("{}{}", line("a", Some(1)), line("old", None)),
+        )
+        .unwrap();
+        std::fs::write(&f.errors, failed("x", 3)).unwrap();
+        let cp = Checkpoint::read(&f).unwrap();
+        assert_eq!(cp.lookup("a", fp(1), false), FINISHED);
+        assert_eq!(
+            cp.lookup("a", fp(2), false),
+            Lookup::Changed {
+                place: Place::Results
+            }
+        );
+        assert!(matches!(
+            cp.lookup("old", fp(9), false),
+            Lookup::Finished {
+                by_id_only: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            cp.lookup("x", fp(3), false),
+            Lookup::Finished {
+                place: Place::Errors,
+                ..
+            }
+        ));
+        assert_eq!(
+            cp.lookup("x", fp(4), false),
+            Lookup::Changed {
+                place: Place::Errors
+            }
+        );
+        assert_eq!(cp.lookup("x", fp(3), true), Lookup::New);
+        assert_eq!(cp.lookup("nobody", fp(1), false), Lookup::New);
+        assert_eq!(cp.unfingerprinted, 1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_a_complete_one_gets_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        let a = line("a", Some(1));
+        std::fs::write(&f.results, format!("{a}{{\"id\":\"vol")).unwrap();
+        std::fs::write(&f.errors, failed("x", 2).trim_end()).unwrap();
+        let mut cp = Checkpoint::read(&f).unwrap();
+        assert_eq!(cp.results_lines, 1);
+        assert_eq!(cp.errors_lines, 1, "a complete last line counts");
+        assert_eq!(
+            std::fs::read_to_string(&f.results).unwrap().len(),
+            a.len() + 10,
+            "reading changes nothing"
+        );
+        let repaired = cp.repair_tails().unwrap();
+        assert_eq!(repaired.len(), 2);
+        assert_eq!(std::fs::read_to_string(&f.results).unwrap(), a);
+        assert_eq!(std::fs::read_to_string(&f.errors).unwrap(), failed("x", 2));
+    }
+
+    #[test]
+    fn a_file_that_is_one_torn_line_becomes_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        std::fs::write(&f.results, "{\"custom_id\":").unwrap();
+        let mut cp = Checkpoint::read(&f).unwrap();
+        assert_eq!(cp.results_lines, 0);
+        cp.repair_tails().unwrap();
+        assert_eq!(std::fs::read(&f.results).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_corrupt_middle_line_or_a_foreign_line_is_refused_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        let text = format!("{}garbage\n{}", line("a", Some(1)), line("b", Some(1)));
+        std::fs::write(&f.results, &text).unwrap();
+        let err = Checkpoint::read(&f).err().unwrap();
+        assert!(err.to_string().contains("r.jsonl:2"), "{err}");
+        assert_eq!(std::fs::read_to_string(&f.results).unwrap(), text);
+        for foreign in ["{\"custom_id\":\"a\"}\n", "{\"custom_id\":\"a\"}"] {
+            std::fs::write(&f.results, foreign).unwrap();
+            let err = Checkpoint::read(&f).err().unwrap();
+            assert!(matches!(err, SinkError::Foreign { line: 1, .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn tidy_keeps_one_line_per_failure_and_drops_succeeded_and_stale_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        // "a" was re-run: its old (1) and new (2) answers are both in RESULTS.
+        std::fs::write(
+            &f.results,
+            format!(
+                "{}{}{}",
+                line("a", Some(1)),
+                line("b", Some(1)),
+                line("a", Some(2))
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            &f.errors,
+            format!(
+                "{}{}{}{}{}",
+                failed("b", 1),
+                failed("x", 1),
+                invalid("line-7", 7),
+                failed("x", 1),
+                invalid("line-2", 2)
+            ),
+        )
+        .unwrap();
+        let cp = Checkpoint::read(&f).unwrap();
+        assert!(matches!(
+            cp.lookup("a", fp(2), false),
+            Lookup::Finished { stale: true, .. }
+        ));
+        let mut current = IdMap::default();
+        current.insert(id_hash("a"), 2);
+        // Input lines after 5 are checked again this run: line 7's record goes.
+        let left = cp.tidy(&f, &current, Some(5)).unwrap();
+        assert_eq!(left, 2);
+        assert_eq!(
+            std::fs::read_to_string(&f.results).unwrap(),
+            format!("{}{}", line("b", Some(1)), line("a", Some(2)))
+        );
+        assert_eq!(
+            std::fs::read_to_string(&f.errors).unwrap(),
+            format!("{}{}", failed("x", 1), invalid("line-2", 2))
+        );
+    }
+
+    #[test]
+    fn output_that_is_not_a_regular_file_is_never_read() {
+        let f = OutputFiles {
+            results: PathBuf::from("/dev/null"),
+            errors: PathBuf::from("/dev/null"),
+        };
+        let cp = Checkpoint::read(&f).unwrap();
+        assert!(!cp.resumable() && cp.is_empty());
+        assert_eq!(cp.tidy(&f, &IdMap::default(), Some(0)).unwrap(), 0);
+    }
+}
