@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::claim::is_regular_output;
 use crate::classify::Reason;
 use crate::ids::{IdMap, id_hash};
 use crate::job::Fingerprint;
@@ -243,19 +244,13 @@ fn read_entries(
     }
 }
 
-/// Whether `path` is something resume can read and rewrite: a regular file, or nothing
-/// yet. A pipe or a terminal (`-o /dev/stdout`) is neither read back nor rewritten.
-pub fn is_resumable(path: &Path) -> bool {
-    std::fs::metadata(path).map_or(true, |m| m.is_file())
-}
-
 impl Checkpoint {
     /// Reads both files. Changes nothing: see [`Checkpoint::repair_tails`] and
     /// [`Checkpoint::tidy`].
     pub fn read(files: &OutputFiles) -> Result<Checkpoint, SinkError> {
         let mut cp = Checkpoint {
-            results_regular: is_resumable(&files.results),
-            errors_regular: is_resumable(&files.errors),
+            results_regular: is_regular_output(&files.results),
+            errors_regular: is_regular_output(&files.errors),
             ..Checkpoint::default()
         };
         if !cp.results_regular {
@@ -297,7 +292,7 @@ impl Checkpoint {
         Ok(cp)
     }
 
-    /// Whether RESULTS is a file resume can read (see [`is_resumable`]).
+    /// Whether RESULTS is a file resume can read (see [`is_regular_output`]).
     pub fn resumable(&self) -> bool {
         self.results_regular
     }

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod budget;
 pub mod checkpoint;
+pub mod claim;
 pub mod classify;
 pub mod concurrency;
 pub mod defaults;

@@ -2,7 +2,10 @@
 //! both: built from the event stream while running, or recomputed from RESULTS and
 //! ERRORS alone for any past run. The schema is documented in `docs/report.md`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::Arc;
@@ -10,8 +13,12 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{PassThrough, id_hash};
 use crate::stats::{ModelStats, NO_MODEL, Percentiles, Snapshot};
 use crate::usage::Usage;
+
+/// The error code of a line that was not a valid request (counted apart from failures).
+const INVALID_INPUT: &str = "invalid_input";
 
 /// Bumped when a field changes meaning or goes away.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -163,10 +170,13 @@ impl Interner {
 }
 
 #[derive(Deserialize)]
-struct Line {
-    /// Required, so that a line of some other JSONL is refused, but not kept.
-    #[allow(dead_code)]
-    custom_id: serde::de::IgnoredAny,
+struct Line<'a> {
+    /// Required, so that a line of some other JSONL is refused; only its hash is kept.
+    #[serde(borrow)]
+    custom_id: Cow<'a, str>,
+    /// The record's own id: for an `invalid_input` record, `vol-input-N` names its line.
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
     #[serde(default)]
     response: Option<ResponsePart>,
     #[serde(default)]
@@ -206,13 +216,67 @@ pub struct FinishedFiles {
     pub torn: Vec<String>,
 }
 
-/// Reads the finished requests of RESULTS (and ERRORS, if given).
+/// Hashes (see [`id_hash`]) of what names a request → its place in
+/// [`FinishedFiles::finished`].
+type IdIndex = HashMap<u64, usize, BuildHasherDefault<PassThrough>>;
+
+/// Which requests were already counted, so that each counts once, as a live run counts
+/// it, with only a hash kept per request. Files can hold an id twice: a crash during
+/// `--retry-failed` leaves an old error beside its new success, and a file appended to
+/// by hand (or by two runs before runs were locked) repeats lines.
+#[derive(Default)]
+struct Seen {
+    /// RESULTS by custom_id; the last line of an id wins.
+    succeeded: IdIndex,
+    /// ERRORS failures by custom_id; the last line wins, and an id in RESULTS is left
+    /// out: it succeeded after failing.
+    failed: IdIndex,
+    /// ERRORS `invalid_input` records by record id (`vol-input-N`): they are per input
+    /// line, not per custom_id, so RESULTS never hides one (a line's fallback id `line-N`
+    /// can be another line's real custom_id).
+    invalid: IdIndex,
+}
+
+impl Seen {
+    /// Files `finished` unless its request was counted already, then it replaces that.
+    fn place(&mut self, line: &Line<'_>, finished: Finished, out: &mut Vec<Finished>) {
+        let invalid = !finished.ok && finished.error_code.as_deref() == Some(INVALID_INPUT);
+        let (index, key) = if invalid {
+            match &line.id {
+                Some(record) => (&mut self.invalid, id_hash(record)),
+                // A record with no id of its own cannot be told from another: count it.
+                None => return out.push(finished),
+            }
+        } else {
+            let request = id_hash(&line.custom_id);
+            if finished.ok {
+                (&mut self.succeeded, request)
+            } else if self.succeeded.contains_key(&request) {
+                return;
+            } else {
+                (&mut self.failed, request)
+            }
+        };
+        match index.entry(key) {
+            Entry::Occupied(at) => out[*at.get()] = finished,
+            Entry::Vacant(slot) => {
+                slot.insert(out.len());
+                out.push(finished);
+            }
+        }
+    }
+}
+
+/// Reads the finished requests of RESULTS (and ERRORS, if given), each request once:
+/// RESULTS wins over ERRORS, and within a file an id's last line wins.
 pub fn read_finished(results: &Path, errors: Option<&Path>) -> Result<FinishedFiles, ReportError> {
     let mut out = FinishedFiles::default();
     let mut strings = Interner::default();
-    read_file(results, true, &mut out, &mut strings)?;
+    let mut seen = Seen::default();
+    // RESULTS first, so that an error of an id that later succeeded is known as such.
+    read_file(results, true, &mut out, &mut strings, &mut seen)?;
     if let Some(errors) = errors {
-        read_file(errors, false, &mut out, &mut strings)?;
+        read_file(errors, false, &mut out, &mut strings, &mut seen)?;
     }
     out.finished
         .sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
@@ -224,6 +288,7 @@ fn read_file(
     ok: bool,
     out: &mut FinishedFiles,
     strings: &mut Interner,
+    seen: &mut Seen,
 ) -> Result<(), ReportError> {
     let shown = || path.display().to_string();
     let io = |source| ReportError::Io {
@@ -273,15 +338,16 @@ fn read_file(
             .as_deref()
             .or_else(served)
             .unwrap_or(NO_MODEL);
-        out.finished.push(Finished {
+        let finished = Finished {
             ok,
             finished_at: parsed.volley.finished_at.unwrap_or(0.0),
             latency_ms: parsed.volley.latency_ms,
             attempts: parsed.volley.attempts,
             model: strings.get(model),
             usage: parsed.volley.usage,
-            error_code: parsed.error.map(|e| strings.get(&e.code)),
-        });
+            error_code: parsed.error.as_ref().map(|e| strings.get(&e.code)),
+        };
+        seen.place(&parsed, finished, &mut out.finished);
     }
 }
 
@@ -309,7 +375,7 @@ pub fn from_finished(finished: &[Finished]) -> Report {
         stop_reason: None,
     };
     for f in finished {
-        let invalid = f.error_code.as_deref() == Some("invalid_input");
+        let invalid = f.error_code.as_deref() == Some(INVALID_INPUT);
         report.requests.total += 1;
         match (f.ok, invalid) {
             (true, _) => report.requests.succeeded += 1,
@@ -432,6 +498,64 @@ mod tests {
         .unwrap();
         let err = read_finished(&results, None).unwrap_err().to_string();
         assert!(err.contains("r.jsonl:2"), "{err}");
+    }
+
+    /// An output line of `custom_id` with `attempts` (to tell lines apart), failed with
+    /// `code` if given, recorded as `record`.
+    fn output_line(record: &str, custom_id: &str, attempts: u32, code: Option<&str>) -> String {
+        let error = code.map_or("null".to_string(), |c| {
+            format!("{{\"code\":\"{c}\",\"message\":\"x\"}}")
+        });
+        format!(
+            "{{\"id\":\"{record}\",\"custom_id\":\"{custom_id}\",\"response\":null,\"error\":{error},\"volley\":{{\"attempts\":{attempts},\"latency_ms\":1.0,\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":0,\"total_tokens\":1}}}}}}\n"
+        )
+    }
+
+    #[test]
+    fn each_request_counts_once_results_winning_and_the_last_line_within_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("r.jsonl");
+        let errors = dir.path().join("e.jsonl");
+        std::fs::write(
+            &results,
+            [
+                output_line("v1", "a", 1, None),
+                output_line("v2", "b", 1, None),
+                output_line("v3", "a", 3, None),
+                output_line("v4", "line-2", 1, None),
+            ]
+            .concat(),
+        )
+        .unwrap();
+        std::fs::write(
+            &errors,
+            [
+                // Failed, then succeeded in a --retry-failed run that crashed before
+                // ERRORS was compacted.
+                output_line("v5", "b", 6, Some("server_error")),
+                output_line("v6", "c", 2, Some("server_error")),
+                output_line("v7", "c", 4, Some("server_error")),
+                // Line 2 was invalid; its fallback id is also line 4's real custom_id.
+                output_line("vol-input-2", "line-2", 0, Some("invalid_input")),
+                // Two invalid lines that share a custom_id are two lines.
+                output_line("vol-input-5", "d", 0, Some("invalid_input")),
+                output_line("vol-input-6", "d", 0, Some("invalid_input")),
+                output_line("vol-input-6", "d", 0, Some("invalid_input")),
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let files = read_finished(&results, Some(&errors)).unwrap();
+        let r = from_finished(&files.finished);
+        let c = &r.requests;
+        assert_eq!(
+            (c.total, c.succeeded, c.failed, c.invalid_input),
+            (7, 3, 1, 3),
+            "{c:?}"
+        );
+        // a's last line (3 attempts) and c's (4) are the ones counted.
+        assert_eq!(r.attempts, 3 + 1 + 1 + 4);
+        assert_eq!(r.errors_by_code["server_error"], 1);
     }
 
     #[test]

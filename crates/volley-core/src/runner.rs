@@ -236,10 +236,15 @@ impl Prepared {
 }
 
 fn spool_stdin(results: &Path) -> Result<tempfile::NamedTempFile, RunError> {
-    let dir = results
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    // Beside RESULTS, on the disk that has room for the batch's results; a RESULTS that
+    // is a pipe or terminal (`-o /dev/stdout`) says nothing about disks, so the system's
+    // temporary folder it is.
+    let beside = results.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = match beside {
+        _ if !crate::claim::is_regular_output(results) => std::env::temp_dir(),
+        Some(dir) => dir.to_path_buf(),
+        None => PathBuf::from("."),
+    };
     let err = |source| RunError::Input {
         path: "<stdin>".into(),
         source,

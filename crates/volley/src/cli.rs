@@ -85,7 +85,7 @@ pub struct RunArgs {
     /// RESULTS file [default: INPUT with .jsonl replaced by .results.jsonl]
     #[arg(short = 'o', long = "output", value_name = "OUTPUT")]
     pub output: Option<PathBuf>,
-    /// ERRORS file [default: INPUT with .jsonl replaced by .errors.jsonl]
+    /// ERRORS file [default: with -o, OUTPUT with .results.jsonl (else .jsonl) replaced by .errors.jsonl; else INPUT with .jsonl replaced by .errors.jsonl]
     #[arg(long, value_name = "ERRORS")]
     pub errors: Option<PathBuf>,
 

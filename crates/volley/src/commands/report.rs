@@ -2,6 +2,7 @@
 //! report of any past run, recomputed from its output files alone.
 
 use anyhow::Context;
+use volley_core::claim::{NamedFile, check_distinct};
 use volley_core::report::{from_finished, read_finished};
 
 use crate::cli::ReportArgs;
@@ -9,6 +10,18 @@ use crate::exit::Exit;
 use crate::{html, summary};
 
 pub fn report(args: ReportArgs) -> anyhow::Result<Exit> {
+    // Before anything is read or written: `--json r.jsonl` must not replace the run's
+    // RESULTS, and one file given as both RESULTS and ERRORS would count twice.
+    let mut files = vec![NamedFile::read("RESULTS", &args.results)];
+    files.extend(
+        args.errors
+            .as_deref()
+            .map(|p| NamedFile::read("--errors", p)),
+    );
+    for (label, path) in [("--json", &args.json), ("--html", &args.html)] {
+        files.extend(path.as_deref().map(|p| NamedFile::write(label, p)));
+    }
+    check_distinct(&files)?;
     let files = read_finished(&args.results, args.errors.as_deref())?;
     for at in &files.torn {
         eprintln!(

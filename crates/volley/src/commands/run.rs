@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use volley_core::batch::LineDefaults;
 use volley_core::checkpoint::Tail;
+use volley_core::claim::{self, NamedFile, OutputLock};
 use volley_core::defaults;
 use volley_core::events::{EventBus, EventFile, Observer};
 use volley_core::pricing::Pricing;
@@ -44,7 +45,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let slot = BarSlot::default();
     logging::init(args.log_format, args.quiet, slot.clone());
 
+    // Files first: nothing below may read or write a file before it is known that no
+    // two of them are the same one.
     let (input, files) = output_files(&args)?;
+    let regular_output = claim::is_regular_output(&files.results);
+    // Beside the file RESULTS really is, so that any name of it finds the same lock.
+    let lock_path = if regular_output {
+        Some(OutputLock::path_for(&files.results)?)
+    } else {
+        None
+    };
+    claim::check_distinct(&run_files(&args, &files, lock_path.as_deref()))?;
     let check = match (&args.expect, &args.json_schema) {
         (_, Some(path)) => Some(Arc::new(ResponseCheck::schema_file(path)?)),
         (Some(Expect::Json), None) => Some(Arc::new(ResponseCheck::json())),
@@ -65,17 +76,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             }
         }
     };
-    if let Some(path) = &args.report
-        && let Err(why) = check_writable(path)
-    {
-        eprintln!("error: --report {}: {why}", path.display());
-        return Ok(Exit::Usage);
-    }
     if args.initial_backoff > args.max_backoff {
         eprintln!(
             "error: --initial-backoff ({}) is larger than --max-backoff ({})",
             args.initial_backoff, args.max_backoff
         );
+        return Ok(Exit::Usage);
+    }
+    // Held until the run's files are closed, and taken before RESULTS is read to resume:
+    // a second run on the same files would send the same requests again. A pipe or a
+    // device is not resumed from, so there is nothing to guard.
+    let lock = if regular_output {
+        match OutputLock::acquire(&files.results) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(Exit::Usage);
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(path) = &args.report
+        && let Err(e) = claim::check_writable("--report", path)
+    {
+        eprintln!("error: {e}");
         return Ok(Exit::Usage);
     }
 
@@ -308,6 +333,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             );
         }
     }
+    // Every file of the run is closed: a next run may start.
+    drop(lock);
     if !args.quiet {
         let (results, errors) = (
             files.results.display().to_string(),
@@ -445,23 +472,6 @@ fn nothing_to_send(offset: u64, scan: &Scan) -> String {
     )
 }
 
-/// Why a file could not be written at `path` once the run is over, found before any
-/// request is sent: its folder must exist and it must not be a folder itself.
-fn check_writable(path: &Path) -> Result<(), String> {
-    if path.is_dir() {
-        return Err("is a folder".into());
-    }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(format!("{} is not a folder", dir.display())),
-        Err(e) => Err(format!("folder {}: {e}", dir.display())),
-    }
-}
-
 /// First Ctrl-C (or SIGTERM): stop admitting and let in-flight requests finish.
 /// Second: exit at once; finished results are already on disk.
 async fn watch_signals(cancel: CancellationToken, grace: Duration) {
@@ -476,7 +486,9 @@ async fn watch_signals(cancel: CancellationToken, grace: Duration) {
     std::process::exit(Exit::Stopped as i32);
 }
 
-/// The input, and where RESULTS and ERRORS go (SPEC §2 defaults).
+/// The input, and where RESULTS and ERRORS go (SPEC §2 defaults): ERRORS beside
+/// OUTPUT when `-o` is given (so two runs with their own OUTPUT never share an ERRORS),
+/// else beside INPUT.
 fn output_files(args: &RunArgs) -> anyhow::Result<(InputSource, OutputFiles)> {
     let stdin = args.input.as_os_str() == "-";
     let input = if stdin {
@@ -491,24 +503,46 @@ fn output_files(args: &RunArgs) -> anyhow::Result<(InputSource, OutputFiles)> {
             anyhow::bail!("reading from standard input needs -o OUTPUT to know where results go")
         }
     };
-    let errors = match &args.errors {
-        Some(e) => e.clone(),
-        None if stdin => sibling(&strip_results(&results), "errors"),
-        None => sibling(&args.input, "errors"),
-    };
-    if results == errors {
-        anyhow::bail!(
-            "RESULTS and ERRORS must be different files ({})",
+    if results.is_dir() {
+        anyhow::bail!("OUTPUT {} is a folder", results.display());
+    }
+    let errors = match (&args.errors, &args.output) {
+        (Some(e), _) => e.clone(),
+        (None, Some(_)) if !claim::is_regular_output(&results) => anyhow::bail!(
+            "OUTPUT {} is not a regular file (a pipe or a device): name the ERRORS file with --errors",
             results.display()
-        );
-    }
-    if !stdin && (args.input == results || args.input == errors) {
-        anyhow::bail!(
-            "the output would overwrite the input {}",
-            args.input.display()
-        );
-    }
+        ),
+        (None, Some(_)) => errors_beside(&results),
+        (None, None) => sibling(&args.input, "errors"),
+    };
     Ok((input, OutputFiles { results, errors }))
+}
+
+/// Every file the run reads or writes, labelled as the user named it, for
+/// [`claim::check_distinct`]: the input (and the files that configure the run) must not
+/// be written over, and no output over another.
+fn run_files<'a>(
+    args: &'a RunArgs,
+    files: &'a OutputFiles,
+    lock_path: Option<&'a Path>,
+) -> Vec<NamedFile<'a>> {
+    let mut named = Vec::new();
+    if args.input.as_os_str() != "-" {
+        named.push(NamedFile::read("INPUT", &args.input));
+    }
+    for (label, path) in [
+        ("--json-schema", &args.json_schema),
+        ("--pricing", &args.pricing),
+    ] {
+        named.extend(path.as_deref().map(|p| NamedFile::read(label, p)));
+    }
+    named.push(NamedFile::write("RESULTS", &files.results));
+    named.push(NamedFile::write("ERRORS", &files.errors));
+    named.extend(lock_path.map(|p| NamedFile::write("the lock file", p)));
+    for (label, path) in [("--report", &args.report), ("--events", &args.events)] {
+        named.extend(path.as_deref().map(|p| NamedFile::write(label, p)));
+    }
+    named
 }
 
 /// `data.jsonl` → `data.KIND.jsonl`; other names get `.KIND.jsonl` appended.
@@ -516,6 +550,12 @@ fn sibling(path: &Path, kind: &str) -> PathBuf {
     let text = path.to_string_lossy();
     let stem = text.strip_suffix(".jsonl").unwrap_or(&text);
     PathBuf::from(format!("{stem}.{kind}.jsonl"))
+}
+
+/// ERRORS for an explicit OUTPUT: `b.results.jsonl` → `b.errors.jsonl`, `b.jsonl` →
+/// `b.errors.jsonl`, `b.out` → `b.out.errors.jsonl`.
+fn errors_beside(output: &Path) -> PathBuf {
+    sibling(&strip_results(output), "errors")
 }
 
 /// `out.results.jsonl` → `out.jsonl`, so ERRORS can sit beside an explicit OUTPUT.
@@ -581,5 +621,12 @@ mod tests {
             strip_results(Path::new("o.results.jsonl")),
             PathBuf::from("o.jsonl")
         );
+        for (output, errors) in [
+            ("b.results.jsonl", "b.errors.jsonl"),
+            ("out/b.jsonl", "out/b.errors.jsonl"),
+            ("b.out", "b.out.errors.jsonl"),
+        ] {
+            assert_eq!(errors_beside(Path::new(output)), PathBuf::from(errors));
+        }
     }
 }
