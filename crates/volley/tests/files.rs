@@ -56,9 +56,10 @@ fn lock_holder(lock: &Path) -> Option<u32> {
 #[test]
 fn a_second_run_on_the_same_files_is_refused_at_once_naming_the_first() {
     let ws = Workspace::new();
-    let n = 30;
+    let n = 50;
     ws.prompts("b.jsonl", n);
-    // 30 requests two at a time at 200 ms each: the first run lasts about 3 s.
+    // 50 requests two at a time at 200 ms each: the first run lasts at least 5 s, a wide
+    // margin for the second to start on a busy machine.
     let mock = MockProc::start(&["--latency-ms", "200"]);
     let args = run_args("b.jsonl", &mock.base_url, &["--concurrency", "2"]);
     let mut first = volley()
