@@ -23,7 +23,7 @@ use crate::claim::is_regular_output;
 use crate::classify::Reason;
 use crate::ids::{IdMap, id_hash};
 use crate::job::Fingerprint;
-use crate::sink::{OutputFiles, SinkError, io_error};
+use crate::sink::{OutputFiles, Replacement, SinkError, io_error};
 
 /// Which output file a line is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,10 @@ pub struct Checkpoint {
     errors: IdMap<(u64, u64)>,
     /// Lines in RESULTS.
     pub results_lines: u64,
+    /// Lines in RESULTS that repeat an earlier line's custom_id and fingerprint (two
+    /// runs that shared RESULTS before there was a lock, a hand edit): dropped by
+    /// [`Checkpoint::tidy`], so each request has one line.
+    pub results_repeats: u64,
     /// Lines in ERRORS.
     pub errors_lines: u64,
     /// Lines without a fingerprint, in either file.
@@ -131,6 +135,8 @@ struct Entry<'a> {
     /// The input line an invalid-input record is about (its `id` is `vol-input-N`;
     /// 0 if it says none).
     invalid_line: Option<u64>,
+    /// The line has an `error`: it belongs in ERRORS, never in RESULTS.
+    failed: bool,
 }
 
 /// Why a line is not an entry.
@@ -158,6 +164,7 @@ impl<'a> Entry<'a> {
                     Problem::Foreign(format!("volley.fingerprint {hex:?} is not 16 hex digits"))
                 })?,
         };
+        let failed = recorded.error.is_some();
         let invalid = recorded
             .error
             .is_some_and(|e| e.code == Reason::InvalidInput.as_str());
@@ -173,14 +180,18 @@ impl<'a> Entry<'a> {
             custom_id: recorded.custom_id,
             fingerprint,
             invalid_line,
+            failed,
         })
     }
 }
 
 /// Calls `f(line_number, entry, text)` for each line of an output file (a missing file
-/// has none) and says how its last line ended.
+/// has none) and says how its last line ended. A line of the wrong file (a failure in
+/// RESULTS, a success in ERRORS: `-o` and `--errors` swapped) is refused like a line
+/// volley did not write, never taken as finished work of the other kind.
 fn read_entries(
     path: &Path,
+    place: Place,
     mut f: impl FnMut(u64, Entry<'_>, &str) -> Result<(), SinkError>,
 ) -> Result<Option<Tail>, SinkError> {
     let file = match File::open(path) {
@@ -213,10 +224,26 @@ fn read_entries(
             }
             Err(e) => return Err(corrupt(format!("not valid UTF-8: {e}"))),
         };
+        // Volley writes no byte-order mark, but an editor that saved the file may have.
+        let text = match text.strip_prefix('\u{feff}') {
+            Some(rest) if number == 1 => rest,
+            _ => text,
+        };
         if text.trim().is_empty() {
             continue;
         }
         match Entry::parse(text) {
+            Ok(entry) if entry.failed != (place == Place::Errors) => {
+                let reason = match place {
+                    Place::Results => "a failed request's line (it has an \"error\") in RESULTS",
+                    Place::Errors => "a successful request's line (no \"error\") in ERRORS",
+                };
+                return Err(SinkError::Foreign {
+                    path: path.display().to_string(),
+                    line: number,
+                    reason: format!("{reason}; were -o and --errors swapped?"),
+                });
+            }
             Ok(entry) => {
                 f(number, entry, text)?;
                 if !terminated {
@@ -256,30 +283,37 @@ impl Checkpoint {
         if !cp.results_regular {
             return Ok(cp);
         }
-        let tail = read_entries(&files.results, |_, entry, _| {
+        let tail = read_entries(&files.results, Place::Results, |_, entry, _| {
             cp.results_lines += 1;
             cp.unfingerprinted += u64::from(entry.fingerprint == 0);
             let h = id_hash(&entry.custom_id);
             let fp = entry.fingerprint;
-            match cp.results.get(&h) {
+            let Some(first) = cp.results.get(&h).copied() else {
+                cp.results.insert(h, fp);
+                return Ok(());
+            };
+            let repeat = match cp.several.get_mut(&h) {
+                // Kept in the order of each version's last line, the newest last.
+                Some(all) => {
+                    let had = all.contains(&fp);
+                    all.retain(|p| *p != fp);
+                    all.push(fp);
+                    had
+                }
+                None if first == fp => true,
                 None => {
-                    cp.results.insert(h, fp);
+                    cp.several.insert(h, vec![first, fp]);
+                    false
                 }
-                Some(first) if *first == fp => {}
-                Some(first) => {
-                    let all = cp.several.entry(h).or_insert_with(|| vec![*first]);
-                    if !all.contains(&fp) {
-                        all.push(fp);
-                    }
-                }
-            }
+            };
+            cp.results_repeats += u64::from(repeat);
             Ok(())
         })?;
         cp.tails.extend(tail);
         if !cp.errors_regular {
             return Ok(cp);
         }
-        let tail = read_entries(&files.errors, |number, entry, _| {
+        let tail = read_entries(&files.errors, Place::Errors, |number, entry, _| {
             cp.errors_lines += 1;
             if entry.invalid_line.is_none() {
                 cp.unfingerprinted += u64::from(entry.fingerprint == 0);
@@ -332,15 +366,20 @@ impl Checkpoint {
             };
         }
         match failed {
-            Some(_) if retry_failed => Lookup::New,
+            // A failure of this very request: final, unless the user retries failures.
+            Some(print) if print == fp && retry_failed => Lookup::New,
             Some(print) if print == fp => Lookup::Finished {
                 place: Place::Errors,
                 by_id_only: false,
                 stale: !results.is_empty(),
             },
+            // An answer to another version is never replaced without being asked,
+            // `--retry-failed` or not.
             _ if !results.is_empty() => Lookup::Changed {
                 place: Place::Results,
             },
+            // Re-sending a failure replaces no answer, whichever version it was of.
+            Some(_) if retry_failed => Lookup::New,
             Some(0) => Lookup::Finished {
                 place: Place::Errors,
                 by_id_only: true,
@@ -351,6 +390,15 @@ impl Checkpoint {
             },
             None => Lookup::New,
         }
+    }
+
+    /// The fingerprint of the custom_id's last-written line in RESULTS, when it has
+    /// lines of several versions (a crash cut a re-run short): `--keep-changed` keeps
+    /// that one.
+    pub fn latest_print(&self, custom_id: &str) -> Option<u64> {
+        self.several
+            .get(&id_hash(custom_id))
+            .and_then(|all| all.last().copied())
     }
 
     /// Whether a line of `custom_id` hashed `h` with fingerprint `fp` is in the files.
@@ -379,7 +427,7 @@ impl Checkpoint {
         if !self.results_regular {
             return Ok(found);
         }
-        read_entries(&files.results, |_, entry, _| {
+        read_entries(&files.results, Place::Results, |_, entry, _| {
             if found.len() < n
                 && wanted(&entry.custom_id)
                 && !found.iter().any(|f| *f == entry.custom_id)
@@ -441,9 +489,14 @@ impl Checkpoint {
         let results_lose = current
             .iter()
             .any(|(h, cur)| self.result_prints(*h).iter().any(|fp| fp != cur));
-        if results_lose {
-            rewrite(&files.results, |_, entry| {
-                !old_version(id_hash(&entry.custom_id), entry.fingerprint)
+        if results_lose || self.results_repeats > 0 {
+            // (custom_id, fingerprint) pairs kept so far: the first line of each wins.
+            let mut kept: std::collections::HashSet<(u64, u64)> = Default::default();
+            let repeats = self.results_repeats > 0;
+            rewrite(&files.results, Place::Results, |_, entry| {
+                let h = id_hash(&entry.custom_id);
+                !old_version(h, entry.fingerprint)
+                    && (!repeats || kept.insert((h, entry.fingerprint)))
             })?;
         }
         // A custom_id keeps its RESULTS line unless a newer version replaced it.
@@ -454,7 +507,7 @@ impl Checkpoint {
         if self.errors_lines == 0 || !self.errors_regular {
             return Ok(self.errors_lines);
         }
-        rewrite(&files.errors, |number, entry| {
+        rewrite(&files.errors, Place::Errors, |number, entry| {
             if let Some(line) = entry.invalid_line {
                 return invalid_after.is_none_or(|after| line <= after);
             }
@@ -467,25 +520,18 @@ impl Checkpoint {
 
 /// Rewrites `path` with only the lines `keep(line_number, entry)` accepts, if it
 /// rejects any; returns the lines kept. Atomic, through a symlink, mode kept.
-fn rewrite(path: &Path, mut keep: impl FnMut(u64, &Entry<'_>) -> bool) -> Result<u64, SinkError> {
-    // Write where the file really is, so a symlink stays a symlink.
-    let target = match std::fs::canonicalize(path) {
-        Ok(target) => target,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_error(path)(e)),
+fn rewrite(
+    path: &Path,
+    place: Place,
+    mut keep: impl FnMut(u64, &Entry<'_>) -> bool,
+) -> Result<u64, SinkError> {
+    let Some(mut replacement) = Replacement::beside(path).map_err(io_error(path))? else {
+        return Ok(0);
     };
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".volley-tidy-")
-        .tempfile_in(dir)
-        .map_err(io_error(path))?;
     let (mut kept, mut dropped) = (0u64, 0u64);
     {
-        let mut out = BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
-        read_entries(&target, |number, entry, text| {
+        let mut out = BufWriter::with_capacity(1 << 16, replacement.file());
+        read_entries(path, place, |number, entry, text| {
             if keep(number, &entry) {
                 kept += 1;
                 out.write_all(text.trim_end_matches(['\n', '\r']).as_bytes())
@@ -498,17 +544,9 @@ fn rewrite(path: &Path, mut keep: impl FnMut(u64, &Entry<'_>) -> bool) -> Result
         })?;
         out.flush().map_err(io_error(path))?;
     }
-    if dropped == 0 {
-        return Ok(kept);
+    if dropped > 0 {
+        replacement.commit().map_err(io_error(path))?;
     }
-    let permissions = std::fs::metadata(&target)
-        .map_err(io_error(path))?
-        .permissions();
-    tmp.as_file()
-        .set_permissions(permissions)
-        .map_err(io_error(path))?;
-    tmp.as_file().sync_all().map_err(io_error(path))?;
-    tmp.persist(&target).map_err(|e| io_error(path)(e.error))?;
     Ok(kept)
 }
 
@@ -586,6 +624,15 @@ mod tests {
             }
         );
         assert_eq!(cp.lookup("x", fp(3), true), Lookup::New);
+        // --retry-failed never replaces an answer to another version unasked.
+        std::fs::write(&f.errors, format!("{}{}", failed("x", 3), failed("a", 5))).unwrap();
+        let cp = Checkpoint::read(&f).unwrap();
+        assert_eq!(
+            cp.lookup("a", fp(6), true),
+            Lookup::Changed {
+                place: Place::Results
+            }
+        );
         assert_eq!(cp.lookup("nobody", fp(1), false), Lookup::New);
         assert_eq!(cp.unfingerprinted, 1);
     }
@@ -631,6 +678,23 @@ mod tests {
         let err = Checkpoint::read(&f).err().unwrap();
         assert!(err.to_string().contains("r.jsonl:2"), "{err}");
         assert_eq!(std::fs::read_to_string(&f.results).unwrap(), text);
+        // A failure in RESULTS, a success in ERRORS: files swapped.
+        std::fs::write(&f.results, failed("a", 1)).unwrap();
+        let err = Checkpoint::read(&f).err().unwrap();
+        assert!(err.to_string().contains("swapped"), "{err}");
+        std::fs::write(&f.results, "").unwrap();
+        std::fs::write(&f.errors, line("a", Some(1))).unwrap();
+        assert!(matches!(
+            Checkpoint::read(&f),
+            Err(SinkError::Foreign { .. })
+        ));
+        std::fs::write(&f.errors, "").unwrap();
+        // A byte-order mark an editor added is not a corrupt line.
+        std::fs::write(&f.results, format!("\u{feff}{}", line("a", Some(1)))).unwrap();
+        assert_eq!(
+            Checkpoint::read(&f).unwrap().lookup("a", fp(1), false),
+            FINISHED
+        );
         for foreign in ["{\"custom_id\":\"a\"}\n", "{\"custom_id\":\"a\"}"] {
             std::fs::write(&f.results, foreign).unwrap();
             let err = Checkpoint::read(&f).err().unwrap();

@@ -45,6 +45,10 @@ pub enum ClaimError {
         second_label: String,
         second: String,
     },
+    #[error(
+        "{label} {path} is being written by another volley run that names it differently (a hard link, or the same --errors for another OUTPUT); wait for it to finish or stop it, then run again"
+    )]
+    InUse { label: String, path: String },
     #[error("{label} {path}: {source}")]
     Io {
         label: String,
@@ -320,6 +324,57 @@ impl Drop for OutputLock {
         if still_at(&self.file, &self.path).unwrap_or(false) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Locks on the output files themselves, beside [`OutputLock`]: the lock file is found
+/// by RESULTS' name, but a hard link or one ERRORS named by two runs reaches the same
+/// file by another name. An advisory lock on each file (its inode) catches those.
+///
+/// A rewrite (resume dropping lines that no longer count) puts a new file in place, so
+/// [`HeldFiles::hold`] is called again after one to lock the new file too.
+#[derive(Debug, Default)]
+pub struct HeldFiles {
+    held: Vec<(FileIdentity, File)>,
+}
+
+impl HeldFiles {
+    pub fn new() -> HeldFiles {
+        HeldFiles::default()
+    }
+
+    /// Locks each of `files` that exists as a regular file and is not held yet; one
+    /// that another process holds is [`ClaimError::InUse`].
+    pub fn hold(&mut self, files: &[NamedFile<'_>]) -> Result<(), ClaimError> {
+        for named in files {
+            let metadata = match std::fs::metadata(named.path) {
+                Ok(m) if m.is_file() => m,
+                // Not created yet, or a pipe or device: nothing to lock.
+                _ => continue,
+            };
+            let identity = FileIdentity::Existing {
+                dev: metadata.dev(),
+                ino: metadata.ino(),
+            };
+            // flock belongs to an open file: locking ours again through a second open
+            // would refuse ourselves.
+            if self.held.iter().any(|(held, _)| *held == identity) {
+                continue;
+            }
+            let err = io_error(named.label, named.path);
+            let file = File::open(named.path).map_err(&err)?;
+            match file.try_lock() {
+                Ok(()) => self.held.push((identity, file)),
+                Err(TryLockError::WouldBlock) => {
+                    return Err(ClaimError::InUse {
+                        label: named.label.into(),
+                        path: named.path.display().to_string(),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(err(e)),
+            }
+        }
+        Ok(())
     }
 }
 

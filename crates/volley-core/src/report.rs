@@ -310,8 +310,12 @@ fn read_file(
         }
         let parsed: Line = match serde_json::from_str(&line) {
             Ok(parsed) => parsed,
-            // Only the very last line can be torn, and a torn line has no newline.
-            Err(_) if !line.ends_with('\n') => {
+            // Only the very last line can be torn, and a torn line has no newline and
+            // is not JSON (a complete JSON line of the wrong shape is someone else's).
+            Err(_)
+                if !line.ends_with('\n')
+                    && serde_json::from_str::<serde::de::IgnoredAny>(&line).is_err() =>
+            {
                 out.torn.push(format!("{}:{number}", shown()));
                 return Ok(());
             }

@@ -177,14 +177,22 @@ pub struct Prepared {
 pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
     let checkpoint = Checkpoint::read(&plan.files)?;
     let (path, label, spool) = match &plan.input {
+        // A pipe (`/dev/stdin`, `<(...)`, a FIFO) cannot be read twice: copied first,
+        // like standard input.
+        InputSource::File(p) if !crate::claim::is_regular_output(p) => {
+            let label = p.display().to_string();
+            let source = File::open(p).map_err(|source| RunError::Input {
+                path: label.clone(),
+                source,
+            })?;
+            let spool = spool(source, &label, &plan.files.results)?;
+            (spool.path().to_path_buf(), label, Some(spool))
+        }
         InputSource::File(p) => (p.clone(), p.display().to_string(), None),
         InputSource::Stdin => {
-            let spool = spool_stdin(&plan.files.results)?;
-            (
-                spool.path().to_path_buf(),
-                "<stdin>".to_string(),
-                Some(spool),
-            )
+            let label = "<stdin>".to_string();
+            let spool = spool(std::io::stdin().lock(), &label, &plan.files.results)?;
+            (spool.path().to_path_buf(), label, Some(spool))
         }
     };
     let (mut scan, seen) = scan(&path, label, spool, &plan, &checkpoint)?;
@@ -205,6 +213,8 @@ pub struct Started {
     plan: RunPlan,
     scan: Scan,
     sink: Sink,
+    /// RESULTS is a regular file resume reads (see [`Checkpoint::resumable`]).
+    resumable: bool,
     /// Last lines that were repaired.
     pub repaired: Vec<Tail>,
 }
@@ -227,6 +237,7 @@ impl Prepared {
             .tidy(&self.plan.files, &self.scan.stale, Some(checked_from))?;
         let sink = Sink::open(&self.plan.files)?;
         Ok(Started {
+            resumable: self.checkpoint.resumable(),
             plan: self.plan,
             scan: self.scan,
             sink,
@@ -235,7 +246,13 @@ impl Prepared {
     }
 }
 
-fn spool_stdin(results: &Path) -> Result<tempfile::NamedTempFile, RunError> {
+/// Copies an input that can be read only once into a temporary file, so it can be
+/// validated in full before any request is sent and then read again to send.
+fn spool(
+    mut source: impl Read,
+    label: &str,
+    results: &Path,
+) -> Result<tempfile::NamedTempFile, RunError> {
     // Beside RESULTS, on the disk that has room for the batch's results; a RESULTS that
     // is a pipe or terminal (`-o /dev/stdout`) says nothing about disks, so the system's
     // temporary folder it is.
@@ -246,14 +263,14 @@ fn spool_stdin(results: &Path) -> Result<tempfile::NamedTempFile, RunError> {
         None => PathBuf::from("."),
     };
     let err = |source| RunError::Input {
-        path: "<stdin>".into(),
+        path: label.to_string(),
         source,
     };
     let mut spool = tempfile::Builder::new()
         .prefix(".volley-stdin-")
         .tempfile_in(dir)
         .map_err(err)?;
-    std::io::copy(&mut std::io::stdin().lock(), spool.as_file_mut()).map_err(err)?;
+    std::io::copy(&mut source, spool.as_file_mut()).map_err(err)?;
     Ok(spool)
 }
 
@@ -360,6 +377,13 @@ fn scan(
                                             custom_id: id.to_string(),
                                             place,
                                         });
+                                    }
+                                    if plan.changed == ChangedPolicy::Keep
+                                        && let Some(latest) = checkpoint.latest_print(id)
+                                    {
+                                        // Lines of two older versions (a re-run cut
+                                        // short): the one written last is kept.
+                                        stale.insert(id_hash(id), latest);
                                     }
                                     plan.changed == ChangedPolicy::Rerun
                                 }
@@ -496,6 +520,7 @@ pub async fn execute(
         plan,
         mut scan,
         mut sink,
+        resumable,
         ..
     } = started;
     let transport = Transport::new(&target.base_url, engine.concurrency)?;
@@ -546,18 +571,30 @@ pub async fn execute(
 
     let (tx, rx) = mpsc::channel::<Job>(engine.concurrency.max(1));
     let replacing = std::mem::take(&mut scan.replacing);
+    let (to_send, label) = (scan.to_send, scan.label.clone());
     let reader = spawn_reader(scan, plan.defaults.clone(), tx);
     let engine = Engine::new(engine, transport, keys, events, writer, &cancel);
     let stop = engine.run(rx, &cancel).await;
     // The engine holds a sink handle: drop it so the writer can finish.
     drop(engine);
-    let read = reader.await.unwrap_or(Ok(()));
+    let read = reader.await.unwrap_or(Ok(0));
     let written = sink.finish()?;
+    let mut stop = stop;
     // A read error matters only if the run meant to read everything.
     if stop == StopReason::Completed {
-        read?;
+        let sent = read?;
+        if sent < to_send {
+            // Lines the first pass accepted no longer parse: the file changed under
+            // the run. Never a success with requests left unsent.
+            stop = StopReason::Halted(format!(
+                "{label} changed while the run read it: {sent} of {to_send} requests were sent; re-run to check it again and send the rest"
+            ));
+        }
     }
-    let errors_in_file = if replacing.is_empty() {
+    let errors_in_file = if !resumable {
+        // No resume: ERRORS' earlier lines are not this run's to count.
+        written.errors
+    } else if replacing.is_empty() {
         match std::fs::metadata(&plan.files.errors) {
             Ok(m) if m.is_file() => count_lines(&plan.files.errors),
             // A pipe or terminal cannot be read back: count what this run wrote.
@@ -625,11 +662,12 @@ fn count_lines(path: &Path) -> u64 {
 }
 
 /// The second pass: streams the lines marked to send into the engine's channel.
+/// Returns how many requests it handed to the engine.
 fn spawn_reader(
     scan: Scan,
     defaults: LineDefaults,
     tx: mpsc::Sender<Job>,
-) -> tokio::task::JoinHandle<Result<(), RunError>> {
+) -> tokio::task::JoinHandle<Result<u64, RunError>> {
     tokio::task::spawn_blocking(move || {
         let Scan {
             path,
@@ -638,12 +676,14 @@ fn spawn_reader(
             _spool,
             ..
         } = scan;
+        let mut sent = 0u64;
         for_each_line(&path, &label, |number, text| {
             let index = usize::try_from(number - 1).unwrap_or(usize::MAX);
             if plan.get(index) != Some(&LineFate::Send) {
                 return true;
             }
-            // The first pass accepted this line, so it parses the same way again.
+            // The first pass accepted this line, so it parses the same way again,
+            // unless the file was changed in between (counted by the caller).
             let Some(job) = text
                 .ok()
                 .and_then(|t| parse_line(t, number, &defaults).ok())
@@ -651,7 +691,10 @@ fn spawn_reader(
                 return true;
             };
             // A closed channel means the engine stopped: stop reading.
-            tx.blocking_send(job).is_ok()
-        })
+            let admitted = tx.blocking_send(job).is_ok();
+            sent += u64::from(admitted);
+            admitted
+        })?;
+        Ok(sent)
     })
 }

@@ -57,6 +57,47 @@ pub struct OutputFiles {
     pub errors: PathBuf,
 }
 
+/// A new version of a file, written beside the file it replaces and renamed over it,
+/// so a crash leaves either the old file or the new one, never half of each. A symlink
+/// is written through (the link stays a link) and the file's permissions are kept.
+pub struct Replacement {
+    tmp: tempfile::NamedTempFile,
+    target: PathBuf,
+}
+
+impl Replacement {
+    /// A replacement for `path`; `None` when there is no file to replace.
+    pub fn beside(path: &Path) -> std::io::Result<Option<Replacement>> {
+        let target = match std::fs::canonicalize(path) {
+            Ok(target) => target,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".volley-rewrite-")
+            .tempfile_in(dir)?;
+        Ok(Some(Replacement { tmp, target }))
+    }
+
+    /// The new version, to write into.
+    pub fn file(&mut self) -> &mut File {
+        self.tmp.as_file_mut()
+    }
+
+    /// Puts the new version in place. Dropped without this, the old file stays.
+    pub fn commit(self) -> std::io::Result<()> {
+        let permissions = std::fs::metadata(&self.target)?.permissions();
+        self.tmp.as_file().set_permissions(permissions)?;
+        self.tmp.as_file().sync_all()?;
+        self.tmp.persist(&self.target).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
 /// The `response` part of an output line.
 #[derive(Debug, Serialize)]
 pub struct ResponsePart<'a> {

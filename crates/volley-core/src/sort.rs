@@ -2,7 +2,9 @@
 //!
 //! RESULTS is written in completion order, which is what makes it crash-safe. Sorting
 //! keeps memory small for big files: it holds only each line's offset, length and rank,
-//! then copies lines into a temporary file that replaces RESULTS atomically.
+//! then copies lines into a temporary file that replaces RESULTS atomically (through a
+//! symlink, its permissions kept). The caller holds RESULTS' lock: a run appending
+//! meanwhile would lose its lines to the rename.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -11,6 +13,7 @@ use std::path::Path;
 
 use crate::batch::peek_custom_id;
 use crate::ids::id_hash;
+use crate::sink::Replacement;
 
 /// Why a sort failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,14 +97,12 @@ pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
     }
     entries.sort_unstable();
 
-    let dir = results
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(results))?;
+    let mut replacement = Replacement::beside(results)
+        .map_err(io(results))?
+        .ok_or_else(|| io(results)(std::io::ErrorKind::NotFound.into()))?;
     {
         let mut src = File::open(results).map_err(io(results))?;
-        let mut out = BufWriter::new(tmp.as_file());
+        let mut out = BufWriter::new(replacement.file());
         let mut buf = Vec::new();
         for (_, offset, len) in &entries {
             buf.resize(*len as usize, 0);
@@ -114,8 +115,7 @@ pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
         }
         out.flush().map_err(io(results))?;
     }
-    tmp.as_file().sync_all().map_err(io(results))?;
-    tmp.persist(results).map_err(|e| io(results)(e.error))?;
+    replacement.commit().map_err(io(results))?;
     Ok(Sorted {
         lines: entries.len() as u64,
         unmatched,

@@ -1,6 +1,24 @@
 //! The `volley` command: parses flags and wires the engine, the mock and the observers.
 //! Policy lives in `volley-core`; this crate only translates between people and it.
 
+/// `println!` that never panics: output piped into `head` that has closed must not
+/// turn finished work into a crash with a backtrace.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics: a closed stderr (`volley run … 2>&1 | (exec 0<&-)`)
+/// must not turn a finished run into exit 101.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod commands;
 mod exit;
@@ -23,7 +41,7 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return Exit::Usage.into();
         }
     };
@@ -40,7 +58,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(exit) => exit.into(),
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            errln!("error: {}", describe(&e));
             Exit::Usage.into()
         }
     }

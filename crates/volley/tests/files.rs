@@ -372,3 +372,144 @@ fn volley_report_counts_each_request_once() {
     assert_eq!(report["attempts"], 10, "{report:#}");
     assert_eq!(report["errors_by_code"]["server_error"], 1, "{report:#}");
 }
+
+/// Starts `volley run` with `args` in `ws` and returns once it holds `lock`.
+fn start_holding(ws: &Workspace, args: &[&str], lock: &Path) -> std::process::Child {
+    let mut child = volley()
+        .args(args)
+        .current_dir(ws.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the first run");
+    let started = Instant::now();
+    while lock_holder(lock) != Some(child.id()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the first run ended before holding {}",
+            lock.display()
+        );
+        assert!(
+            started.elapsed() < STARTUP_LIMIT,
+            "no lock after {STARTUP_LIMIT:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+    child
+}
+
+#[test]
+fn another_name_of_a_running_runs_results_or_errors_is_refused() {
+    let ws = Workspace::new();
+    let n = 50;
+    ws.prompts("in.jsonl", n);
+    // Both files exist before the first run, so names can be linked to them.
+    ws.write("in.results.jsonl", "");
+    ws.write("in.errors.jsonl", "");
+    std::fs::hard_link(ws.path("in.results.jsonl"), ws.path("hard.jsonl")).unwrap();
+    let mock = MockProc::start(&["--latency-ms", "200"]);
+    let args = run_args("in.jsonl", &mock.base_url, &["--concurrency", "2"]);
+    let mut first = start_holding(&ws, &args, &ws.path("in.results.jsonl.lock"));
+
+    // RESULTS through a hard link (the lock file beside it has another name).
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &mock.base_url,
+        &["-o", "hard.jsonl", "--errors", "other.errors.jsonl"],
+    ));
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("hard.jsonl is being written by another volley run"),
+        "{}",
+        explain(&out)
+    );
+    // The same ERRORS for another OUTPUT.
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &mock.base_url,
+        &["-o", "other.results.jsonl", "--errors", "in.errors.jsonl"],
+    ));
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("ERRORS in.errors.jsonl is being written"),
+        "{}",
+        explain(&out)
+    );
+    // `volley sort` would rename RESULTS under the run's appends.
+    let out = ws.run(&["sort", "in.results.jsonl", "--input", "in.jsonl"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains(&format!("pid {}", first.id())),
+        "{}",
+        explain(&out)
+    );
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "refused while the first run was running"
+    );
+
+    let first = first.wait_with_output().unwrap();
+    assert_exit(&first, 0);
+    assert_eq!(requests(&mock), n as u64, "each request sent once");
+    assert_each_once(&custom_ids(&ws.jsonl("in.results.jsonl")), n, "RESULTS");
+}
+
+#[test]
+fn a_device_output_counts_only_its_own_runs_failures() {
+    let ws = Workspace::new();
+    ws.prompts("in.jsonl", 3);
+    let failing = MockProc::start(&["--fail-rate", "1"]);
+    let args = [
+        "-o",
+        "/dev/null",
+        "--errors",
+        "e.jsonl",
+        "--max-retries",
+        "0",
+    ];
+    assert_exit(&ws.run(&run_args("in.jsonl", &failing.base_url, &args)), 1);
+    assert_eq!(ws.jsonl("e.jsonl").len(), 3);
+    // No resume with a device as OUTPUT: everything is sent again, and this run's
+    // exit code is about this run.
+    let good = MockProc::start(&[]);
+    assert_exit(&ws.run(&run_args("in.jsonl", &good.base_url, &args)), 0);
+    assert_eq!(requests(&good), 3);
+}
+
+#[test]
+fn stdout_redirected_to_a_file_as_output_still_needs_errors_named() {
+    let ws = Workspace::new();
+    ws.prompts("in.jsonl", 2);
+    let mock = MockProc::start(&[]);
+    let out = volley()
+        .args(run_args("in.jsonl", &mock.base_url, &["-o", "/dev/stdout"]))
+        .current_dir(ws.dir.path())
+        .stdout(std::fs::File::create(ws.path("captured.jsonl")).unwrap())
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("--errors"), "{}", explain(&out));
+    assert_eq!(requests(&mock), 0);
+    assert!(!Path::new("/dev/stdout.errors.jsonl").exists());
+}
+
+#[test]
+fn a_closed_stdout_does_not_crash_volley_report() {
+    let ws = Workspace::new();
+    ws.prompts("in.jsonl", 3);
+    let mock = MockProc::start(&[]);
+    assert_exit(&ws.run(&run_args("in.jsonl", &mock.base_url, &[])), 0);
+    let mut child = volley()
+        .args(["report", "in.results.jsonl", "--json", "r.json"])
+        .current_dir(ws.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before volley writes (as `| head -0` would).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    assert!(!stderr(&out).contains("panicked"), "{}", explain(&out));
+    assert!(ws.path("r.json").exists(), "the rest of the work is done");
+}

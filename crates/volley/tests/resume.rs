@@ -450,3 +450,90 @@ fn a_byte_order_mark_at_the_start_of_the_input_is_ignored() {
     assert_eq!(requests(&mock), 2);
     assert_eq!(models_by_id(&ws.jsonl("in.results.jsonl")).len(), 2);
 }
+
+#[test]
+fn an_input_that_is_a_pipe_is_read_once_and_every_line_sent() {
+    use std::io::Write;
+    let mock = MockProc::start(&[]);
+    let ws = Workspace::new();
+    let mut child = volley()
+        .args(run_args("/dev/stdin", &mock.base_url, &["-o", "out.jsonl"]))
+        .current_dir(ws.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"{\"id\":\"a\",\"prompt\":\"one\"}\n{\"id\":\"b\",\"prompt\":\"two\"}\n{\"id\":\"c\",\"prompt\":\"three\"}\n")
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(requests(&mock), 3);
+    assert_eq!(models_by_id(&ws.jsonl("out.jsonl")).len(), 3);
+}
+
+#[test]
+fn lines_in_the_wrong_file_are_refused_not_taken_as_finished() {
+    let failing = MockProc::start(&["--fail-rate", "1"]);
+    let ws = Workspace::new();
+    ws.prompts("in.jsonl", 3);
+    // -o and --errors swapped by mistake: the failures land in x.results.jsonl.
+    let swapped = [
+        "-o",
+        "x.errors.jsonl",
+        "--errors",
+        "x.results.jsonl",
+        "--max-retries",
+        "0",
+    ];
+    assert_exit(
+        &ws.run(&run_args("in.jsonl", &failing.base_url, &swapped)),
+        1,
+    );
+    let good = MockProc::start(&[]);
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &good.base_url,
+        &["-o", "x.results.jsonl"],
+    ));
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("x.results.jsonl:1") && err.contains("swapped"),
+        "{err}"
+    );
+    assert_eq!(requests(&good), 0);
+}
+
+#[test]
+fn a_request_written_twice_keeps_one_line_and_keep_changed_keeps_the_newest() {
+    let mock = MockProc::start(&[]);
+    let ws = two_lines_answered(&mock);
+    let first = std::fs::read_to_string(ws.path("in.results.jsonl")).unwrap();
+    // "a" in a second version, answered elsewhere, both left in RESULTS (a crash during
+    // --rerun-changed), and "b" twice (two runs before there was a lock).
+    ws.write("v2.jsonl", "{\"id\":\"a\",\"prompt\":\"one, v2\"}\n");
+    assert_exit(&ws.run(&run_args("v2.jsonl", &mock.base_url, &[])), 0);
+    let v2 = std::fs::read_to_string(ws.path("v2.results.jsonl")).unwrap();
+    let b = first
+        .lines()
+        .find(|l| l.contains("\"custom_id\":\"b\""))
+        .unwrap();
+    ws.write("in.results.jsonl", &format!("{first}{v2}{b}\n"));
+    // The input is at a third version of "a": --keep-changed keeps v2's answer only.
+    ws.write(
+        "in.jsonl",
+        "{\"id\":\"a\",\"prompt\":\"one, v3\"}\n{\"id\":\"b\",\"prompt\":\"two\"}\n",
+    );
+    let sent = requests(&mock);
+    let out = ws.run(&run_args("in.jsonl", &mock.base_url, &["--keep-changed"]));
+    assert_exit(&out, 0);
+    assert_eq!(requests(&mock), sent);
+    let lines = ws.jsonl("in.results.jsonl");
+    assert_eq!(models_by_id(&lines).len(), 2, "each id once: {lines:?}");
+    let a = lines.iter().find(|l| l["custom_id"] == "a").unwrap();
+    assert_eq!(a["id"], read_jsonl(&ws.path("v2.results.jsonl"))[0]["id"]);
+}

@@ -89,7 +89,7 @@ pub async fn mock(args: MockArgs) -> anyhow::Result<Exit> {
     writeln!(stdout, "{}", server.base_url())?;
     stdout.flush()?;
     drop(stdout);
-    eprintln!(
+    errln!(
         "volley mock serving {} (stats: GET http://{}/mock/stats); Ctrl-C stops it",
         server.base_url(),
         server.addr()

@@ -24,7 +24,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<Exit> {
     check_distinct(&files)?;
     let files = read_finished(&args.results, args.errors.as_deref())?;
     for at in &files.torn {
-        eprintln!(
+        errln!(
             "warning: {at}: a line torn by a crash mid-write, left out (the next `volley run` repairs it and sends that request again)"
         );
     }
@@ -34,7 +34,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<Exit> {
         .errors
         .as_ref()
         .map_or("(not read)".to_string(), |p| p.display().to_string());
-    println!(
+    outln!(
         "{}",
         summary::render(&report, &args.results.display().to_string(), &errors)
     );
@@ -47,7 +47,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<Exit> {
         let title = format!("volley report: {}", args.results.display());
         std::fs::write(path, html::render(&report, &finished, &title))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        errln!("wrote {}", path.display());
     }
     Ok(Exit::Success)
 }

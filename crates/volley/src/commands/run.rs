@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use volley_core::batch::LineDefaults;
 use volley_core::checkpoint::Tail;
-use volley_core::claim::{self, NamedFile, OutputLock};
+use volley_core::claim::{self, HeldFiles, NamedFile, OutputLock};
 use volley_core::defaults;
 use volley_core::events::{EventBus, EventFile, Observer};
 use volley_core::pricing::Pricing;
@@ -71,15 +71,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         match resolve_keys(&args.api_key_env) {
             Ok(keys) => keys,
             Err(message) => {
-                eprintln!("error: {message}");
+                errln!("error: {message}");
                 return Ok(Exit::Usage);
             }
         }
     };
     if args.initial_backoff > args.max_backoff {
-        eprintln!(
+        errln!(
             "error: --initial-backoff ({}) is larger than --max-backoff ({})",
-            args.initial_backoff, args.max_backoff
+            args.initial_backoff,
+            args.max_backoff
         );
         return Ok(Exit::Usage);
     }
@@ -90,17 +91,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         match OutputLock::acquire(&files.results) {
             Ok(lock) => Some(lock),
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 return Ok(Exit::Usage);
             }
         }
     } else {
         None
     };
+    // The files themselves too: a hard link or a shared ERRORS reaches them by a name
+    // the lock file above does not know.
+    let mut held = HeldFiles::new();
+    let outputs = [
+        NamedFile::write("RESULTS", &files.results),
+        NamedFile::write("ERRORS", &files.errors),
+    ];
+    if let Err(e) = held.hold(&outputs) {
+        errln!("error: {e}");
+        return Ok(Exit::Usage);
+    }
     if let Some(path) = &args.report
         && let Err(e) = claim::check_writable("--report", path)
     {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         return Ok(Exit::Usage);
     }
 
@@ -126,7 +138,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let prepared = match runner::prepare(plan) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Ok(Exit::Usage);
         }
     };
@@ -134,15 +146,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     if !scan.issues.is_empty() {
         if !args.skip_invalid {
             for issue in scan.issues.iter().take(defaults::INPUT_ERRORS_SHOWN) {
-                eprintln!("error: {}", scan.describe(issue));
+                errln!("error: {}", scan.describe(issue));
             }
             if scan.issues.len() > defaults::INPUT_ERRORS_SHOWN {
-                eprintln!(
+                errln!(
                     "error: ... and {} more invalid lines",
                     scan.issues.len() - defaults::INPUT_ERRORS_SHOWN
                 );
             }
-            eprintln!(
+            errln!(
                 "{} invalid line(s) in {}; nothing was sent. Fix them, or pass --skip-invalid to record them in ERRORS and send the rest.",
                 scan.issues.len(),
                 scan.label
@@ -162,11 +174,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let started = match prepared.start() {
         Ok(started) => started,
         Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("nothing was sent");
+            errln!("error: {e}");
+            errln!("nothing was sent");
             return Ok(Exit::Usage);
         }
     };
+    // Created, or replaced by a rewrite, just now.
+    if let Err(e) = held.hold(&outputs) {
+        errln!("error: {e}");
+        return Ok(Exit::Usage);
+    }
     for tail in &started.repaired {
         match tail {
             Tail::Torn { path, bytes } => tracing::warn!(
@@ -334,6 +351,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         }
     }
     // Every file of the run is closed: a next run may start.
+    drop(held);
     drop(lock);
     if !args.quiet {
         let (results, errors) = (
@@ -347,7 +365,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
                 &summary::JsonSummary::new(&report, &results, &errors),
             ),
         };
-        eprintln!("{text}");
+        errln!("{text}");
     }
     let exit = match outcome.stop {
         StopReason::Completed if outcome.errors_in_file > 0 => Exit::Failures,
@@ -401,7 +419,7 @@ fn report_changed(scan: &Scan, rerun: bool, keep: bool) -> bool {
         return true;
     }
     for changed in &scan.changed_lines {
-        eprintln!(
+        errln!(
             "error: {}:{}: custom_id {:?} is finished in {} for a different request (its model, path or body changed since)",
             scan.label,
             changed.line,
@@ -411,9 +429,9 @@ fn report_changed(scan: &Scan, rerun: bool, keep: bool) -> bool {
     }
     let shown = scan.changed_lines.len() as u64;
     if scan.changed > shown {
-        eprintln!("error: ... and {} more changed lines", scan.changed - shown);
+        errln!("error: ... and {} more changed lines", scan.changed - shown);
     }
-    eprintln!(
+    errln!(
         "{} finished request(s) changed since they were answered; nothing was sent. Pass --rerun-changed to send them again (each old line is replaced once its new one is written) or --keep-changed to keep the old answers.",
         scan.changed
     );
@@ -422,7 +440,7 @@ fn report_changed(scan: &Scan, rerun: bool, keep: bool) -> bool {
         .iter()
         .any(|c| c.custom_id.starts_with("line-"))
     {
-        eprintln!(
+        errln!(
             "note: lines without an id are named line-N after their line number, so inserting or removing a line renames every line after it; give each line a stable \"custom_id\" (or \"id\")"
         );
     }
@@ -508,10 +526,14 @@ fn output_files(args: &RunArgs) -> anyhow::Result<(InputSource, OutputFiles)> {
     }
     let errors = match (&args.errors, &args.output) {
         (Some(e), _) => e.clone(),
-        (None, Some(_)) if !claim::is_regular_output(&results) => anyhow::bail!(
-            "OUTPUT {} is not a regular file (a pipe or a device): name the ERRORS file with --errors",
-            results.display()
-        ),
+        // `/dev/stdout` redirected to a file is a regular file, but no place to put
+        // `/dev/stdout.errors.jsonl`.
+        (None, Some(_)) if !claim::is_regular_output(&results) || in_system_folder(&results) => {
+            anyhow::bail!(
+                "OUTPUT {} is a pipe, a device or a system file: name the ERRORS file with --errors",
+                results.display()
+            )
+        }
         (None, Some(_)) => errors_beside(&results),
         (None, None) => sibling(&args.input, "errors"),
     };
@@ -550,6 +572,12 @@ fn sibling(path: &Path, kind: &str) -> PathBuf {
     let text = path.to_string_lossy();
     let stem = text.strip_suffix(".jsonl").unwrap_or(&text);
     PathBuf::from(format!("{stem}.{kind}.jsonl"))
+}
+
+/// Whether a path names a device or process file (`/dev/stdout`, `/proc/self/fd/1`):
+/// nothing may be created beside it.
+fn in_system_folder(path: &Path) -> bool {
+    path.starts_with("/dev") || path.starts_with("/proc")
 }
 
 /// ERRORS for an explicit OUTPUT: `b.results.jsonl` → `b.errors.jsonl`, `b.jsonl` →
