@@ -318,10 +318,13 @@ fn a_request_that_can_never_fit_the_token_limit() {
     assert_eq!(ws.jsonl("in.results.jsonl").len(), 1);
 
     // Learned from the provider: ERRORS as exceeds_rate_limit, the key never stalled.
+    // At concurrency 1 the engine admits two requests at a time (ADMISSION_FACTOR), so
+    // "huge" comes third: it is admitted only once a reply has announced the limit,
+    // whichever of the first two the scheduler sends first.
     let ws = Workspace::new();
     ws.write(
         "in.jsonl",
-        "{\"id\":\"ok\",\"prompt\":\"hi\",\"max_tokens\":10}\n{\"id\":\"huge\",\"prompt\":\"hi\",\"max_tokens\":1000000000}\n{\"id\":\"after\",\"prompt\":\"hi\",\"max_tokens\":10}\n",
+        "{\"id\":\"ok\",\"prompt\":\"hi\",\"max_tokens\":10}\n{\"id\":\"ok2\",\"prompt\":\"hi\",\"max_tokens\":10}\n{\"id\":\"huge\",\"prompt\":\"hi\",\"max_tokens\":1000000000}\n{\"id\":\"after\",\"prompt\":\"hi\",\"max_tokens\":10}\n",
     );
     let server = FnServer::start(|_| RawReply {
         status: 200,
@@ -348,7 +351,7 @@ fn a_request_that_can_never_fit_the_token_limit() {
     assert_eq!(errors[0]["custom_id"], "huge");
     assert_eq!(errors[0]["error"]["code"], "exceeds_rate_limit");
     assert_eq!(errors[0]["volley"]["attempts"], 0, "never sent");
-    assert_eq!(ws.jsonl("in.results.jsonl").len(), 2);
+    assert_eq!(ws.jsonl("in.results.jsonl").len(), 3);
 }
 
 #[test]
