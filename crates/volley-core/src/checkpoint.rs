@@ -280,10 +280,30 @@ impl Checkpoint {
             errors_regular: is_regular_output(&files.errors),
             ..Checkpoint::default()
         };
-        if !cp.results_regular {
-            return Ok(cp);
+        if cp.results_regular {
+            cp.read_results(&files.results)?;
         }
-        let tail = read_entries(&files.results, Place::Results, |_, entry, _| {
+        if cp.errors_regular {
+            // Without resume (RESULTS a pipe) ERRORS is still appended to: its tail is
+            // repaired and its lines checked, but nothing in it counts as finished.
+            let resume = cp.results_regular;
+            let tail = read_entries(&files.errors, Place::Errors, |number, entry, _| {
+                cp.errors_lines += 1;
+                if resume && entry.invalid_line.is_none() {
+                    cp.unfingerprinted += u64::from(entry.fingerprint == 0);
+                    cp.errors
+                        .insert(id_hash(&entry.custom_id), (entry.fingerprint, number));
+                }
+                Ok(())
+            })?;
+            cp.tails.extend(tail);
+        }
+        Ok(cp)
+    }
+
+    fn read_results(&mut self, path: &Path) -> Result<(), SinkError> {
+        let cp = self;
+        let tail = read_entries(path, Place::Results, |_, entry, _| {
             cp.results_lines += 1;
             cp.unfingerprinted += u64::from(entry.fingerprint == 0);
             let h = id_hash(&entry.custom_id);
@@ -310,20 +330,7 @@ impl Checkpoint {
             Ok(())
         })?;
         cp.tails.extend(tail);
-        if !cp.errors_regular {
-            return Ok(cp);
-        }
-        let tail = read_entries(&files.errors, Place::Errors, |number, entry, _| {
-            cp.errors_lines += 1;
-            if entry.invalid_line.is_none() {
-                cp.unfingerprinted += u64::from(entry.fingerprint == 0);
-                cp.errors
-                    .insert(id_hash(&entry.custom_id), (entry.fingerprint, number));
-            }
-            Ok(())
-        })?;
-        cp.tails.extend(tail);
-        Ok(cp)
+        Ok(())
     }
 
     /// Whether RESULTS is a file resume can read (see [`is_regular_output`]).
@@ -411,24 +418,34 @@ impl Checkpoint {
         self.results.contains_key(&h) || self.errors.contains_key(&h)
     }
 
-    /// Distinct custom_ids in RESULTS for which `keep` says false.
-    pub fn results_where(&self, mut keep: impl FnMut(u64) -> bool) -> u64 {
-        self.results.keys().filter(|h| !keep(**h)).count() as u64
+    /// Distinct custom_ids in `place` for which `keep` says false.
+    pub fn ids_where(&self, place: Place, mut keep: impl FnMut(u64) -> bool) -> u64 {
+        let count = match place {
+            Place::Results => self.results.keys().filter(|h| !keep(**h)).count(),
+            Place::Errors => self.errors.keys().filter(|h| !keep(**h)).count(),
+        };
+        count as u64
     }
 
-    /// Up to `n` custom_ids of RESULTS for which `wanted` says true, in file order.
-    pub fn result_ids(
+    /// Up to `n` custom_ids of `place` for which `wanted` says true, in file order.
+    pub fn ids(
         &self,
         files: &OutputFiles,
+        place: Place,
         n: usize,
         mut wanted: impl FnMut(&str) -> bool,
     ) -> Result<Vec<String>, SinkError> {
         let mut found: Vec<String> = Vec::new();
-        if !self.results_regular {
+        let path = match place {
+            Place::Results => &files.results,
+            Place::Errors => &files.errors,
+        };
+        if !self.results_regular || !is_regular_output(path) {
             return Ok(found);
         }
-        read_entries(&files.results, Place::Results, |_, entry, _| {
+        read_entries(path, place, |_, entry, _| {
             if found.len() < n
+                && entry.invalid_line.is_none()
                 && wanted(&entry.custom_id)
                 && !found.iter().any(|f| *f == entry.custom_id)
             {

@@ -230,17 +230,47 @@ pub fn check_distinct(files: &[NamedFile<'_>]) -> Result<(), ClaimError> {
     Ok(())
 }
 
-/// Whether an output path is (or will be created as) a regular file, following
-/// symlinks. Anything else — a pipe such as `/dev/stdout | jq`, a character device —
-/// cannot be read back to resume from, locked beside, or named after: reading one's own
-/// pipe would wait forever.
+/// Whether an output path is (or will be created as) a regular file of its own,
+/// following symlinks. Anything else cannot be read back to resume from, locked beside,
+/// named after or rewritten: a pipe such as `/dev/stdout | jq` (reading one's own pipe
+/// waits forever), a character device, and any name under `/dev` or `/proc`, even one
+/// that leads to a regular file (`/dev/stdout > out.jsonl`, `/dev/fd/3`): it names
+/// whatever the shell opened, which a rewrite would replace behind the shell's back.
 pub fn is_regular_output(path: &Path) -> bool {
+    if names_a_stream(path) {
+        return false;
+    }
     match std::fs::metadata(path) {
         Ok(m) => m.is_file(),
         // Not there yet: it will be created as a regular file. Any other error is met,
         // and named, where the file is opened.
         Err(_) => true,
     }
+}
+
+/// Whether `path`, or a symlink on the way to its file, names something under `/dev`
+/// or `/proc`.
+fn names_a_stream(path: &Path) -> bool {
+    let system = |p: &Path| p.starts_with("/dev") || p.starts_with("/proc");
+    let mut at = match std::path::absolute(path) {
+        Ok(at) => at,
+        Err(_) => return false,
+    };
+    for _ in 0..=MAX_LINKS {
+        if system(&at) {
+            return true;
+        }
+        match std::fs::read_link(&at) {
+            Ok(target) => {
+                at = match at.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                };
+            }
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// Finds out now, before any request is sent, whether `path` can be written once the

@@ -14,7 +14,7 @@
 //! neither kept nor re-sent silently ([`ChangedPolicy`]).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,8 +31,8 @@ use crate::keys::KeyPool;
 use crate::openrouter;
 use crate::scheduler::{Engine, EngineConfig, StopReason};
 use crate::sink::{
-    Destination, ErrorPart, OutputFiles, OutputLine, Sink, SinkError, SinkHandle, VolleyPart,
-    unix_now,
+    Destination, ErrorPart, OutputFiles, OutputLine, Replacement, Sink, SinkError, SinkHandle,
+    VolleyPart, unix_now,
 };
 use crate::transport::{ApiKey, Transport, TransportError};
 use crate::usage::Usage;
@@ -133,17 +133,23 @@ pub struct Scan {
     pub changed_lines: Vec<ChangedLine>,
     /// Requests found finished by custom_id alone: their lines carry no fingerprint.
     pub matched_by_id_only: u64,
-    /// Distinct custom_ids in RESULTS that no input line has.
-    pub orphans: u64,
-    /// A few of them, to name.
-    pub orphan_ids: Vec<String>,
+    /// Custom_ids in RESULTS that no input line has.
+    pub stray_results: Strays,
+    /// Custom_ids failed in ERRORS that no input line has: they still count for the
+    /// exit code, so a run that failed nothing may exit 1 for them.
+    pub stray_failures: Strays,
     /// custom_id → fingerprint of requests finished now whose older versions are still
     /// in the files (a crash cut a re-run short): those lines are dropped at start.
     stale: IdMap<u64>,
     /// custom_id → fingerprint of requests this run sends that already have a line:
     /// their old lines are dropped once the new ones are written.
     replacing: IdMap<u64>,
-    path: PathBuf,
+    /// The input, open since the first pass.
+    file: File,
+    /// [`line_check`] of each line to send, in order: the second pass sends a line
+    /// only if it still is the request the first pass checked (an input rewritten in
+    /// place during the run is caught, not sent).
+    expected: Vec<u32>,
     plan: Vec<LineFate>,
     /// Holds stdin's copy alive for the second pass.
     _spool: Option<tempfile::NamedTempFile>,
@@ -162,7 +168,16 @@ enum LineFate {
 pub const CHANGED_SHOWN: usize = 20;
 
 /// How many custom_ids missing from the input a scan names.
-const ORPHANS_SHOWN: usize = 5;
+const STRAYS_SHOWN: usize = 5;
+
+/// Custom_ids in an output file that no line of the input has.
+#[derive(Debug, Clone, Default)]
+pub struct Strays {
+    /// How many (distinct).
+    pub count: u64,
+    /// The first few, in file order, to name.
+    pub examples: Vec<String>,
+}
 
 /// A checked input plus the state of the output files: ready to start.
 pub struct Prepared {
@@ -171,10 +186,11 @@ pub struct Prepared {
     pub checkpoint: Checkpoint,
 }
 
-/// Reads the output files and checks every input line against them. Sends nothing and
-/// changes no file: the caller decides what to do with [`Scan::issues`] and
+/// Reads the output files and checks every input line against them. The caller holds
+/// RESULTS' lock ([`crate::claim::OutputLock`]). Sends nothing and changes no file: the caller decides what to do with [`Scan::issues`] and
 /// [`Scan::changed`], then calls [`Prepared::start`].
 pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
+    clear_spool_leftovers(&plan.files.results);
     let checkpoint = Checkpoint::read(&plan.files)?;
     let (path, label, spool) = match &plan.input {
         // A pipe (`/dev/stdin`, `<(...)`, a FIFO) cannot be read twice: copied first,
@@ -196,10 +212,15 @@ pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
         }
     };
     let (mut scan, seen) = scan(&path, label, spool, &plan, &checkpoint)?;
-    scan.orphans = checkpoint.results_where(|h| seen.contains_hash(h));
-    if scan.orphans > 0 {
-        scan.orphan_ids =
-            checkpoint.result_ids(&plan.files, ORPHANS_SHOWN, |id| !seen.contains(id))?;
+    for (place, strays) in [
+        (Place::Results, &mut scan.stray_results),
+        (Place::Errors, &mut scan.stray_failures),
+    ] {
+        strays.count = checkpoint.ids_where(place, |h| seen.contains_hash(h));
+        if strays.count > 0 {
+            strays.examples =
+                checkpoint.ids(&plan.files, place, STRAYS_SHOWN, |id| !seen.contains(id))?;
+        }
     }
     Ok(Prepared {
         plan,
@@ -229,6 +250,12 @@ impl Prepared {
     /// Commits to running: repairs the files' last lines, drops the lines that no longer
     /// count, and opens both files for appending. An error here means nothing was sent.
     pub fn start(mut self) -> Result<Started, RunError> {
+        // Both files must take appends before either is repaired or tidied: a run that
+        // cannot write must leave them as they were.
+        Sink::check(&self.plan.files)?;
+        for path in [&self.plan.files.results, &self.plan.files.errors] {
+            Replacement::clear_leftovers(path);
+        }
         let repaired = self.checkpoint.repair_tails()?;
         // Invalid-input records of the lines this run checks are written afresh (with
         // `--skip-invalid`) or not at all: a line fixed since is no longer an error.
@@ -246,6 +273,30 @@ impl Prepared {
     }
 }
 
+/// The name prefix of the copies of an input beside `results`: `.NAME.input-`.
+fn spool_prefix(results: &Path) -> String {
+    let name = results.file_name().unwrap_or_default().to_string_lossy();
+    format!(".{name}.input-")
+}
+
+/// Removes copies of an input that a run killed mid-run left beside RESULTS. Named
+/// after RESULTS, whose lock the caller holds, they are no other run's.
+fn clear_spool_leftovers(results: &Path) {
+    if !crate::claim::is_regular_output(results) {
+        return;
+    }
+    let dir = results
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = spool_prefix(results);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Copies an input that can be read only once into a temporary file, so it can be
 /// validated in full before any request is sent and then read again to send.
 fn spool(
@@ -256,19 +307,20 @@ fn spool(
     // Beside RESULTS, on the disk that has room for the batch's results; a RESULTS that
     // is a pipe or terminal (`-o /dev/stdout`) says nothing about disks, so the system's
     // temporary folder it is.
-    let beside = results.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = match beside {
-        _ if !crate::claim::is_regular_output(results) => std::env::temp_dir(),
-        Some(dir) => dir.to_path_buf(),
-        None => PathBuf::from("."),
-    };
+    let beside = crate::claim::is_regular_output(results).then(|| {
+        results
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    });
+    let dir = beside.map_or_else(std::env::temp_dir, Path::to_path_buf);
     let err = |source| RunError::Input {
         path: label.to_string(),
         source,
     };
     let mut spool = tempfile::Builder::new()
-        .prefix(".volley-stdin-")
-        .tempfile_in(dir)
+        .prefix(&spool_prefix(results))
+        .tempfile_in(&dir)
         .map_err(err)?;
     std::io::copy(&mut source, spool.as_file_mut()).map_err(err)?;
     Ok(spool)
@@ -277,7 +329,7 @@ fn spool(
 /// Calls `f(line_number, text)` for every line; a line that is not UTF-8 is given as
 /// `Err` so it can be reported instead of stopping the read.
 fn for_each_line(
-    path: &Path,
+    file: &File,
     label: &str,
     mut f: impl FnMut(u64, Result<&str, String>) -> bool,
 ) -> Result<(), RunError> {
@@ -285,7 +337,9 @@ fn for_each_line(
         path: label.to_string(),
         source,
     };
-    let file = File::open(path).map_err(err)?;
+    // Clones share the read position: each pass starts from the top.
+    let mut file = file.try_clone().map_err(err)?;
+    file.seek(std::io::SeekFrom::Start(0)).map_err(err)?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut buf = Vec::new();
     let mut number = 0u64;
@@ -325,7 +379,14 @@ fn scan(
     // The line each id was first seen on, so a repeat can name it (bounded; see
     // `first_seen_note`).
     let mut first_seen: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-    for_each_line(path, &label, |number, text| {
+    // Kept open for the second pass: a file saved over the input meanwhile (a new
+    // file renamed in) cannot change what is sent.
+    let file = File::open(path).map_err(|source| RunError::Input {
+        path: label.clone(),
+        source,
+    })?;
+    let mut expected = Vec::new();
+    for_each_line(&file, &label, |number, text| {
         let fate = match text {
             Ok(t) if t.trim().is_empty() => LineFate::Skip,
             Ok(t) if number <= plan.offset => {
@@ -387,7 +448,14 @@ fn scan(
                                     }
                                     plan.changed == ChangedPolicy::Rerun
                                 }
-                                Lookup::New => true,
+                                Lookup::New => {
+                                    // A failure of this version re-sent (--retry-failed):
+                                    // lines of other versions are superseded by it.
+                                    if checkpoint.holds(id_hash(id), fp.get()) {
+                                        stale.insert(id_hash(id), fp.get());
+                                    }
+                                    true
+                                }
                             };
                             if !send {
                                 already_done += 1;
@@ -408,6 +476,7 @@ fn scan(
                                     replacing.insert(id_hash(id), fp.get());
                                 }
                                 to_send += 1;
+                                expected.push(line_check(id, fp));
                                 LineFate::Send
                             }
                         }
@@ -446,11 +515,12 @@ fn scan(
         changed,
         changed_lines,
         matched_by_id_only: by_id_only,
-        orphans: 0,
-        orphan_ids: Vec::new(),
+        stray_results: Strays::default(),
+        stray_failures: Strays::default(),
         stale,
         replacing,
-        path: path.to_path_buf(),
+        file,
+        expected,
         plan: fates,
         _spool: spool,
     };
@@ -591,15 +661,11 @@ pub async fn execute(
             ));
         }
     }
-    let errors_in_file = if !resumable {
-        // No resume: ERRORS' earlier lines are not this run's to count.
+    let errors_in_file = if !resumable || !crate::claim::is_regular_output(&plan.files.errors) {
+        // No resume, or an ERRORS that cannot be read back: what this run wrote.
         written.errors
     } else if replacing.is_empty() {
-        match std::fs::metadata(&plan.files.errors) {
-            Ok(m) if m.is_file() => count_lines(&plan.files.errors),
-            // A pipe or terminal cannot be read back: count what this run wrote.
-            _ => written.errors,
-        }
+        count_lines(&plan.files.errors)
     } else {
         tidy_replaced(&plan.files, &replacing)?
     };
@@ -657,11 +723,30 @@ fn record_issues(scan: &Scan, writer: &SinkHandle, events: &EventBus) {
     }
 }
 
+/// Lines in a file, read in blocks: ERRORS can be large.
 fn count_lines(path: &Path) -> u64 {
-    std::fs::read(path).map_or(0, |b| memchr::memchr_iter(b'\n', &b).count() as u64)
+    let Ok(mut file) = File::open(path) else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lines = 0u64;
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+    }
+    lines
 }
 
 /// The second pass: streams the lines marked to send into the engine's channel.
+/// A line's custom_id and fingerprint folded into 4 bytes: enough to tell a rewritten
+/// line from the one checked, at a fixed cost per line to send.
+fn line_check(custom_id: &str, fp: crate::job::Fingerprint) -> u32 {
+    let h = id_hash(custom_id) ^ fp.get().rotate_left(17);
+    (h ^ (h >> 32)) as u32
+}
+
 /// Returns how many requests it handed to the engine.
 fn spawn_reader(
     scan: Scan,
@@ -670,25 +755,31 @@ fn spawn_reader(
 ) -> tokio::task::JoinHandle<Result<u64, RunError>> {
     tokio::task::spawn_blocking(move || {
         let Scan {
-            path,
+            file,
             label,
             plan,
+            expected,
             _spool,
             ..
         } = scan;
         let mut sent = 0u64;
-        for_each_line(&path, &label, |number, text| {
+        for_each_line(&file, &label, |number, text| {
             let index = usize::try_from(number - 1).unwrap_or(usize::MAX);
             if plan.get(index) != Some(&LineFate::Send) {
                 return true;
             }
             // The first pass accepted this line, so it parses the same way again,
-            // unless the file was changed in between (counted by the caller).
-            let Some(job) = text
+            // unless the file was rewritten in between: then nothing more is sent
+            // (the caller sees fewer requests sent than checked).
+            let job = text
                 .ok()
                 .and_then(|t| parse_line(t, number, &defaults).ok())
-            else {
-                return true;
+                .filter(|job| {
+                    expected.get(sent as usize)
+                        == Some(&line_check(&job.custom_id, job.fingerprint))
+                });
+            let Some(job) = job else {
+                return false;
             };
             // A closed channel means the engine stopped: stop reading.
             let admitted = tx.blocking_send(job).is_ok();

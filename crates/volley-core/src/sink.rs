@@ -73,14 +73,27 @@ impl Replacement {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new()
-            .prefix(".volley-rewrite-")
-            .tempfile_in(dir)?;
+        let (dir, prefix) = leftover_place(&target);
+        let tmp = tempfile::Builder::new().prefix(&prefix).tempfile_in(dir)?;
         Ok(Some(Replacement { tmp, target }))
+    }
+
+    /// Removes new versions of `path` that a process killed mid-rewrite left behind.
+    /// Only for the holder of the file's lock: they are named after the file, so no
+    /// other file's rewrite in progress is touched.
+    pub fn clear_leftovers(path: &Path) {
+        let Ok(target) = std::fs::canonicalize(path) else {
+            return;
+        };
+        let (dir, prefix) = leftover_place(&target);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// The new version, to write into.
@@ -90,12 +103,26 @@ impl Replacement {
 
     /// Puts the new version in place. Dropped without this, the old file stays.
     pub fn commit(self) -> std::io::Result<()> {
-        let permissions = std::fs::metadata(&self.target)?.permissions();
-        self.tmp.as_file().set_permissions(permissions)?;
+        use std::os::unix::fs::MetadataExt;
+        let old = std::fs::metadata(&self.target)?;
+        self.tmp.as_file().set_permissions(old.permissions())?;
+        // The owner too, where allowed (a `sudo` run must not hand the user's file to
+        // root); a process that may not change it leaves it as created.
+        let _ = std::os::unix::fs::fchown(self.tmp.as_file(), Some(old.uid()), Some(old.gid()));
         self.tmp.as_file().sync_all()?;
         self.tmp.persist(&self.target).map_err(|e| e.error)?;
         Ok(())
     }
+}
+
+/// The folder and the name prefix of `target`'s new versions: `.NAME.rewrite-`.
+fn leftover_place(target: &Path) -> (&Path, String) {
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    (dir, format!(".{name}.rewrite-"))
 }
 
 /// The `response` part of an output line.
@@ -180,6 +207,18 @@ pub enum Destination {
     Errors,
 }
 
+/// Opens `path` for appending, creating it and its folder if missing.
+fn append_to(path: &Path) -> Result<File, SinkError> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_error(path))
+}
+
 /// Lines the sink wrote, per file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Written {
@@ -194,17 +233,18 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// Whether both files can be opened for appending (creating them and their
+    /// folders if missing), without keeping them open.
+    pub fn check(files: &OutputFiles) -> Result<(), SinkError> {
+        append_to(&files.results)?;
+        append_to(&files.errors)?;
+        Ok(())
+    }
+
     /// Opens both files for appending (creating them) and starts the writer thread.
     pub fn open(files: &OutputFiles) -> Result<Sink, SinkError> {
         let open = |path: &Path| -> Result<(PathBuf, BufWriter<File>), SinkError> {
-            if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-            }
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(io_error(path))?;
+            let f = append_to(path)?;
             Ok((path.to_path_buf(), BufWriter::with_capacity(1 << 16, f)))
         };
         let mut results = open(&files.results)?;

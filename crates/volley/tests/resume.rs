@@ -537,3 +537,167 @@ fn a_request_written_twice_keeps_one_line_and_keep_changed_keeps_the_newest() {
     let a = lines.iter().find(|l| l["custom_id"] == "a").unwrap();
     assert_eq!(a["id"], read_jsonl(&ws.path("v2.results.jsonl"))[0]["id"]);
 }
+
+#[test]
+fn stdout_redirected_into_a_file_is_appended_to_never_rewritten() {
+    let mock = MockProc::start(&[]);
+    let ws = two_lines_answered(&mock);
+    // out.jsonl already holds "a" twice: a resume would rewrite it to drop one.
+    let a = ws
+        .jsonl("in.results.jsonl")
+        .into_iter()
+        .find(|l| l["custom_id"] == "a")
+        .unwrap();
+    let before = format!("{a}\n{a}\n");
+    ws.write("out.jsonl", &before);
+    let out = volley()
+        .args(run_args(
+            "in.jsonl",
+            &mock.base_url,
+            &["-o", "/dev/stdout", "--errors", "e.jsonl"],
+        ))
+        .current_dir(ws.dir.path())
+        .stdout(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(ws.path("out.jsonl"))
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(requests(&mock), 4, "no resume through /dev/stdout");
+    let text = std::fs::read_to_string(ws.path("out.jsonl")).unwrap();
+    assert!(
+        text.starts_with(&before),
+        "the file's lines are kept: {text}"
+    );
+    assert_eq!(text.lines().count(), 4, "{text}");
+}
+
+#[test]
+fn an_input_rewritten_during_the_run_stops_it_before_a_wrong_line_is_sent() {
+    let mock = MockProc::start(&["--latency-ms", "300"]);
+    let ws = Workspace::new();
+    // Lines far larger than the reader's buffer, so most are read after the rewrite.
+    let padding = "x".repeat(200_000);
+    let input = |version: &str| -> String {
+        (0..12)
+            .map(|i| format!("{{\"id\":\"r{i}\",\"prompt\":\"{version} {i} {padding}\"}}\n"))
+            .collect()
+    };
+    ws.write("in.jsonl", &input("first"));
+    let child = volley()
+        .args(run_args(
+            "in.jsonl",
+            &mock.base_url,
+            &["--concurrency", "1"],
+        ))
+        .current_dir(ws.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while requests(&mock) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no request sent"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Rewritten in place (same file, new content), as `cat new > in.jsonl` does.
+    std::fs::write(ws.path("in.jsonl"), input("second")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("changed while the run read it"),
+        "{}",
+        explain(&out)
+    );
+    let sent = requests(&mock);
+    assert!(sent < 12, "the rest of the file was not sent: {sent}");
+    for line in ws.jsonl("in.results.jsonl") {
+        let prompt = &line["response"]["body"];
+        assert!(
+            !prompt.to_string().contains("second"),
+            "a rewritten line was sent"
+        );
+    }
+}
+
+#[test]
+fn retrying_a_failure_keeps_its_record_until_it_is_answered() {
+    let mock = MockProc::start(&[]);
+    let ws = two_lines_answered(&mock);
+    // A crash during --rerun-changed left "a"'s old answer in RESULTS and the new
+    // version's failure in ERRORS.
+    ws.write("v2.jsonl", "{\"id\":\"a\",\"prompt\":\"one, v2\"}\n");
+    let failing = MockProc::start(&["--fail-rate", "1"]);
+    let args = [
+        "-o",
+        "v2.results.jsonl",
+        "--errors",
+        "v2.errors.jsonl",
+        "--max-retries",
+        "0",
+    ];
+    assert_exit(&ws.run(&run_args("v2.jsonl", &failing.base_url, &args)), 1);
+    let failure = std::fs::read_to_string(ws.path("v2.errors.jsonl")).unwrap();
+    ws.write("in.errors.jsonl", &failure);
+    ws.write(
+        "in.jsonl",
+        "{\"id\":\"a\",\"prompt\":\"one, v2\"}\n{\"id\":\"b\",\"prompt\":\"two\"}\n",
+    );
+    // Starting a --retry-failed run (that then sends nothing, as a run killed at once)
+    // drops the old answer, not the failure of the version being retried.
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &mock.base_url,
+        &["--retry-failed", "--limit", "0"],
+    ));
+    assert_exit(&out, 1);
+    assert_eq!(
+        std::fs::read_to_string(ws.path("in.errors.jsonl")).unwrap(),
+        failure
+    );
+    let results = ws.jsonl("in.results.jsonl");
+    assert!(results.iter().all(|l| l["custom_id"] != "a"), "{results:?}");
+}
+
+#[test]
+fn failures_of_ids_no_longer_in_the_input_are_named_and_leftovers_cleared() {
+    let failing = MockProc::start(&["--fail-rate", "1"]);
+    let ws = Workspace::new();
+    ws.write("in.jsonl", "{\"id\":\"gone\",\"prompt\":\"x\"}\n");
+    assert_exit(
+        &ws.run(&run_args(
+            "in.jsonl",
+            &failing.base_url,
+            &["--max-retries", "0"],
+        )),
+        1,
+    );
+    ws.write("in.jsonl", "{\"id\":\"a\",\"prompt\":\"one\"}\n");
+    // What a run killed mid-rewrite or mid-copy of stdin leaves beside RESULTS.
+    ws.write(".in.results.jsonl.rewrite-abc123", "half a file");
+    ws.write(".in.errors.jsonl.rewrite-def456", "half a file");
+    ws.write(".in.results.jsonl.input-ghi789", "a copy of stdin");
+    let good = MockProc::start(&[]);
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &good.base_url,
+        &["--progress", "log"],
+    ));
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("1 failure(s) of custom_id(s) that are not in") && err.contains("\"gone\""),
+        "{err}"
+    );
+    let listing = ws.listing();
+    assert!(
+        !listing.contains("rewrite-") && !listing.contains("input-"),
+        "{listing}"
+    );
+}

@@ -17,7 +17,7 @@ use volley_core::pricing::Pricing;
 use volley_core::report::Report;
 use volley_core::retry::RetryPolicy;
 use volley_core::runner::{
-    self, ChangedPolicy, InputSource, Prepared, RunError, RunPlan, Scan, Target,
+    self, ChangedPolicy, InputSource, Prepared, RunError, RunPlan, Scan, Strays, Target,
 };
 use volley_core::scheduler::{EngineConfig, StopReason};
 use volley_core::sink::OutputFiles;
@@ -171,6 +171,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Usage);
     }
     report_resume(&prepared, &files);
+    // Everything else that can fail at start fails before RESULTS and ERRORS change.
+    let stats = Arc::new(RunStats::new());
+    let event_file = match &args.events {
+        Some(path) => Some(Arc::new(EventFile::create(path).with_context(|| {
+            format!("cannot create the events file {}", path.display())
+        })?)),
+        None => None,
+    };
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let endpoint = MetricsEndpoint::start(addr, stats.clone()).await?;
+            tracing::info!("metrics at http://{}/metrics", endpoint.addr());
+            Some(endpoint)
+        }
+        None => None,
+    };
     let started = match prepared.start() {
         Ok(started) => started,
         Err(e) => {
@@ -221,21 +237,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         .as_ref()
         .map_or_else(|| args.base_url.clone(), MockServer::base_url);
 
-    let stats = Arc::new(RunStats::new());
-    let event_file = match &args.events {
-        Some(path) => Some(Arc::new(EventFile::create(path).with_context(|| {
-            format!("cannot create the events file {}", path.display())
-        })?)),
-        None => None,
-    };
-    let metrics = match args.metrics_addr {
-        Some(addr) => {
-            let endpoint = MetricsEndpoint::start(addr, stats.clone()).await?;
-            tracing::info!("metrics at http://{}/metrics", endpoint.addr());
-            Some(endpoint)
-        }
-        None => None,
-    };
     let mut observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
     if let Some(f) = &event_file {
         observers.push(f.clone());
@@ -453,9 +454,10 @@ fn report_resume(prepared: &Prepared, files: &OutputFiles) {
     let scan = &prepared.scan;
     if !prepared.checkpoint.is_empty() || scan.already_done > 0 {
         tracing::info!(
-            "resuming: {} request(s) already finished in {} are skipped",
+            "resuming: {} request(s) already finished (in {} or {}) are skipped",
             scan.already_done,
-            files.results.display()
+            files.results.display(),
+            files.errors.display()
         );
     }
     if scan.matched_by_id_only > 0 {
@@ -464,14 +466,26 @@ fn report_resume(prepared: &Prepared, files: &OutputFiles) {
             scan.matched_by_id_only
         );
     }
-    if scan.orphans > 0 {
-        let named: Vec<String> = scan.orphan_ids.iter().map(|id| format!("{id:?}")).collect();
+    let named = |strays: &Strays| -> String {
+        let ids: Vec<String> = strays.examples.iter().map(|id| format!("{id:?}")).collect();
+        ids.join(", ")
+    };
+    if scan.stray_results.count > 0 {
         tracing::warn!(
             "{} holds {} custom_id(s) that are not in {} (e.g. {}): kept, but they answer no line of this input",
             files.results.display(),
-            scan.orphans,
+            scan.stray_results.count,
             scan.label,
-            named.join(", ")
+            named(&scan.stray_results)
+        );
+    }
+    if scan.stray_failures.count > 0 {
+        tracing::warn!(
+            "{} holds {} failure(s) of custom_id(s) that are not in {} (e.g. {}): kept, and they count for the exit code",
+            files.errors.display(),
+            scan.stray_failures.count,
+            scan.label,
+            named(&scan.stray_failures)
         );
     }
 }
@@ -526,9 +540,9 @@ fn output_files(args: &RunArgs) -> anyhow::Result<(InputSource, OutputFiles)> {
     }
     let errors = match (&args.errors, &args.output) {
         (Some(e), _) => e.clone(),
-        // `/dev/stdout` redirected to a file is a regular file, but no place to put
+        // Includes `/dev/stdout` redirected to a file: no place for
         // `/dev/stdout.errors.jsonl`.
-        (None, Some(_)) if !claim::is_regular_output(&results) || in_system_folder(&results) => {
+        (None, Some(_)) if !claim::is_regular_output(&results) => {
             anyhow::bail!(
                 "OUTPUT {} is a pipe, a device or a system file: name the ERRORS file with --errors",
                 results.display()
@@ -572,12 +586,6 @@ fn sibling(path: &Path, kind: &str) -> PathBuf {
     let text = path.to_string_lossy();
     let stem = text.strip_suffix(".jsonl").unwrap_or(&text);
     PathBuf::from(format!("{stem}.{kind}.jsonl"))
-}
-
-/// Whether a path names a device or process file (`/dev/stdout`, `/proc/self/fd/1`):
-/// nothing may be created beside it.
-fn in_system_folder(path: &Path) -> bool {
-    path.starts_with("/dev") || path.starts_with("/proc")
 }
 
 /// ERRORS for an explicit OUTPUT: `b.results.jsonl` → `b.errors.jsonl`, `b.jsonl` →
