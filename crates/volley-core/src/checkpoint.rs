@@ -10,7 +10,7 @@
 //! its new line is written, and invalid-input records, which each run writes afresh.
 //!
 //! Rewrites are atomic (a temporary file renamed over the old one), go through a
-//! symlink to its target, and keep the file's permissions.
+//! symlink to its target, and keep the file's permissions and owner.
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
@@ -49,7 +49,7 @@ pub enum Lookup {
     /// A line answers this very request.
     Finished {
         place: Place,
-        /// The line carries no fingerprint (written by a volley before 0.3): matched by
+        /// The line carries no fingerprint (written before volley recorded them): matched by
         /// custom_id alone.
         by_id_only: bool,
         /// Lines for other versions of the request are still in the files (a crash
