@@ -7,7 +7,6 @@
 
 pub mod batch;
 pub mod budget;
-pub mod checkpoint;
 pub mod claim;
 pub mod classify;
 pub mod concurrency;
@@ -25,9 +24,9 @@ pub mod report;
 pub mod retry;
 pub mod runner;
 pub mod scheduler;
-pub mod sink;
 pub mod sort;
 pub mod stats;
+pub mod store;
 pub mod tokens;
 pub mod transport;
 pub mod turnstile;

@@ -22,7 +22,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{LineDefaults, parse_line, parse_request, peek_custom_id};
-use crate::checkpoint::{Checkpoint, Lookup, Place, Tail};
 use crate::classify::Reason;
 use crate::events::{Event, EventBus};
 use crate::ids::{IdMap, IdSet, id_hash};
@@ -30,9 +29,9 @@ use crate::job::Job;
 use crate::keys::KeyPool;
 use crate::openrouter;
 use crate::scheduler::{Engine, EngineConfig, StopReason};
-use crate::sink::{
-    Destination, ErrorPart, OutputFiles, OutputLine, Replacement, Sink, SinkError, SinkHandle,
-    VolleyPart, unix_now,
+use crate::store::checkpoint::{Checkpoint, Lookup, Place, Tail};
+use crate::store::{
+    Failure, JsonlStore, Outcome, OutputFiles, Replacement, Sink, SinkError, Store, unix_now,
 };
 use crate::transport::{ApiKey, Transport, TransportError};
 use crate::usage::Usage;
@@ -634,18 +633,19 @@ pub async fn execute(
             engine.pricing = Some(Arc::new(merged));
         }
     }
-    let writer = sink.handle();
+    let store: Arc<dyn Store> = Arc::new(JsonlStore::new(sink.handle()));
     if plan.skip_invalid {
-        record_issues(&scan, &writer, &events);
+        record_issues(&scan, store.as_ref(), &events);
     }
 
     let (tx, rx) = mpsc::channel::<Job>(engine.concurrency.max(1));
     let replacing = std::mem::take(&mut scan.replacing);
     let (to_send, label) = (scan.to_send, scan.label.clone());
     let reader = spawn_reader(scan, plan.defaults.clone(), tx);
-    let engine = Engine::new(engine, transport, keys, events, writer, &cancel);
+    let engine = Engine::new(engine, transport, keys, events, store, &cancel);
     let stop = engine.run(rx, &cancel).await;
-    // The engine holds a sink handle: drop it so the writer can finish.
+    // The engine holds the store, and the store a sink handle: drop them so the
+    // writer can finish.
     drop(engine);
     let read = reader.await.unwrap_or(Ok(0));
     let written = sink.finish()?;
@@ -688,35 +688,32 @@ fn tidy_replaced(files: &OutputFiles, replacing: &IdMap<u64>) -> Result<u64, Run
 }
 
 /// Files the invalid lines in ERRORS (`--skip-invalid`), once each across re-runs.
-fn record_issues(scan: &Scan, writer: &SinkHandle, events: &EventBus) {
+fn record_issues(scan: &Scan, store: &dyn Store, events: &EventBus) {
     for issue in &scan.issues {
         let index = usize::try_from(issue.line - 1).unwrap_or(usize::MAX);
         if scan.plan.get(index) != Some(&LineFate::Record) {
             continue;
         }
         let message = scan.describe(issue);
-        let line = OutputLine {
-            id: &format!("vol-input-{}", issue.line),
-            custom_id: &issue.custom_id,
+        let custom_id: Arc<str> = Arc::from(issue.custom_id.as_str());
+        store.record(&Outcome {
+            custom_id: custom_id.clone(),
+            fingerprint: None,
+            model: None,
             response: None,
-            error: Some(ErrorPart {
-                code: Reason::InvalidInput.as_str(),
-                message: &message,
+            error: Some(Failure {
+                reason: Reason::InvalidInput,
+                message: message.clone(),
             }),
-            volley: VolleyPart {
-                attempts: 0,
-                latency_ms: 0.0,
-                usage: Usage::default(),
-                cost: None,
-                key: None,
-                model: None,
-                finished_at: unix_now(),
-                fingerprint: None,
-            },
-        };
-        writer.write(Destination::Errors, line.to_line());
+            attempts: 0,
+            latency: std::time::Duration::ZERO,
+            usage: Usage::default(),
+            key: None,
+            finished_at: unix_now(),
+            input_line: Some(issue.line),
+        });
         events.emit(Event::InputRejected {
-            custom_id: Arc::from(issue.custom_id.as_str()),
+            custom_id,
             line: issue.line,
             message,
         });

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
-use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -36,9 +35,7 @@ use crate::keys::{BookError, Booking, KeyPool, Learned, Refused};
 use crate::pricing::Pricing;
 use crate::ratelimit;
 use crate::retry::{RetryBudget, RetryCount, RetryPolicy};
-use crate::sink::{
-    Destination, ErrorPart, OutputLine, ResponsePart, SinkHandle, VolleyPart, unix_now,
-};
+use crate::store::{Failure, Outcome, Response, Store, unix_now};
 use crate::transport::{Reply, Transport};
 use crate::turnstile::{Priority, Turnstile};
 use crate::usage::Usage;
@@ -107,11 +104,8 @@ pub struct Engine {
     transport: Transport,
     keys: Arc<KeyPool>,
     events: EventBus,
-    sink: SinkHandle,
+    store: Arc<dyn Store>,
     budget: RetryBudget,
-    /// Distinguishes the output ids of this run from those of earlier runs.
-    run_id: String,
-    next_id: AtomicU64,
     /// The wire gate: attempts in flight, adapted when no limit is known.
     wire: Concurrency,
     /// What has been spent against `--max-cost`.
@@ -146,15 +140,9 @@ impl Engine {
         transport: Transport,
         keys: Arc<KeyPool>,
         events: EventBus,
-        sink: SinkHandle,
+        store: Arc<dyn Store>,
         cancel: &CancellationToken,
     ) -> Arc<Engine> {
-        let run_id = format!(
-            "{:x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis())
-        );
         Arc::new(Engine {
             budget: RetryBudget::new(config.retry_budget_ratio),
             wire: Concurrency::new(config.concurrency, config.adaptive),
@@ -164,9 +152,7 @@ impl Engine {
             transport,
             keys,
             events,
-            sink,
-            run_id,
-            next_id: AtomicU64::new(0),
+            store,
             halt: cancel.child_token(),
             halted: std::sync::Mutex::new(None),
             lost: AtomicU64::new(0),
@@ -690,46 +676,32 @@ impl Engine {
         }
     }
 
-    /// Writes the request's line to RESULTS (`error` is `None`) or ERRORS.
+    /// Hands the finished request to the store: a success (`error` is `None`) or a
+    /// failure for good.
     fn finish(&self, done: Done<'_>, error: Option<(Reason, String)>) -> Fate {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!("vol-{}-{n}", self.run_id);
         let latency = done.started.elapsed();
-        let body = done.reply.map(body_as_json);
-        let response = done
-            .reply
-            .zip(body.as_deref())
-            .map(|(reply, body)| ResponsePart {
-                status_code: reply.status,
-                request_id: request_id(reply, body),
-                body,
-            });
-        let line = OutputLine {
-            id: &id,
-            custom_id: &done.job.custom_id,
-            response,
-            error: error.as_ref().map(|(reason, message)| ErrorPart {
-                code: reason.as_str(),
-                message,
+        let outcome = Outcome {
+            custom_id: done.job.custom_id.clone(),
+            fingerprint: Some(done.job.fingerprint),
+            model: done.job.model.clone(),
+            response: done.reply.map(|reply| Response {
+                status: reply.status,
+                request_id: reply.request_id().map(str::to_string),
+                body: reply.body.clone(),
             }),
-            volley: VolleyPart {
-                attempts: done.attempts,
-                latency_ms: latency.as_secs_f64() * 1000.0,
-                usage: done.usage,
-                cost: done.usage.cost,
-                key: done.key,
-                model: done.job.model.as_deref(),
-                finished_at: unix_now(),
-                fingerprint: Some(done.job.fingerprint),
-            },
+            error: error.as_ref().map(|(reason, message)| Failure {
+                reason: *reason,
+                message: message.clone(),
+            }),
+            attempts: done.attempts,
+            latency,
+            usage: done.usage,
+            key: done.key.map(str::to_string),
+            finished_at: unix_now(),
+            input_line: None,
         };
-        let dest = if error.is_some() {
-            Destination::Errors
-        } else {
-            Destination::Results
-        };
-        if !self.sink.write(dest, line.to_line()) {
-            // The writer thread died on a disk error (reported when the sink closes):
+        if !self.store.record(&outcome) {
+            // The store can keep no more (a disk error, reported when it closes):
             // sending more requests would only pay for results that cannot be kept.
             self.stop("RESULTS or ERRORS cannot be written; stopping");
         }
@@ -783,36 +755,4 @@ fn message(outcome: &Classified) -> String {
         .message
         .clone()
         .unwrap_or_else(|| "no details".into())
-}
-
-/// The reply body as JSON to embed in an output line: the provider's bytes as they
-/// came when they are JSON on one line, else re-encoded (a multi-line body would break
-/// JSONL), else the text as a JSON string.
-fn body_as_json(reply: &Reply) -> Box<RawValue> {
-    if memchr::memchr2(b'\n', b'\r', &reply.body).is_none()
-        && let Ok(raw) = serde_json::from_slice::<&RawValue>(&reply.body)
-    {
-        return raw.to_owned();
-    }
-    let reencoded = serde_json::from_slice::<serde_json::Value>(&reply.body)
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&reply.body).into_owned()).to_string()
-        });
-    RawValue::from_string(reencoded).unwrap_or_else(|_| RawValue::NULL.to_owned())
-}
-
-/// The provider's request id: the `x-request-id` header, else the body's `id`.
-fn request_id(reply: &Reply, body: &RawValue) -> String {
-    #[derive(serde::Deserialize)]
-    struct WithId {
-        id: Option<String>,
-    }
-    match reply.request_id() {
-        Some(id) => id.to_string(),
-        None => serde_json::from_str::<WithId>(body.get())
-            .ok()
-            .and_then(|b| b.id)
-            .unwrap_or_default(),
-    }
 }

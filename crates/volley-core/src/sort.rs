@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::batch::peek_custom_id;
 use crate::ids::id_hash;
-use crate::sink::Replacement;
+use crate::store::Replacement;
 
 /// Why a sort failed.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use volley_core::batch::LineDefaults;
-use volley_core::checkpoint::Tail;
 use volley_core::claim::{self, HeldFiles, NamedFile, OutputLock};
 use volley_core::defaults;
 use volley_core::events::{EventBus, EventFile, Observer};
@@ -20,8 +19,9 @@ use volley_core::runner::{
     self, ChangedPolicy, InputSource, Prepared, RunError, RunPlan, Scan, Strays, Target,
 };
 use volley_core::scheduler::{EngineConfig, StopReason};
-use volley_core::sink::OutputFiles;
 use volley_core::stats::RunStats;
+use volley_core::store::OutputFiles;
+use volley_core::store::checkpoint::Tail;
 use volley_core::transport::ApiKey;
 use volley_core::validate::ResponseCheck;
 use volley_mock::{MockConfig, MockServer};

@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::Replacement;
+use super::sink::{OutputFiles, SinkError, io_error};
 use crate::claim::is_regular_output;
 use crate::classify::Reason;
 use crate::ids::{IdMap, id_hash};
 use crate::job::Fingerprint;
-use crate::sink::{OutputFiles, Replacement, SinkError, io_error};
 
 /// Which output file a line is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,7 +571,7 @@ fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::tests::files;
+    use crate::store::sink::tests::files;
 
     fn fp(n: u64) -> Fingerprint {
         Fingerprint::from_raw(n).unwrap()

@@ -1,8 +1,8 @@
-//! RESULTS and ERRORS: the user-facing record of a run.
+//! The two files of a run and the thread that appends to them.
 //!
 //! Each finished request is appended as one JSON line and flushed, so a crash loses at
 //! most the requests still in flight (reading them back to resume is
-//! [`crate::checkpoint`]'s job). Writing happens on one dedicated thread fed by a
+//! [`super::checkpoint`]'s job). Writing happens on one dedicated thread fed by a
 //! channel, so the engine's tasks never block on disk.
 
 use std::fs::{File, OpenOptions};
@@ -10,12 +10,6 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-
-use serde::Serialize;
-use serde_json::value::RawValue;
-
-use crate::job::Fingerprint;
-use crate::usage::Usage;
 
 /// Why the output files cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -55,149 +49,6 @@ pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SinkError 
 pub struct OutputFiles {
     pub results: PathBuf,
     pub errors: PathBuf,
-}
-
-/// A new version of a file, written beside the file it replaces and renamed over it,
-/// so a crash leaves either the old file or the new one, never half of each. A symlink
-/// is written through (the link stays a link) and the file's permissions are kept.
-pub struct Replacement {
-    tmp: tempfile::NamedTempFile,
-    target: PathBuf,
-}
-
-impl Replacement {
-    /// A replacement for `path`; `None` when there is no file to replace.
-    pub fn beside(path: &Path) -> std::io::Result<Option<Replacement>> {
-        let target = match std::fs::canonicalize(path) {
-            Ok(target) => target,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let (dir, prefix) = leftover_place(&target);
-        let tmp = tempfile::Builder::new().prefix(&prefix).tempfile_in(dir)?;
-        Ok(Some(Replacement { tmp, target }))
-    }
-
-    /// Removes new versions of `path` that a process killed mid-rewrite left behind.
-    /// Only for the holder of the file's lock: they are named after the file, so no
-    /// other file's rewrite in progress is touched.
-    pub fn clear_leftovers(path: &Path) {
-        let Ok(target) = std::fs::canonicalize(path) else {
-            return;
-        };
-        let (dir, prefix) = leftover_place(&target);
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-
-    /// The new version, to write into.
-    pub fn file(&mut self) -> &mut File {
-        self.tmp.as_file_mut()
-    }
-
-    /// Puts the new version in place. Dropped without this, the old file stays.
-    pub fn commit(self) -> std::io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let old = std::fs::metadata(&self.target)?;
-        self.tmp.as_file().set_permissions(old.permissions())?;
-        // The owner too, where allowed (a `sudo` run must not hand the user's file to
-        // root); a process that may not change it leaves it as created.
-        let _ = std::os::unix::fs::fchown(self.tmp.as_file(), Some(old.uid()), Some(old.gid()));
-        self.tmp.as_file().sync_all()?;
-        self.tmp.persist(&self.target).map_err(|e| e.error)?;
-        Ok(())
-    }
-}
-
-/// The folder and the name prefix of `target`'s new versions: `.NAME.rewrite-`.
-fn leftover_place(target: &Path) -> (&Path, String) {
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
-    (dir, format!(".{name}.rewrite-"))
-}
-
-/// The `response` part of an output line.
-#[derive(Debug, Serialize)]
-pub struct ResponsePart<'a> {
-    pub status_code: u16,
-    pub request_id: String,
-    pub body: &'a RawValue,
-}
-
-/// The `error` part of an output line.
-#[derive(Debug, Serialize)]
-pub struct ErrorPart<'a> {
-    pub code: &'a str,
-    pub message: &'a str,
-}
-
-/// volley's own block: what the request cost and how it went.
-#[derive(Debug, Serialize)]
-pub struct VolleyPart<'a> {
-    pub attempts: u32,
-    pub latency_ms: f64,
-    /// Summed over every attempt that reported usage.
-    pub usage: Usage,
-    /// USD, summed over attempts; `null` when unknown.
-    pub cost: Option<f64>,
-    /// `key#N` of the key that made the last attempt, never the key itself.
-    pub key: Option<&'a str>,
-    /// The model the request asked for (the provider's `body.model` says which served).
-    pub model: Option<&'a str>,
-    /// When the request finished, Unix seconds: `volley report` plots completions over
-    /// time from it.
-    pub finished_at: f64,
-    /// The request's [`Fingerprint`] (16 hex digits): resume compares it with the
-    /// input's to tell a finished request from one that has changed since. `None` for
-    /// an invalid input line, which has no request.
-    #[serde(serialize_with = "hex_fingerprint")]
-    pub fingerprint: Option<Fingerprint>,
-}
-
-fn hex_fingerprint<S: serde::Serializer>(
-    fp: &Option<Fingerprint>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match fp {
-        Some(fp) => s.serialize_str(&fp.to_hex()),
-        None => s.serialize_none(),
-    }
-}
-
-/// Now, in Unix seconds.
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// One line of RESULTS or ERRORS, in the OpenAI Batch output shape plus `volley`.
-#[derive(Debug, Serialize)]
-pub struct OutputLine<'a> {
-    pub id: &'a str,
-    pub custom_id: &'a str,
-    pub response: Option<ResponsePart<'a>>,
-    pub error: Option<ErrorPart<'a>>,
-    pub volley: VolleyPart<'a>,
-}
-
-impl OutputLine<'_> {
-    /// The line as bytes, newline included.
-    pub fn to_line(&self) -> Vec<u8> {
-        // Serializing plain structs with string keys cannot fail.
-        let mut bytes = serde_json::to_vec(self).unwrap_or_default();
-        bytes.push(b'\n');
-        bytes
-    }
 }
 
 /// Which file a line goes to.

@@ -1,0 +1,187 @@
+//! Where finished requests go, and what an earlier run left there.
+//!
+//! The engine hands each finished request to a [`Store`] as an [`Outcome`]: what the
+//! request was, its final response or error, and what it cost. How that is kept is the
+//! store's business. [`JsonlStore`] is `volley run`'s: RESULTS and ERRORS as JSON lines
+//! (encoded in [`line`], appended by [`sink`]'s writer thread, read back to resume by
+//! [`checkpoint`], rewritten safely by [`replace`]).
+
+pub mod checkpoint;
+pub mod line;
+pub mod replace;
+pub mod sink;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::classify::Reason;
+use crate::job::Fingerprint;
+use crate::usage::Usage;
+
+pub use line::unix_now;
+pub use replace::Replacement;
+pub use sink::{Destination, OutputFiles, Sink, SinkError, SinkHandle, Written};
+
+/// What became of one request: everything a store keeps about it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub custom_id: Arc<str>,
+    /// The request's fingerprint; `None` for an input line that was no request.
+    pub fingerprint: Option<Fingerprint>,
+    /// The model the request asked for.
+    pub model: Option<Arc<str>>,
+    /// The last HTTP response, if an attempt got one.
+    pub response: Option<Response>,
+    /// Why it failed for good; `None` for a success.
+    pub error: Option<Failure>,
+    pub attempts: u32,
+    /// From the first send to the end.
+    pub latency: Duration,
+    /// Summed over every attempt that reported usage.
+    pub usage: Usage,
+    /// `key#N` of the key that made the last attempt, never the key itself.
+    pub key: Option<String>,
+    /// When it finished, Unix seconds.
+    pub finished_at: f64,
+    /// For an input line that could not be sent: its line number.
+    pub input_line: Option<u64>,
+}
+
+/// An HTTP response as the provider sent it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// The `x-request-id` header, when the provider sent one.
+    pub request_id: Option<String>,
+    pub body: Bytes,
+}
+
+/// Why a request failed for good.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// Keeps finished requests.
+pub trait Store: Send + Sync {
+    /// Keeps one finished request. False when the store can keep no more (a disk
+    /// error, reported when it closes): the engine then stops, since sending more would
+    /// pay for results that cannot be kept.
+    fn record(&self, outcome: &Outcome) -> bool;
+}
+
+/// `volley run`'s store: successes to RESULTS, failures to ERRORS, one JSON line each.
+pub struct JsonlStore {
+    writer: SinkHandle,
+    /// Distinguishes the line ids of this run from those of earlier runs.
+    run_id: String,
+    next_id: AtomicU64,
+}
+
+impl JsonlStore {
+    /// A store appending through `writer` (see [`Sink::handle`]).
+    pub fn new(writer: SinkHandle) -> JsonlStore {
+        let run_id = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        );
+        JsonlStore {
+            writer,
+            run_id,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// The line for `outcome`, newline included.
+    fn encode(&self, outcome: &Outcome) -> Vec<u8> {
+        let id = match outcome.input_line {
+            // Resume finds an input record's line from its id.
+            Some(line) => format!("vol-input-{line}"),
+            None => format!(
+                "vol-{}-{}",
+                self.run_id,
+                self.next_id.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
+        let body = outcome.response.as_ref().map(|r| body_as_json(&r.body));
+        let response = outcome
+            .response
+            .as_ref()
+            .zip(body.as_deref())
+            .map(|(r, body)| line::ResponsePart {
+                status_code: r.status,
+                request_id: request_id(r, body),
+                body,
+            });
+        line::OutputLine {
+            id: &id,
+            custom_id: &outcome.custom_id,
+            response,
+            error: outcome.error.as_ref().map(|f| line::ErrorPart {
+                code: f.reason.as_str(),
+                message: &f.message,
+            }),
+            volley: line::VolleyPart {
+                attempts: outcome.attempts,
+                latency_ms: outcome.latency.as_secs_f64() * 1000.0,
+                usage: outcome.usage,
+                cost: outcome.usage.cost,
+                key: outcome.key.as_deref(),
+                model: outcome.model.as_deref(),
+                finished_at: outcome.finished_at,
+                fingerprint: outcome.fingerprint,
+            },
+        }
+        .to_line()
+    }
+}
+
+impl Store for JsonlStore {
+    fn record(&self, outcome: &Outcome) -> bool {
+        let dest = if outcome.error.is_some() {
+            Destination::Errors
+        } else {
+            Destination::Results
+        };
+        self.writer.write(dest, self.encode(outcome))
+    }
+}
+
+/// The reply body as JSON to embed in an output line: the provider's bytes as they
+/// came when they are JSON on one line, else re-encoded (a multi-line body would break
+/// JSONL), else the text as a JSON string.
+fn body_as_json(body: &[u8]) -> Box<RawValue> {
+    if memchr::memchr2(b'\n', b'\r', body).is_none()
+        && let Ok(raw) = serde_json::from_slice::<&RawValue>(body)
+    {
+        return raw.to_owned();
+    }
+    let reencoded = serde_json::from_slice::<serde_json::Value>(body)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(body).into_owned()).to_string()
+        });
+    RawValue::from_string(reencoded).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// The provider's request id: the `x-request-id` header, else the body's `id`.
+fn request_id(response: &Response, body: &RawValue) -> String {
+    #[derive(serde::Deserialize)]
+    struct WithId {
+        id: Option<String>,
+    }
+    match &response.request_id {
+        Some(id) => id.clone(),
+        None => serde_json::from_str::<WithId>(body.get())
+            .ok()
+            .and_then(|b| b.id)
+            .unwrap_or_default(),
+    }
+}
