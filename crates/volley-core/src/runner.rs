@@ -9,7 +9,7 @@
 //! streams the lines to send through a channel no deeper than the concurrency, so memory
 //! is bounded by concurrency, not by file size.
 //!
-//! A request is "the same" across runs when its custom_id and its [`Fingerprint`] (the
+//! A request is "the same" across runs when its custom_id and its [`Fingerprint`](crate::input::job::Fingerprint) (the
 //! route and body after defaults) are: a finished custom_id whose request changed is
 //! neither kept nor re-sent silently ([`ChangedPolicy`]).
 
@@ -21,20 +21,20 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{LineDefaults, parse_line, parse_request, peek_custom_id};
-use crate::classify::Reason;
-use crate::events::{Event, EventBus};
-use crate::ids::{IdMap, IdSet, id_hash};
-use crate::job::Job;
-use crate::keys::KeyPool;
-use crate::openrouter;
-use crate::scheduler::{Engine, EngineConfig, StopReason};
+use crate::accounting::usage::Usage;
+use crate::engine::scheduler::{Engine, EngineConfig, StopReason};
+use crate::input::batch::{LineDefaults, parse_line, parse_request, peek_custom_id};
+use crate::input::ids::{IdMap, IdSet, id_hash};
+use crate::input::job::Job;
+use crate::limits::keys::KeyPool;
+use crate::observe::events::{Event, EventBus};
+use crate::provider::classify::Reason;
+use crate::provider::openrouter;
+use crate::provider::transport::{ApiKey, Transport, TransportError};
 use crate::store::checkpoint::{Checkpoint, Lookup, Place, Tail};
 use crate::store::{
     Failure, JsonlStore, Outcome, OutputFiles, Replacement, Sink, SinkError, Store, unix_now,
 };
-use crate::transport::{ApiKey, Transport, TransportError};
-use crate::usage::Usage;
 
 /// Where the batch comes from.
 #[derive(Debug, Clone)]
@@ -186,7 +186,7 @@ pub struct Prepared {
 }
 
 /// Reads the output files and checks every input line against them. The caller holds
-/// RESULTS' lock ([`crate::claim::OutputLock`]). Sends nothing and changes no file: the caller decides what to do with [`Scan::issues`] and
+/// RESULTS' lock ([`crate::store::claim::OutputLock`]). Sends nothing and changes no file: the caller decides what to do with [`Scan::issues`] and
 /// [`Scan::changed`], then calls [`Prepared::start`].
 pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
     clear_spool_leftovers(&plan.files.results);
@@ -194,7 +194,7 @@ pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
     let (path, label, spool) = match &plan.input {
         // A pipe (`/dev/stdin`, `<(...)`, a FIFO) cannot be read twice: copied first,
         // like standard input.
-        InputSource::File(p) if !crate::claim::is_regular_output(p) => {
+        InputSource::File(p) if !crate::store::claim::is_regular_output(p) => {
             let label = p.display().to_string();
             let source = File::open(p).map_err(|source| RunError::Input {
                 path: label.clone(),
@@ -281,7 +281,7 @@ fn spool_prefix(results: &Path) -> String {
 /// Removes copies of an input that a run killed mid-run left beside RESULTS. Named
 /// after RESULTS, whose lock the caller holds, they are no other run's.
 fn clear_spool_leftovers(results: &Path) {
-    if !crate::claim::is_regular_output(results) {
+    if !crate::store::claim::is_regular_output(results) {
         return;
     }
     let dir = results
@@ -306,7 +306,7 @@ fn spool(
     // Beside RESULTS, on the disk that has room for the batch's results; a RESULTS that
     // is a pipe or terminal (`-o /dev/stdout`) says nothing about disks, so the system's
     // temporary folder it is.
-    let beside = crate::claim::is_regular_output(results).then(|| {
+    let beside = crate::store::claim::is_regular_output(results).then(|| {
         results
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -531,7 +531,7 @@ fn scan(
 fn first_seen_note(map: &mut std::collections::HashMap<u64, u64>, id: &str, line: u64) {
     const REMEMBERED: usize = 100_000;
     if map.len() < REMEMBERED {
-        map.insert(crate::ids::id_hash(id), line);
+        map.insert(crate::input::ids::id_hash(id), line);
     }
 }
 
@@ -661,14 +661,15 @@ pub async fn execute(
             ));
         }
     }
-    let errors_in_file = if !resumable || !crate::claim::is_regular_output(&plan.files.errors) {
-        // No resume, or an ERRORS that cannot be read back: what this run wrote.
-        written.errors
-    } else if replacing.is_empty() {
-        count_lines(&plan.files.errors)
-    } else {
-        tidy_replaced(&plan.files, &replacing)?
-    };
+    let errors_in_file =
+        if !resumable || !crate::store::claim::is_regular_output(&plan.files.errors) {
+            // No resume, or an ERRORS that cannot be read back: what this run wrote.
+            written.errors
+        } else if replacing.is_empty() {
+            count_lines(&plan.files.errors)
+        } else {
+            tidy_replaced(&plan.files, &replacing)?
+        };
     Ok(RunOutcome {
         stop,
         errors_in_file,
@@ -739,7 +740,7 @@ fn count_lines(path: &Path) -> u64 {
 /// The second pass: streams the lines marked to send into the engine's channel.
 /// A line's custom_id and fingerprint folded into 4 bytes: enough to tell a rewritten
 /// line from the one checked, at a fixed cost per line to send.
-fn line_check(custom_id: &str, fp: crate::job::Fingerprint) -> u32 {
+fn line_check(custom_id: &str, fp: crate::input::job::Fingerprint) -> u32 {
     let h = id_hash(custom_id) ^ fp.get().rotate_left(17);
     (h ^ (h >> 32)) as u32
 }

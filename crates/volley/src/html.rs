@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use volley_core::report::{Finished, Report};
+use volley_core::observe::report::{Finished, Report};
 
 use crate::summary::usd;
 

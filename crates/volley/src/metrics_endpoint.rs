@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use volley_core::metrics;
-use volley_core::stats::RunStats;
+use volley_core::observe::metrics;
+use volley_core::observe::stats::RunStats;
 
 struct Shared {
     stats: Arc<RunStats>,

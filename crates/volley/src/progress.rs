@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use volley_core::events::{Event, Observer};
-use volley_core::openrouter::PricesSource;
-use volley_core::stats::{RunStats, Snapshot};
+use volley_core::observe::events::{Event, Observer};
+use volley_core::observe::stats::{RunStats, Snapshot};
+use volley_core::provider::openrouter::PricesSource;
 
 use crate::summary::{human_duration, usd};
 

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use serde::Serialize;
-use volley_core::report::Report;
+use volley_core::observe::report::Report;
 
 /// "1.5 s", "2m05s", "1h02m".
 pub fn human_duration(d: Duration) -> String {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use volley_core::ratelimit::HEADERS_READ;
+use volley_core::limits::headers::HEADERS_READ;
 
 /// Header values a hostile provider might send, for every header volley reads.
 const HOSTILE: [&str; 22] = [

@@ -21,10 +21,10 @@ use serde::Deserialize;
 
 use super::Replacement;
 use super::sink::{OutputFiles, SinkError, io_error};
-use crate::claim::is_regular_output;
-use crate::classify::Reason;
-use crate::ids::{IdMap, id_hash};
-use crate::job::Fingerprint;
+use crate::input::ids::{IdMap, id_hash};
+use crate::input::job::Fingerprint;
+use crate::provider::classify::Reason;
+use crate::store::claim::is_regular_output;
 
 /// Which output file a line is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::job::Fingerprint;
-use crate::usage::Usage;
+use crate::accounting::usage::Usage;
+use crate::input::job::Fingerprint;
 
 /// The `response` part of an output line.
 #[derive(Debug, Serialize)]

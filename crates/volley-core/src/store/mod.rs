@@ -3,13 +3,15 @@
 //! The engine hands each finished request to a [`Store`] as an [`Outcome`]: what the
 //! request was, its final response or error, and what it cost. How that is kept is the
 //! store's business. [`JsonlStore`] is `volley run`'s: RESULTS and ERRORS as JSON lines
-//! (encoded in [`line`], appended by [`sink`]'s writer thread, read back to resume by
+//! (encoded in [`mod@line`], appended by [`sink`]'s writer thread, read back to resume by
 //! [`checkpoint`], rewritten safely by [`replace`]).
 
 pub mod checkpoint;
+pub mod claim;
 pub mod line;
 pub mod replace;
 pub mod sink;
+pub mod sort;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,9 +20,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::classify::Reason;
-use crate::job::Fingerprint;
-use crate::usage::Usage;
+use crate::accounting::usage::Usage;
+use crate::input::job::Fingerprint;
+use crate::provider::classify::Reason;
 
 pub use line::unix_now;
 pub use replace::Replacement;

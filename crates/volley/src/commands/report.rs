@@ -2,8 +2,8 @@
 //! report of any past run, recomputed from its output files alone.
 
 use anyhow::Context;
-use volley_core::claim::{NamedFile, check_distinct};
-use volley_core::report::{from_finished, read_finished};
+use volley_core::observe::report::{from_finished, read_finished};
+use volley_core::store::claim::{NamedFile, check_distinct};
 
 use crate::cli::ReportArgs;
 use crate::exit::Exit;

@@ -8,22 +8,22 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use volley_core::batch::LineDefaults;
-use volley_core::claim::{self, HeldFiles, NamedFile, OutputLock};
+use volley_core::accounting::pricing::Pricing;
 use volley_core::defaults;
-use volley_core::events::{EventBus, EventFile, Observer};
-use volley_core::pricing::Pricing;
-use volley_core::report::Report;
-use volley_core::retry::RetryPolicy;
+use volley_core::engine::retry::RetryPolicy;
+use volley_core::engine::scheduler::{EngineConfig, StopReason};
+use volley_core::input::batch::LineDefaults;
+use volley_core::observe::events::{EventBus, EventFile, Observer};
+use volley_core::observe::report::Report;
+use volley_core::observe::stats::RunStats;
+use volley_core::provider::transport::ApiKey;
+use volley_core::provider::validate::ResponseCheck;
 use volley_core::runner::{
     self, ChangedPolicy, InputSource, Prepared, RunError, RunPlan, Scan, Strays, Target,
 };
-use volley_core::scheduler::{EngineConfig, StopReason};
-use volley_core::stats::RunStats;
 use volley_core::store::OutputFiles;
 use volley_core::store::checkpoint::Tail;
-use volley_core::transport::ApiKey;
-use volley_core::validate::ResponseCheck;
+use volley_core::store::claim::{self, HeldFiles, NamedFile, OutputLock};
 use volley_mock::{MockConfig, MockServer};
 
 use crate::cli::{Expect, LogFormat, ProgressMode, RunArgs};
@@ -291,7 +291,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             None
         },
     };
-    let openrouter = volley_core::openrouter::is_openrouter(&base_url);
+    let openrouter = volley_core::provider::openrouter::is_openrouter(&base_url);
     let target = Target {
         base_url,
         keys,

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 
-use volley_core::claim::{self, HeldFiles, NamedFile, OutputLock};
+use volley_core::store::claim::{self, HeldFiles, NamedFile, OutputLock};
 
 use crate::cli::SortArgs;
 use crate::exit::Exit;
@@ -25,7 +25,7 @@ pub fn sort(args: SortArgs) -> anyhow::Result<Exit> {
         errln!("error: {e}");
         return Ok(Exit::Usage);
     }
-    let sorted = volley_core::sort::sort_results(&args.results, &args.input)
+    let sorted = volley_core::store::sort::sort_results(&args.results, &args.input)
         .with_context(|| format!("cannot sort {}", args.results.display()))?;
     errln!(
         "sorted {} lines of {} into the order of {}{}",

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use crate::classify::TransportFailure;
+use crate::provider::classify::TransportFailure;
 
 /// An API key. Its value is never printed: `Debug` shows only that it is hidden, so a
 /// key cannot leak through a log line or a panic message. It is kept as the ready-made

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::usage::Usage;
+use crate::accounting::usage::Usage;
 
 fn ms(d: &Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -38,13 +38,13 @@ pub enum Event {
     /// What the provider said about a key before the run (`None`: it could not be read).
     KeyInfo {
         key: Arc<str>,
-        info: Option<crate::openrouter::KeyInfo>,
+        info: Option<crate::provider::openrouter::KeyInfo>,
     },
     /// The provider's model prices were loaded (`None`: neither the provider nor a
     /// cached copy had any).
     ModelPrices {
         models: Option<usize>,
-        source: Option<crate::openrouter::PricesSource>,
+        source: Option<crate::provider::openrouter::PricesSource>,
     },
     /// A line was invalid and recorded in ERRORS (`--skip-invalid`).
     InputRejected {

@@ -11,8 +11,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use crate::batch::peek_custom_id;
-use crate::ids::id_hash;
+use crate::input::batch::peek_custom_id;
+use crate::input::ids::id_hash;
 use crate::store::Replacement;
 
 /// Why a sort failed.

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::classify::Reason;
-use crate::limiter::{Allowance, Announcement, Gcra, Limiter, WINDOW};
-use crate::ratelimit::{Observation, Quota};
-use crate::transport::ApiKey;
+use crate::limits::headers::{Observation, Quota};
+use crate::limits::limiter::{Allowance, Announcement, Gcra, Limiter, WINDOW};
+use crate::provider::classify::Reason;
+use crate::provider::transport::ApiKey;
 
 /// What a key spent while a limit was still unknown (requests when booked, tokens as
 /// their usage comes back), so that a limit learned without a `remaining` starts from
@@ -507,7 +507,10 @@ impl KeyPool {
     }
 
     /// The reply with every key of the pool that it echoes replaced by the key's label.
-    pub fn redact(&self, mut reply: crate::transport::Reply) -> crate::transport::Reply {
+    pub fn redact(
+        &self,
+        mut reply: crate::provider::transport::Reply,
+    ) -> crate::provider::transport::Reply {
         for lane in &self.lanes {
             if let Some(clean) = lane.key.redact(&reply.body, &lane.label) {
                 reply.body = clean;

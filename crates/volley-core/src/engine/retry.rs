@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use http::HeaderMap;
 use rand::Rng;
 
-use crate::{defaults, ratelimit};
+use crate::defaults;
+use crate::limits::headers;
 
 /// The per-request retry rules.
 #[derive(Debug, Clone)]
@@ -96,7 +97,7 @@ impl RetryCount {
 /// Reads `retry-after-ms` (milliseconds, may be fractional) or `retry-after` (seconds,
 /// may be fractional, or an HTTP date). `retry-after-ms` wins, as in the OpenAI SDK.
 /// Hostile values never panic: nonsense is ignored, huge waits are clamped to
-/// [`ratelimit::LONGEST_ANNOUNCED_WAIT`].
+/// [`headers::LONGEST_ANNOUNCED_WAIT`].
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| {
         headers
@@ -106,16 +107,16 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     };
     if let Some(wait) = text("retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
-        .and_then(|ms| ratelimit::seconds(ms / 1000.0))
+        .and_then(|ms| headers::seconds(ms / 1000.0))
     {
         return Some(wait);
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return ratelimit::seconds(secs);
+        return headers::seconds(secs);
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(ratelimit::clamp_wait(
+    Some(headers::clamp_wait(
         when.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     ))
@@ -218,8 +219,11 @@ mod tests {
             );
         }
         assert!(
-            p.delay(1, Some(crate::ratelimit::LONGEST_ANNOUNCED_WAIT), false)
-                <= Duration::from_secs(1)
+            p.delay(
+                1,
+                Some(crate::limits::headers::LONGEST_ANNOUNCED_WAIT),
+                false
+            ) <= Duration::from_secs(1)
         );
     }
 

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{PassThrough, id_hash};
-use crate::stats::{ModelStats, NO_MODEL, Percentiles, Snapshot};
-use crate::usage::Usage;
+use crate::accounting::usage::Usage;
+use crate::input::ids::{PassThrough, id_hash};
+use crate::observe::stats::{ModelStats, NO_MODEL, Percentiles, Snapshot};
 
 /// The error code of a line that was not a valid request (counted apart from failures).
 const INVALID_INPUT: &str = "invalid_input";

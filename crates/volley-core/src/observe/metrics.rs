@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use crate::stats::{RunStats, Snapshot};
+use crate::observe::stats::{RunStats, Snapshot};
 
 /// Bucket bounds of `volley_request_duration_seconds`: from a cached reply to a long
 /// reasoning model's answer after retries.
@@ -273,8 +273,8 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Event, Observer};
-    use crate::usage::Usage;
+    use crate::accounting::usage::Usage;
+    use crate::observe::events::{Event, Observer};
     use std::sync::Arc;
     use std::time::Duration;
 

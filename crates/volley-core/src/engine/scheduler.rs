@@ -7,7 +7,7 @@
 //! it is booked and sending, never while it sleeps in backoff, and it takes the slot
 //! *before* booking its key so that the booked instant is the instant it sends: a
 //! booking made first and used late could bunch requests into a burst. Once a key is
-//! limited, requests take turns for slot and booking ([`crate::turnstile`]), admitted
+//! limited, requests take turns for slot and booking ([`crate::engine::turnstile`]), admitted
 //! ones (retries) first.
 //!
 //! Every resource an attempt holds — the turn, its slot, its key booking, its share of
@@ -25,21 +25,23 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::CostBudget;
-use crate::classify::{Classified, Endpoint, Reason, Verdict, classify_failure, classify_reply};
-use crate::concurrency::{Concurrency, Slot};
+use crate::accounting::cost_cap::CostBudget;
+use crate::accounting::pricing::Pricing;
+use crate::accounting::usage::Usage;
 use crate::defaults;
-use crate::events::{Event, EventBus};
-use crate::job::Job;
-use crate::keys::{BookError, Booking, KeyPool, Learned, Refused};
-use crate::pricing::Pricing;
-use crate::ratelimit;
-use crate::retry::{RetryBudget, RetryCount, RetryPolicy};
+use crate::engine::concurrency::{Concurrency, Slot};
+use crate::engine::retry::{RetryBudget, RetryCount, RetryPolicy};
+use crate::engine::turnstile::{Priority, Turnstile};
+use crate::input::job::Job;
+use crate::limits::headers;
+use crate::limits::keys::{BookError, Booking, KeyPool, Learned, Refused};
+use crate::observe::events::{Event, EventBus};
+use crate::provider::classify::{
+    Classified, Endpoint, Reason, Verdict, classify_failure, classify_reply,
+};
+use crate::provider::transport::{Reply, Transport};
+use crate::provider::validate::ResponseCheck;
 use crate::store::{Failure, Outcome, Response, Store, unix_now};
-use crate::transport::{Reply, Transport};
-use crate::turnstile::{Priority, Turnstile};
-use crate::usage::Usage;
-use crate::validate::ResponseCheck;
 
 /// How the engine behaves; built from flags by the binary.
 #[derive(Debug, Clone)]
@@ -361,7 +363,7 @@ impl Engine {
             let refusal = booking.refusal();
             match &reply {
                 Some(reply) => {
-                    let seen = ratelimit::observe(&reply.headers, SystemTime::now());
+                    let seen = headers::observe(&reply.headers, SystemTime::now());
                     let billed = outcome.usage.map(|u| u.total_tokens);
                     let learned = booking.settle(billed, &seen, Instant::now());
                     self.apply_learned(lane, learned);

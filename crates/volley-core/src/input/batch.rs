@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::job::{Fingerprint, Job};
+use crate::input::job::{Fingerprint, Job};
 
 /// What the user configured that fills gaps in input lines.
 #[derive(Debug, Clone, Default)]
@@ -112,7 +112,7 @@ impl Request {
     /// [`Job::estimated_tokens`]), for checking it can ever fit one.
     pub fn estimated_tokens(&self) -> u64 {
         let bytes = serde_json::to_vec(&self.body).unwrap_or_default();
-        crate::tokens::estimate(&bytes, Some(&self.model))
+        crate::provider::tokens::estimate(&bytes, Some(&self.model))
     }
 }
 

@@ -4,8 +4,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use crate::ids::StableHash;
-use crate::tokens;
+use crate::input::ids::StableHash;
+use crate::provider::tokens;
 
 /// A request parsed from one input line. Cheap to clone: the body is shared.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,9 +11,9 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use crate::retry::retry_after;
-use crate::usage::Usage;
-use crate::validate::ResponseCheck;
+use crate::accounting::usage::Usage;
+use crate::engine::retry::retry_after;
+use crate::provider::validate::ResponseCheck;
 
 /// Why an attempt did not succeed; the snake_case name is the `error.code` written to
 /// ERRORS and the reason carried by retry events.

@@ -358,7 +358,7 @@ mod tests {
                 for q in [seen.requests, seen.tokens].into_iter().flatten() {
                     proptest::prop_assert!(q.reset.is_none_or(|r| r <= LONGEST_ANNOUNCED_WAIT));
                 }
-                if let Some(d) = crate::retry::retry_after(&h) {
+                if let Some(d) = crate::engine::retry::retry_after(&h) {
                     proptest::prop_assert!(d <= LONGEST_ANNOUNCED_WAIT);
                 }
             }
@@ -373,7 +373,7 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert("retry-after", HeaderValue::from_str(&t).unwrap());
             h.insert("retry-after-ms", HeaderValue::from_str(&t).unwrap());
-            proptest::prop_assert!(crate::retry::retry_after(&h).is_none_or(|d| d <= LONGEST_ANNOUNCED_WAIT));
+            proptest::prop_assert!(crate::engine::retry::retry_after(&h).is_none_or(|d| d <= LONGEST_ANNOUNCED_WAIT));
         }
     }
 

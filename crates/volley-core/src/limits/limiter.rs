@@ -109,7 +109,7 @@ impl Limiter for Gcra {
     fn set_limit(&mut self, per_minute: Option<u64>) {
         self.per_minute = per_minute
             .filter(|n| *n > 0)
-            .map(|n| n.min(crate::ratelimit::LARGEST_ANNOUNCED_COUNT));
+            .map(|n| n.min(crate::limits::headers::LARGEST_ANNOUNCED_COUNT));
         let Some(limit) = self.per_minute else {
             return;
         };
@@ -188,9 +188,10 @@ pub struct Announcement {
 /// A margin against rounding in the arithmetic of an allowance.
 const ROUNDING: Duration = Duration::from_micros(1);
 
-/// A duration of `units × interval`, saturating at [`crate::ratelimit::LONGEST_ANNOUNCED_WAIT`].
+/// A duration of `units × interval`, saturating at [`crate::limits::headers::LONGEST_ANNOUNCED_WAIT`].
 fn units_of(interval: Duration, units: f64) -> Duration {
-    crate::ratelimit::seconds(interval.as_secs_f64() * units.max(0.0)).unwrap_or(Duration::ZERO)
+    crate::limits::headers::seconds(interval.as_secs_f64() * units.max(0.0))
+        .unwrap_or(Duration::ZERO)
 }
 
 impl Allowance {
@@ -273,7 +274,7 @@ impl Allowance {
             outstanding,
             seq,
         } = *said;
-        let limit = limit.clamp(1, crate::ratelimit::LARGEST_ANNOUNCED_COUNT);
+        let limit = limit.clamp(1, crate::limits::headers::LARGEST_ANNOUNCED_COUNT);
         let remaining = remaining.min(limit);
         // A reset longer than a minute means the limit is not per minute (a daily
         // quota): its units come back over the reset, not over a minute.
@@ -289,7 +290,7 @@ impl Allowance {
             .max((remaining + 1).min(limit))
             .min(limit)
             .max(1);
-        self.interval = crate::ratelimit::seconds(window.as_secs_f64() / limit as f64)
+        self.interval = crate::limits::headers::seconds(window.as_secs_f64() / limit as f64)
             .unwrap_or(WINDOW)
             .max(Duration::from_nanos(1));
         let said = remaining as f64 - outstanding as f64;
@@ -354,7 +355,7 @@ mod allowance_tests {
     #[tokio::test(start_paused = true)]
     async fn one_absurd_reply_does_not_switch_limiting_off() {
         let now = Instant::now();
-        let big = crate::ratelimit::LARGEST_ANNOUNCED_COUNT;
+        let big = crate::limits::headers::LARGEST_ANNOUNCED_COUNT;
         let said = |limit, remaining, reset, seq| Announcement {
             limit,
             remaining,
@@ -406,7 +407,7 @@ mod allowance_tests {
             outstanding in 0u64..1_000_000, cost in 0u64..u64::MAX,
         ) {
             let now = Instant::now();
-            let reset = reset_ms.map(|ms| crate::ratelimit::clamp_wait(Duration::from_millis(ms)));
+            let reset = reset_ms.map(|ms| crate::limits::headers::clamp_wait(Duration::from_millis(ms)));
             let said = Announcement { limit, remaining, reset, outstanding, seq: 1 };
             let mut a = Allowance::new(&said, now);
             let at = a.earliest(cost, now);

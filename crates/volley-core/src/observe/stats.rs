@@ -12,8 +12,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::events::{Event, Observer};
-use crate::usage::Usage;
+use crate::accounting::usage::Usage;
+use crate::observe::events::{Event, Observer};
 
 /// Latencies are recorded in microseconds up to an hour, 3 significant digits.
 const LATENCY_MAX_US: u64 = 3_600_000_000;

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::pricing::Pricing;
-use crate::transport::{ApiKey, Transport};
+use crate::accounting::pricing::Pricing;
+use crate::provider::transport::{ApiKey, Transport};
 
 /// How long the key lookup may take before the run goes on without it.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +43,7 @@ pub async fn model_prices(
     let cache = cache_dir.map(|dir| {
         dir.join(format!(
             "models-{:016x}.json",
-            crate::ids::id_hash(base_url.trim_end_matches('/'))
+            crate::input::ids::id_hash(base_url.trim_end_matches('/'))
         ))
     });
     let cached = cache.as_deref().and_then(read_cache);

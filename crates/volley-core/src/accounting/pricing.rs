@@ -20,7 +20,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::usage::Usage;
+use crate::accounting::usage::Usage;
 
 const PER: f64 = 1_000_000.0;
 
