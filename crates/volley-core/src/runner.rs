@@ -14,7 +14,7 @@
 //! neither kept nor re-sent silently ([`ChangedPolicy`]).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek};
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use crate::engine::scheduler::{Engine, EngineConfig, StopReason};
 use crate::input::batch::{LineDefaults, parse_line, parse_request, peek_custom_id};
 use crate::input::ids::{IdMap, IdSet, id_hash};
 use crate::input::job::Job;
+use crate::input::lines::Lines;
 use crate::limits::keys::KeyPool;
 use crate::observe::events::{Event, EventBus};
 use crate::provider::classify::Reason;
@@ -339,25 +340,14 @@ fn for_each_line(
     // Clones share the read position: each pass starts from the top.
     let mut file = file.try_clone().map_err(err)?;
     file.seek(std::io::SeekFrom::Start(0)).map_err(err)?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut buf = Vec::new();
-    let mut number = 0u64;
-    loop {
-        buf.clear();
-        if reader.by_ref().read_until(b'\n', &mut buf).map_err(err)? == 0 {
-            return Ok(());
-        }
-        number += 1;
-        // A byte-order mark (editors on Windows write one) is not part of the JSON.
-        let bytes = match buf.strip_prefix("\u{feff}".as_bytes()) {
-            Some(rest) if number == 1 => rest,
-            _ => &buf[..],
-        };
-        let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8: {e}"));
-        if !f(number, text) {
-            return Ok(());
+    let mut lines = Lines::new(file);
+    while let Some(line) = lines.next_line().map_err(err)? {
+        let text = line.text().map_err(|e| format!("not valid UTF-8: {e}"));
+        if !f(line.number, text) {
+            break;
         }
     }
+    Ok(())
 }
 
 /// The first pass: decides every line's fate and returns the ids the input holds.

@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounting::usage::Usage;
 use crate::input::ids::{PassThrough, id_hash};
+use crate::input::lines::Lines;
 use crate::observe::stats::{ModelStats, NO_MODEL, Percentiles, Snapshot};
 
 /// The error code of a line that was not a valid request (counted apart from failures).
@@ -296,25 +296,19 @@ fn read_file(
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut reader = BufReader::new(file);
-    let mut line = String::new();
-    let mut number = 0u64;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).map_err(io)? == 0 {
-            return Ok(());
-        }
-        number += 1;
-        if line.trim().is_empty() {
+    let mut lines = Lines::new(file);
+    while let Some(read) = lines.next_line().map_err(io)? {
+        let number = read.number;
+        if read.is_blank() {
             continue;
         }
-        let parsed: Line = match serde_json::from_str(&line) {
+        let parsed: Line = match serde_json::from_slice(read.bytes) {
             Ok(parsed) => parsed,
             // Only the very last line can be torn, and a torn line has no newline and
             // is not JSON (a complete JSON line of the wrong shape is someone else's).
             Err(_)
-                if !line.ends_with('\n')
-                    && serde_json::from_str::<serde::de::IgnoredAny>(&line).is_err() =>
+                if !read.terminated
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(read.bytes).is_err() =>
             {
                 out.torn.push(format!("{}:{number}", shown()));
                 return Ok(());
@@ -353,12 +347,13 @@ fn read_file(
         };
         seen.place(&parsed, finished, &mut out.finished);
     }
+    Ok(())
 }
 
 /// Recomputes a report from finished requests (see [`read_finished`]).
 pub fn from_finished(finished: &[Finished]) -> Report {
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds");
+    let mut latency = Histogram::<u64>::new_with_bounds(1, super::stats::LATENCY_MAX_US, 3)
+        .expect("static bounds");
     let mut report = Report {
         schema_version: SCHEMA_VERSION,
         source: "files".into(),
@@ -395,7 +390,8 @@ pub fn from_finished(finished: &[Finished]) -> Report {
         report.attempts += u64::from(f.attempts);
         report.retries += u64::from(f.attempts.saturating_sub(1));
         *report.attempts_histogram.entry(f.attempts).or_default() += 1;
-        let _ = latency.record(((f.latency_ms * 1000.0) as u64).clamp(1, 3_600_000_000));
+        let _ =
+            latency.record(((f.latency_ms * 1000.0) as u64).clamp(1, super::stats::LATENCY_MAX_US));
         report.usage.add(&f.usage);
         let m = report.models.entry(f.model.to_string()).or_default();
         m.requests += 1;

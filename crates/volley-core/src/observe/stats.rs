@@ -16,7 +16,7 @@ use crate::accounting::usage::Usage;
 use crate::observe::events::{Event, Observer};
 
 /// Latencies are recorded in microseconds up to an hour, 3 significant digits.
-const LATENCY_MAX_US: u64 = 3_600_000_000;
+pub const LATENCY_MAX_US: u64 = 3_600_000_000;
 
 #[derive(Debug)]
 struct Detail {

@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -23,6 +23,7 @@ use super::Replacement;
 use super::sink::{OutputFiles, SinkError, io_error};
 use crate::input::ids::{IdMap, id_hash};
 use crate::input::job::Fingerprint;
+use crate::input::lines::Lines;
 use crate::provider::classify::Reason;
 use crate::store::claim::is_regular_output;
 
@@ -200,35 +201,24 @@ fn read_entries(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(path)(e)),
     };
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut buf = Vec::new();
-    let mut number = 0u64;
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).map_err(io_error(path))? == 0 {
-            return Ok(None);
-        }
-        number += 1;
-        let terminated = buf.last() == Some(&b'\n');
+    let mut lines = Lines::new(file);
+    while let Some(line) = lines.next_line().map_err(io_error(path))? {
+        let (number, terminated) = (line.number, line.terminated);
+        let torn = || {
+            Ok(Some(Tail::Torn {
+                path: path.to_path_buf(),
+                bytes: line.raw.len() as u64,
+            }))
+        };
         let corrupt = |reason: String| SinkError::Corrupt {
             path: path.display().to_string(),
             line: number,
             reason,
         };
-        let text = match std::str::from_utf8(&buf) {
+        let text = match line.text() {
             Ok(text) => text,
-            Err(_) if !terminated => {
-                return Ok(Some(Tail::Torn {
-                    path: path.to_path_buf(),
-                    bytes: buf.len() as u64,
-                }));
-            }
+            Err(_) if !terminated => return torn(),
             Err(e) => return Err(corrupt(format!("not valid UTF-8: {e}"))),
-        };
-        // Volley writes no byte-order mark, but an editor that saved the file may have.
-        let text = match text.strip_prefix('\u{feff}') {
-            Some(rest) if number == 1 => rest,
-            _ => text,
         };
         if text.trim().is_empty() {
             continue;
@@ -254,12 +244,7 @@ fn read_entries(
                 }
             }
             // Only the last line can be torn, and a torn line has no newline.
-            Err(Problem::Unparsable(_)) if !terminated => {
-                return Ok(Some(Tail::Torn {
-                    path: path.to_path_buf(),
-                    bytes: buf.len() as u64,
-                }));
-            }
+            Err(Problem::Unparsable(_)) if !terminated => return torn(),
             Err(Problem::Unparsable(reason)) => return Err(corrupt(reason)),
             Err(Problem::Foreign(reason)) => {
                 return Err(SinkError::Foreign {
@@ -270,6 +255,7 @@ fn read_entries(
             }
         }
     }
+    Ok(None)
 }
 
 impl Checkpoint {
@@ -552,7 +538,7 @@ fn rewrite(
         read_entries(path, place, |number, entry, text| {
             if keep(number, &entry) {
                 kept += 1;
-                out.write_all(text.trim_end_matches(['\n', '\r']).as_bytes())
+                out.write_all(text.as_bytes())
                     .and_then(|()| out.write_all(b"\n"))
                     .map_err(io_error(path))?;
             } else {

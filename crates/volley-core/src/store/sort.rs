@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use crate::input::batch::peek_custom_id;
 use crate::input::ids::id_hash;
+use crate::input::lines::Lines;
 use crate::store::Replacement;
 
 /// Why a sort failed.
@@ -47,17 +48,12 @@ pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
     };
     // Rank of each input id, by hash.
     let mut rank: HashMap<u64, u64> = HashMap::new();
-    let mut reader = BufReader::new(File::open(input).map_err(io(input))?);
-    let mut line = String::new();
-    let mut number = 0u64;
-    while {
-        line.clear();
-        reader.read_line(&mut line).map_err(io(input))? > 0
-    } {
-        number += 1;
-        if !line.trim().is_empty() {
-            rank.entry(id_hash(&peek_custom_id(&line, number)))
-                .or_insert(number);
+    let mut lines = Lines::new(File::open(input).map_err(io(input))?);
+    while let Some(line) = lines.next_line().map_err(io(input))? {
+        if !line.is_blank() {
+            let text = String::from_utf8_lossy(line.bytes);
+            rank.entry(id_hash(&peek_custom_id(&text, line.number)))
+                .or_insert(line.number);
         }
     }
 
@@ -66,34 +62,30 @@ pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
         #[serde(borrow)]
         custom_id: std::borrow::Cow<'a, str>,
     }
-    // (rank, offset, length) of every results line.
+    // (rank, offset, length) of every results line, without its newline (and a
+    // byte-order mark an editor may have put on line 1).
     let mut entries: Vec<(u64, u64, u64)> = Vec::new();
-    let mut reader = BufReader::new(File::open(results).map_err(io(results))?);
-    let (mut offset, mut number, mut unmatched) = (0u64, 0u64, 0u64);
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).map_err(io(results))? as u64;
-        if n == 0 {
-            break;
+    let mut lines = Lines::new(File::open(results).map_err(io(results))?);
+    let mut unmatched = 0u64;
+    while let Some(line) = lines.next_line().map_err(io(results))? {
+        if line.is_blank() {
+            continue;
         }
-        number += 1;
-        if !line.trim().is_empty() {
-            let parsed: IdOnly<'_> =
-                serde_json::from_str(&line).map_err(|e| SortError::Corrupt {
-                    path: results.display().to_string(),
-                    line: number,
-                    reason: e.to_string(),
-                })?;
-            let r = match rank.get(&id_hash(&parsed.custom_id)) {
-                Some(r) => *r,
-                None => {
-                    unmatched += 1;
-                    u64::MAX / 2 + number
-                }
-            };
-            entries.push((r, offset, n));
-        }
-        offset += n;
+        let parsed: IdOnly<'_> =
+            serde_json::from_slice(line.bytes).map_err(|e| SortError::Corrupt {
+                path: results.display().to_string(),
+                line: line.number,
+                reason: e.to_string(),
+            })?;
+        let r = match rank.get(&id_hash(&parsed.custom_id)) {
+            Some(r) => *r,
+            None => {
+                unmatched += 1;
+                u64::MAX / 2 + line.number
+            }
+        };
+        let skipped = line.bytes.as_ptr() as usize - line.raw.as_ptr() as usize;
+        entries.push((r, line.offset + skipped as u64, line.bytes.len() as u64));
     }
     entries.sort_unstable();
 
@@ -108,9 +100,7 @@ pub fn sort_results(results: &Path, input: &Path) -> Result<Sorted, SortError> {
             buf.resize(*len as usize, 0);
             src.seek(SeekFrom::Start(*offset)).map_err(io(results))?;
             src.read_exact(&mut buf).map_err(io(results))?;
-            if buf.last() != Some(&b'\n') {
-                buf.push(b'\n');
-            }
+            buf.push(b'\n');
             out.write_all(&buf).map_err(io(results))?;
         }
         out.flush().map_err(io(results))?;
