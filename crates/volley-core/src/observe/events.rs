@@ -5,17 +5,15 @@
 //! the dashboard) is an [`Observer`] of this stream. Observers are called synchronously
 //! on the engine's tasks, so they must be cheap: count, store, or hand off to a thread.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::accounting::usage::Usage;
+use crate::store::appender::{AppendHandle, Appender};
 
 fn ms(d: &Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -165,33 +163,17 @@ impl EventBus {
 /// Writes every event as a JSON line (`--events FILE`) on its own thread, so the
 /// engine's tasks never wait on the disk.
 pub struct EventFile {
-    tx: std::sync::Mutex<Option<mpsc::Sender<Vec<u8>>>>,
-    writer: std::sync::Mutex<Option<JoinHandle<std::io::Result<()>>>>,
+    writer: std::sync::Mutex<Option<Appender>>,
+    handle: std::sync::Mutex<Option<AppendHandle>>,
     started: Instant,
 }
 
 impl EventFile {
     pub fn create(path: &Path) -> std::io::Result<EventFile> {
         let file = std::fs::File::create(path)?;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let writer = std::thread::Builder::new()
-            .name("volley-events".into())
-            .spawn(move || {
-                let mut out = std::io::BufWriter::new(file);
-                while let Ok(line) = rx.recv() {
-                    out.write_all(&line)?;
-                    // Flush when the queue is drained so a monitor tailing the file sees
-                    // events promptly without a syscall per event under load.
-                    let mut pending = rx.try_iter();
-                    for line in pending.by_ref() {
-                        out.write_all(&line)?;
-                    }
-                    out.flush()?;
-                }
-                out.flush()
-            })?;
+        let writer = Appender::start("volley-events", vec![(path.to_path_buf(), file)])?;
         Ok(EventFile {
-            tx: std::sync::Mutex::new(Some(tx)),
+            handle: std::sync::Mutex::new(Some(writer.handle())),
             writer: std::sync::Mutex::new(Some(writer)),
             started: Instant::now(),
         })
@@ -199,9 +181,9 @@ impl EventFile {
 
     /// Flushes and closes the file.
     pub fn finish(&self) -> std::io::Result<()> {
-        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(self.handle.lock().unwrap_or_else(|p| p.into_inner()).take());
         match self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(handle) => handle.join().unwrap_or(Ok(())),
+            Some(mut writer) => writer.finish().map(|_| ()).map_err(|e| e.source),
             None => Ok(()),
         }
     }
@@ -225,9 +207,14 @@ impl Observer for EventFile {
             return;
         };
         line.push(b'\n');
-        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            // A closed channel means the file is finished; late events are dropped.
-            let _ = tx.send(line);
+        if let Some(handle) = self
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            // Once the file is finished, late events are dropped.
+            handle.write(0, line);
         }
     }
 }

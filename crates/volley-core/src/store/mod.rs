@@ -6,6 +6,7 @@
 //! (encoded in [`mod@line`], appended by [`sink`]'s writer thread, read back to resume by
 //! [`checkpoint`], rewritten safely by [`replace`]).
 
+pub mod appender;
 pub mod checkpoint;
 pub mod claim;
 pub mod line;

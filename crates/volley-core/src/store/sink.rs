@@ -6,10 +6,9 @@
 //! channel, so the engine's tasks never block on disk.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+
+use super::appender::{AppendHandle, Appender};
 
 /// Why the output files cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +50,11 @@ pub struct OutputFiles {
     pub errors: PathBuf,
 }
 
-/// Which file a line goes to.
+/// Which file a line goes to (its index in the writer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
-    Results,
-    Errors,
+    Results = 0,
+    Errors = 1,
 }
 
 /// Opens `path` for appending, creating it and its folder if missing.
@@ -77,10 +76,9 @@ pub struct Written {
     pub errors: u64,
 }
 
-/// The writer thread's handle.
+/// RESULTS and ERRORS, appended to by one writer thread.
 pub struct Sink {
-    tx: Option<mpsc::Sender<(Destination, Vec<u8>)>>,
-    writer: Option<JoinHandle<Result<Written, SinkError>>>,
+    appender: Appender,
 }
 
 impl Sink {
@@ -94,82 +92,42 @@ impl Sink {
 
     /// Opens both files for appending (creating them) and starts the writer thread.
     pub fn open(files: &OutputFiles) -> Result<Sink, SinkError> {
-        let open = |path: &Path| -> Result<(PathBuf, BufWriter<File>), SinkError> {
-            let f = append_to(path)?;
-            Ok((path.to_path_buf(), BufWriter::with_capacity(1 << 16, f)))
-        };
-        let mut results = open(&files.results)?;
-        let mut errors = open(&files.errors)?;
-        let (tx, rx) = mpsc::channel::<(Destination, Vec<u8>)>();
-        let writer = std::thread::Builder::new()
-            .name("volley-sink".into())
-            .spawn(move || -> Result<Written, SinkError> {
-                let mut written = Written::default();
-                let flush =
-                    |(path, w): &mut (PathBuf, BufWriter<File>)| w.flush().map_err(io_error(path));
-                while let Ok(first) = rx.recv() {
-                    // Write everything queued, then flush once: each finished request is
-                    // on disk as soon as the writer catches up with it.
-                    for (dest, line) in std::iter::once(first).chain(rx.try_iter()) {
-                        let (path, w) = match dest {
-                            Destination::Results => {
-                                written.results += 1;
-                                &mut results
-                            }
-                            Destination::Errors => {
-                                written.errors += 1;
-                                &mut errors
-                            }
-                        };
-                        w.write_all(&line).map_err(io_error(path))?;
-                    }
-                    flush(&mut results)?;
-                    flush(&mut errors)?;
-                }
-                flush(&mut results)?;
-                flush(&mut errors)?;
-                Ok(written)
-            })
-            .map_err(io_error(&files.results))?;
-        Ok(Sink {
-            tx: Some(tx),
-            writer: Some(writer),
-        })
+        let opened = vec![
+            (files.results.clone(), append_to(&files.results)?),
+            (files.errors.clone(), append_to(&files.errors)?),
+        ];
+        let appender = Appender::start("volley-sink", opened).map_err(io_error(&files.results))?;
+        Ok(Sink { appender })
     }
 
     /// A handle for the engine's tasks to queue lines with.
     pub fn handle(&self) -> SinkHandle {
-        SinkHandle(self.tx.clone())
+        SinkHandle(self.appender.handle())
     }
 
     /// Flushes everything queued and stops the writer; says how many lines it wrote.
     pub fn finish(&mut self) -> Result<Written, SinkError> {
-        drop(self.tx.take());
-        match self.writer.take() {
-            Some(handle) => handle.join().unwrap_or(Ok(Written::default())),
-            None => Ok(Written::default()),
-        }
+        let lines = self.appender.finish().map_err(|e| SinkError::Io {
+            path: e.path.display().to_string(),
+            source: e.source,
+        })?;
+        let count = |d: Destination| lines.get(d as usize).copied().unwrap_or(0);
+        Ok(Written {
+            results: count(Destination::Results),
+            errors: count(Destination::Errors),
+        })
     }
 }
 
 /// Queues lines for the writer thread; cheap to clone.
 #[derive(Clone)]
-pub struct SinkHandle(Option<mpsc::Sender<(Destination, Vec<u8>)>>);
+pub struct SinkHandle(AppendHandle);
 
 impl SinkHandle {
     /// Queues one line. Returns false if the writer has stopped (after a disk error,
     /// which [`Sink::finish`] reports).
     pub fn write(&self, dest: Destination, line: Vec<u8>) -> bool {
-        self.0
-            .as_ref()
-            .is_some_and(|tx| tx.send((dest, line)).is_ok())
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        // Best effort: a sink dropped without `finish` still flushes what it has.
-        let _ = self.finish();
+        self.0.write(dest as usize, line)
     }
 }
 
