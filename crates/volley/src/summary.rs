@@ -20,8 +20,15 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// A figure in seconds as a duration to show. Figures recomputed from files (`volley
+/// report`) are whatever the files say: a negative or NaN one shows as zero, one too
+/// large for a `Duration` as the largest, never a panic.
+fn seconds(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v.max(0.0)).unwrap_or(Duration::MAX)
+}
+
 fn ms(v: f64) -> String {
-    human_duration(Duration::from_secs_f64(v.max(0.0) / 1000.0))
+    human_duration(seconds(v / 1000.0))
 }
 
 /// A cost in dollars, or `unknown` — never a made-up zero: cents and more to four
@@ -46,7 +53,7 @@ pub fn render(r: &Report, results: &str, errors: &str) -> String {
     let _ = writeln!(
         out,
         "volley: {finished} requests finished in {} ({:.1} req/s)",
-        human_duration(Duration::from_secs_f64(r.wall_seconds)),
+        human_duration(seconds(r.wall_seconds)),
         r.throughput_per_second
     );
     let _ = writeln!(
@@ -70,7 +77,7 @@ pub fn render(r: &Report, results: &str, errors: &str) -> String {
             format!(" ({})", reasons.join(", "))
         },
         r.rate_limited,
-        human_duration(Duration::from_secs_f64(r.throttled_seconds)),
+        human_duration(seconds(r.throttled_seconds)),
     );
     if !r.attempts_histogram.is_empty() {
         let hist: Vec<String> = r

@@ -400,3 +400,23 @@ fn absurd_usage_figures_neither_crash_nor_refund() {
     assert_exit(&out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("in.jsonl:1"));
 }
+
+#[test]
+fn absurd_figures_in_a_results_file_do_not_crash_volley_report() {
+    let ws = Workspace::new();
+    let usage = r#"{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}"#;
+    let line = |id: &str, latency: &str, at: &str| {
+        format!(
+            "{{\"id\":\"v\",\"custom_id\":\"{id}\",\"response\":null,\"error\":null,\"volley\":{{\"attempts\":1,\"latency_ms\":{latency},\"usage\":{usage},\"finished_at\":{at}}}}}\n"
+        )
+    };
+    ws.write(
+        "r.jsonl",
+        &format!("{}{}", line("a", "1e300", "1e300"), line("b", "5", "1")),
+    );
+    let out = ws.run(&["report", "r.jsonl", "--html", "r.html", "--json", "r.json"]);
+    assert_exit(&out, 0);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("2 requests finished"), "{}", explain(&out));
+    assert!(ws.path("r.html").exists() && ws.path("r.json").exists());
+}

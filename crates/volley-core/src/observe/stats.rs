@@ -157,7 +157,8 @@ impl Snapshot {
     pub fn eta(&self) -> Option<Duration> {
         let rate = self.throughput();
         let left = self.total.saturating_sub(self.finished());
-        (rate > 0.0).then(|| Duration::from_secs_f64(left as f64 / rate))
+        // A rate so small that the estimate overflows a `Duration` has no estimate.
+        (rate > 0.0).then(|| Duration::try_from_secs_f64(left as f64 / rate).ok())?
     }
 }
 
