@@ -33,6 +33,7 @@ use crate::provider::classify::Reason;
 use crate::provider::openrouter;
 use crate::provider::transport::{ApiKey, Transport, TransportError};
 use crate::store::checkpoint::{Checkpoint, Lookup, Place, Tail};
+use crate::store::replace::{clear_scratch, scratch_place};
 use crate::store::{
     Failure, JsonlStore, Outcome, OutputFiles, Replacement, Sink, SinkError, Store, unix_now,
 };
@@ -158,10 +159,10 @@ pub struct Scan {
 /// What happens to one physical line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LineFate {
+    /// Not sent: blank, outside `--offset`/`--limit`, finished, or invalid (its record
+    /// is written from [`Scan::issues`]).
     Skip,
     Send,
-    /// Invalid, and its error record is to be written this run.
-    Record,
 }
 
 /// How many changed lines a scan keeps to name.
@@ -236,6 +237,8 @@ pub struct Started {
     sink: Sink,
     /// RESULTS is a regular file resume reads (see [`Checkpoint::resumable`]).
     resumable: bool,
+    /// Lines left in ERRORS after the start's tidy, before this run appends.
+    errors_kept: u64,
     /// Last lines that were repaired.
     pub repaired: Vec<Tail>,
 }
@@ -260,10 +263,12 @@ impl Prepared {
         // Invalid-input records of the lines this run checks are written afresh (with
         // `--skip-invalid`) or not at all: a line fixed since is no longer an error.
         let checked_from = self.plan.offset;
-        self.checkpoint
-            .tidy(&self.plan.files, &self.scan.stale, Some(checked_from))?;
+        let errors_kept =
+            self.checkpoint
+                .tidy(&self.plan.files, &self.scan.stale, Some(checked_from))?;
         let sink = Sink::open(&self.plan.files)?;
         Ok(Started {
+            errors_kept,
             resumable: self.checkpoint.resumable(),
             plan: self.plan,
             scan: self.scan,
@@ -273,29 +278,16 @@ impl Prepared {
     }
 }
 
-/// The name prefix of the copies of an input beside `results`: `.NAME.input-`.
-fn spool_prefix(results: &Path) -> String {
-    let name = results.file_name().unwrap_or_default().to_string_lossy();
-    format!(".{name}.input-")
-}
-
 /// Removes copies of an input that a run killed mid-run left beside RESULTS. Named
 /// after RESULTS, whose lock the caller holds, they are no other run's.
 fn clear_spool_leftovers(results: &Path) {
-    if !crate::store::claim::is_regular_output(results) {
-        return;
-    }
-    let dir = results
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let prefix = spool_prefix(results);
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
+    if crate::store::claim::is_regular_output(results) {
+        clear_scratch(results, SPOOL);
     }
 }
+
+/// The scratch kind of an input's copy: `.RESULTS.input-…`.
+const SPOOL: &str = "input";
 
 /// Copies an input that can be read only once into a temporary file, so it can be
 /// validated in full before any request is sent and then read again to send.
@@ -319,7 +311,7 @@ fn spool(
         source,
     };
     let mut spool = tempfile::Builder::new()
-        .prefix(&spool_prefix(results))
+        .prefix(&scratch_place(results, SPOOL).1)
         .tempfile_in(&dir)
         .map_err(err)?;
     std::io::copy(&mut source, spool.as_file_mut()).map_err(err)?;
@@ -367,7 +359,7 @@ fn scan(
     let (mut stale, mut replacing) = (IdMap::default(), IdMap::default());
     // The line each id was first seen on, so a repeat can name it (bounded; see
     // `first_seen_note`).
-    let mut first_seen: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let mut first_seen: IdMap<u64> = IdMap::default();
     // Kept open for the second pass: a file saved over the input meanwhile (a new
     // file renamed in) cannot change what is sent.
     let file = File::open(path).map_err(|source| RunError::Input {
@@ -518,7 +510,7 @@ fn scan(
 
 /// Remembers the first line of an id, bounded: only the hash and line number, and only
 /// while the map is small, so a million-line file does not keep a million entries.
-fn first_seen_note(map: &mut std::collections::HashMap<u64, u64>, id: &str, line: u64) {
+fn first_seen_note(map: &mut IdMap<u64>, id: &str, line: u64) {
     const REMEMBERED: usize = 100_000;
     if map.len() < REMEMBERED {
         map.insert(crate::input::ids::id_hash(id), line);
@@ -533,7 +525,7 @@ fn issue(issues: &mut Vec<InputIssue>, line: u64, custom_id: String, message: St
         custom_id,
         message,
     });
-    LineFate::Record
+    LineFate::Skip
 }
 
 impl Scan {
@@ -580,6 +572,7 @@ pub async fn execute(
         mut scan,
         mut sink,
         resumable,
+        errors_kept,
         ..
     } = started;
     let transport = Transport::new(&target.base_url, engine.concurrency)?;
@@ -656,7 +649,7 @@ pub async fn execute(
             // No resume, or an ERRORS that cannot be read back: what this run wrote.
             written.errors
         } else if replacing.is_empty() {
-            count_lines(&plan.files.errors)
+            errors_kept + written.errors
         } else {
             tidy_replaced(&plan.files, &replacing)?
         };
@@ -681,10 +674,6 @@ fn tidy_replaced(files: &OutputFiles, replacing: &IdMap<u64>) -> Result<u64, Run
 /// Files the invalid lines in ERRORS (`--skip-invalid`), once each across re-runs.
 fn record_issues(scan: &Scan, store: &dyn Store, events: &EventBus) {
     for issue in &scan.issues {
-        let index = usize::try_from(issue.line - 1).unwrap_or(usize::MAX);
-        if scan.plan.get(index) != Some(&LineFate::Record) {
-            continue;
-        }
         let message = scan.describe(issue);
         let custom_id: Arc<str> = Arc::from(issue.custom_id.as_str());
         store.record(&Outcome {
@@ -709,22 +698,6 @@ fn record_issues(scan: &Scan, store: &dyn Store, events: &EventBus) {
             message,
         });
     }
-}
-
-/// Lines in a file, read in blocks: ERRORS can be large.
-fn count_lines(path: &Path) -> u64 {
-    let Ok(mut file) = File::open(path) else {
-        return 0;
-    };
-    let mut buf = vec![0u8; 1 << 16];
-    let mut lines = 0u64;
-    while let Ok(n) = file.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
-    }
-    lines
 }
 
 /// The second pass: streams the lines marked to send into the engine's channel.
@@ -752,6 +725,10 @@ fn spawn_reader(
         } = scan;
         let mut sent = 0u64;
         for_each_line(&file, &label, |number, text| {
+            if sent as usize == expected.len() {
+                // Every line to send is sent: the rest of the file need not be read.
+                return false;
+            }
             let index = usize::try_from(number - 1).unwrap_or(usize::MAX);
             if plan.get(index) != Some(&LineFate::Send) {
                 return true;

@@ -385,6 +385,17 @@ fn output_files_that_cannot_be_created_exit_2_before_any_request() {
         "nothing was sent, so nothing to resume: {err}"
     );
     assert_eq!(requests(&mock), 0);
+    // A regular path whose folder cannot exist (a file stands where it would be): the
+    // lock, resume and writer path, not a stream's.
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &mock.base_url,
+        &["-o", "in.jsonl/r.results.jsonl", "--errors", "e.jsonl"],
+    ));
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("in.jsonl/r.results.jsonl"), "{err}");
+    assert_eq!(requests(&mock), 0);
 }
 
 #[test]

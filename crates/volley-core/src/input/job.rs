@@ -87,8 +87,9 @@ impl Fingerprint {
             .map(Fingerprint)
     }
 
+    /// 16 hex digits, as output lines carry it (the same as `Display`).
     pub fn to_hex(self) -> String {
-        format!("{:016x}", self.0)
+        self.to_string()
     }
 
     /// The raw value, for compact maps.

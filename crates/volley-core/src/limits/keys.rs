@@ -548,12 +548,18 @@ impl KeyPool {
     }
 
     fn book_estimate(self: &Arc<Self>, estimate: u64, now: Instant) -> Result<Booking, BookError> {
-        let scale = self
-            .calibration
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .scale();
-        let tokens = (estimate as f64 * scale).ceil() as u64;
+        // Without token metering the estimate is 0: no need to take the calibration's
+        // lock on every booking.
+        let tokens = if estimate == 0 {
+            0
+        } else {
+            let scale = self
+                .calibration
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .scale();
+            (estimate as f64 * scale).ceil() as u64
+        };
         let mut too_large = None;
         let mut best: Option<(usize, (Instant, usize))> = None;
         for (i, lane) in self.lanes.iter().enumerate() {

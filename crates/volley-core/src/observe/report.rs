@@ -4,8 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,7 +12,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::accounting::usage::Usage;
-use crate::input::ids::{PassThrough, id_hash};
+use crate::input::ids::{IdMap, id_hash};
 use crate::input::lines::Lines;
 use crate::observe::stats::{ModelStats, NO_MODEL, Percentiles, Snapshot};
 
@@ -218,7 +217,7 @@ pub struct FinishedFiles {
 
 /// Hashes (see [`id_hash`]) of what names a request → its place in
 /// [`FinishedFiles::finished`].
-type IdIndex = HashMap<u64, usize, BuildHasherDefault<PassThrough>>;
+type IdIndex = IdMap<usize>;
 
 /// Which requests were already counted, so that each counts once, as a live run counts
 /// it, with only a hash kept per request. Files can hold an id twice: a crash during

@@ -13,6 +13,7 @@
 //! symlink to its target, and keep the file's permissions and owner.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -88,6 +89,12 @@ pub struct Checkpoint {
     /// runs that shared RESULTS before there was a lock, a hand edit): dropped by
     /// [`Checkpoint::tidy`], so each request has one line.
     pub results_repeats: u64,
+    /// (custom_id, fingerprint) → line number of the last of its repeated lines: the
+    /// one [`Checkpoint::tidy`] keeps, as `volley report` counts the last.
+    last_repeat: HashMap<(u64, u64), u64>,
+    /// Invalid-input records in ERRORS, and the highest input line they name.
+    invalid_records: u64,
+    invalid_last_line: u64,
     /// Lines in ERRORS.
     pub errors_lines: u64,
     /// Lines without a fingerprint, in either file.
@@ -276,7 +283,10 @@ impl Checkpoint {
             let resume = cp.results_regular;
             let tail = read_entries(&files.errors, Place::Errors, |number, entry, _| {
                 cp.errors_lines += 1;
-                if resume && entry.invalid_line.is_none() {
+                if let Some(line) = entry.invalid_line {
+                    cp.invalid_records += 1;
+                    cp.invalid_last_line = cp.invalid_last_line.max(line);
+                } else if resume {
                     cp.unfingerprinted += u64::from(entry.fingerprint == 0);
                     cp.errors
                         .insert(id_hash(&entry.custom_id), (entry.fingerprint, number));
@@ -290,7 +300,7 @@ impl Checkpoint {
 
     fn read_results(&mut self, path: &Path) -> Result<(), SinkError> {
         let cp = self;
-        let tail = read_entries(path, Place::Results, |_, entry, _| {
+        let tail = read_entries(path, Place::Results, |number, entry, _| {
             cp.results_lines += 1;
             cp.unfingerprinted += u64::from(entry.fingerprint == 0);
             let h = id_hash(&entry.custom_id);
@@ -313,7 +323,10 @@ impl Checkpoint {
                     false
                 }
             };
-            cp.results_repeats += u64::from(repeat);
+            if repeat {
+                cp.results_repeats += 1;
+                cp.last_repeat.insert((h, fp), number);
+            }
             Ok(())
         })?;
         cp.tails.extend(tail);
@@ -494,13 +507,10 @@ impl Checkpoint {
             .iter()
             .any(|(h, cur)| self.result_prints(*h).iter().any(|fp| fp != cur));
         if results_lose || self.results_repeats > 0 {
-            // (custom_id, fingerprint) pairs kept so far: the first line of each wins.
-            let mut kept: std::collections::HashSet<(u64, u64)> = Default::default();
-            let repeats = self.results_repeats > 0;
-            rewrite(&files.results, Place::Results, |_, entry| {
+            rewrite(&files.results, Place::Results, |number, entry| {
                 let h = id_hash(&entry.custom_id);
-                !old_version(h, entry.fingerprint)
-                    && (!repeats || kept.insert((h, entry.fingerprint)))
+                let repeated = self.last_repeat.get(&(h, entry.fingerprint));
+                !old_version(h, entry.fingerprint) && repeated.is_none_or(|last| *last == number)
             })?;
         }
         // A custom_id keeps its RESULTS line unless a newer version replaced it.
@@ -508,7 +518,16 @@ impl Checkpoint {
             let prints = self.result_prints(h);
             !prints.is_empty() && current.get(&h).is_none_or(|cur| prints.contains(cur))
         };
-        if self.errors_lines == 0 || !self.errors_regular {
+        // ERRORS is copied only when it loses a line: an earlier failure of an id, an
+        // invalid-input record this run writes afresh, or a failure answered since.
+        let repeated_failures = self.errors_lines - self.invalid_records > self.errors.len() as u64;
+        let records_rewritten = self.invalid_records > 0
+            && invalid_after.is_some_and(|after| self.invalid_last_line > after);
+        let superseded = self
+            .errors
+            .iter()
+            .any(|(h, (fp, _))| old_version(*h, *fp) || succeeded(*h));
+        if !self.errors_regular || !(repeated_failures || records_rewritten || superseded) {
             return Ok(self.errors_lines);
         }
         rewrite(&files.errors, Place::Errors, |number, entry| {

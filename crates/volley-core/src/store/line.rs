@@ -50,7 +50,8 @@ fn hex_fingerprint<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match fp {
-        Some(fp) => s.serialize_str(&fp.to_hex()),
+        // Written straight from `Display`: no string per line.
+        Some(fp) => s.collect_str(fp),
         None => s.serialize_none(),
     }
 }

@@ -19,26 +19,16 @@ impl Replacement {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let (dir, prefix) = leftover_place(&target);
+        let (dir, prefix) = scratch_place(&target, "rewrite");
         let tmp = tempfile::Builder::new().prefix(&prefix).tempfile_in(dir)?;
         Ok(Some(Replacement { tmp, target }))
     }
 
-    /// Removes new versions of `path` that a process killed mid-rewrite left behind.
-    /// Only for the holder of the file's lock: they are named after the file, so no
-    /// other file's rewrite in progress is touched.
+    /// Removes new versions of `path` that a process killed mid-rewrite left behind
+    /// (see [`clear_scratch`]).
     pub fn clear_leftovers(path: &Path) {
-        let Ok(target) = std::fs::canonicalize(path) else {
-            return;
-        };
-        let (dir, prefix) = leftover_place(&target);
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        if let Ok(target) = std::fs::canonicalize(path) {
+            clear_scratch(&target, "rewrite");
         }
     }
 
@@ -61,12 +51,24 @@ impl Replacement {
     }
 }
 
-/// The folder and the name prefix of `target`'s new versions: `.NAME.rewrite-`.
-fn leftover_place(target: &Path) -> (&Path, String) {
-    let dir = target
+/// The folder and name prefix of the scratch files of `file`: `.NAME.KIND-…` beside
+/// it. Named after their file, they can be told from any other file's.
+pub fn scratch_place<'a>(file: &'a Path, kind: &str) -> (&'a Path, String) {
+    let dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
-    (dir, format!(".{name}.rewrite-"))
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    (dir, format!(".{name}.{kind}-"))
+}
+
+/// Removes the `kind` scratch files of `file` that a process killed mid-run left
+/// behind. Only for the holder of `file`'s lock: no other run is using them.
+pub fn clear_scratch(file: &Path, kind: &str) {
+    let (dir, prefix) = scratch_place(file, kind);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
