@@ -18,34 +18,33 @@ use crate::provider::classify::TransportFailure;
 /// key cannot leak through a log line or a panic message. It is kept as the ready-made
 /// `Authorization` header value, marked sensitive so HTTP tooling will not log it either.
 #[derive(Clone)]
-pub struct ApiKey(http::HeaderValue);
+pub struct ApiKey {
+    header: http::HeaderValue,
+    /// The searcher for the secret in replies, built once rather than per reply;
+    /// `None` for a key too short to look for (see [`ApiKey::redact`]).
+    finder: Option<memchr::memmem::Finder<'static>>,
+}
 
 impl ApiKey {
     /// `None` if the key cannot be sent in a header (control characters, say).
     pub fn new(secret: String) -> Option<ApiKey> {
-        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", secret.trim())).ok()?;
-        value.set_sensitive(true);
-        Some(ApiKey(value))
+        let secret = secret.trim();
+        let mut header = http::HeaderValue::from_str(&format!("Bearer {secret}")).ok()?;
+        header.set_sensitive(true);
+        let finder = (secret.len() >= REDACTED_KEY_MIN)
+            .then(|| memchr::memmem::Finder::new(secret.as_bytes()).into_owned());
+        Some(ApiKey { header, finder })
     }
 }
 
 impl ApiKey {
-    /// The secret itself, as sent after `Bearer `.
-    fn secret(&self) -> &[u8] {
-        let value = self.0.as_bytes();
-        value.strip_prefix(b"Bearer ").unwrap_or(value)
-    }
-
     /// `body` with every occurrence of this key replaced by `label`, when it holds one:
     /// providers echo keys in their errors ("Incorrect API key provided: sk-…"), and a
     /// body is written to ERRORS and its message to the log. Keys shorter than
     /// [`REDACTED_KEY_MIN`] are left alone, as replacing them would mangle ordinary text.
     pub fn redact(&self, body: &[u8], label: &str) -> Option<Bytes> {
-        let secret = self.secret();
-        if secret.len() < REDACTED_KEY_MIN {
-            return None;
-        }
-        let finder = memchr::memmem::Finder::new(secret);
+        let finder = self.finder.as_ref()?;
+        let secret_len = finder.needle().len();
         let first = finder.find(body)?;
         let mut out = Vec::with_capacity(body.len());
         let mut rest = body;
@@ -53,7 +52,7 @@ impl ApiKey {
         while let Some(i) = at {
             out.extend_from_slice(&rest[..i]);
             out.extend_from_slice(label.as_bytes());
-            rest = &rest[i + secret.len()..];
+            rest = &rest[i + secret_len..];
             at = finder.find(rest);
         }
         out.extend_from_slice(rest);
@@ -150,7 +149,7 @@ impl Transport {
             let response = self
                 .client
                 .post(url)
-                .header(http::header::AUTHORIZATION, key.0.clone())
+                .header(http::header::AUTHORIZATION, key.header.clone())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(body)
                 .send()
@@ -185,7 +184,7 @@ impl Transport {
             let response = self
                 .client
                 .get(url)
-                .header(http::header::AUTHORIZATION, key.0.clone())
+                .header(http::header::AUTHORIZATION, key.header.clone())
                 .send()
                 .await
                 .map_err(describe)?;
