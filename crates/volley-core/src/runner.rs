@@ -18,14 +18,12 @@ use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounting::usage::Usage;
-use crate::engine::scheduler::{Engine, EngineConfig, StopReason};
+use crate::engine::{Engine, EngineConfig, Source, SourceSpec, StopReason};
 use crate::input::batch::{LineDefaults, parse_line, parse_request, peek_custom_id};
 use crate::input::ids::{IdMap, IdSet, id_hash};
-use crate::input::job::Job;
 use crate::input::lines::Lines;
 use crate::limits::keys::KeyPool;
 use crate::observe::events::{Event, EventBus};
@@ -558,12 +556,15 @@ pub struct Target {
     pub cache_dir: Option<std::path::PathBuf>,
 }
 
-/// Runs a prepared batch. `events` receives every event of the run; `cancel` stops
-/// admitting new requests (Ctrl-C).
+/// Runs a prepared batch as one source of an engine of its own. `source` says how the
+/// batch is run (its cost cap, retry budget, reply check); its store is the run's
+/// files. `events` receives every event of the run; `cancel` stops admitting new
+/// requests (Ctrl-C).
 pub async fn execute(
     started: Started,
     target: Target,
     mut engine: EngineConfig,
+    source: SourceSpec,
     events: EventBus,
     cancel: CancellationToken,
 ) -> Result<RunOutcome, RunError> {
@@ -617,25 +618,34 @@ pub async fn execute(
         }
     }
     let store: Arc<dyn Store> = Arc::new(JsonlStore::new(sink.handle()));
+    let engine = Engine::new(engine, transport, keys, events.clone());
+    let source = engine.open(SourceSpec {
+        name: scan.label.clone(),
+        store,
+        ..source
+    });
     if plan.skip_invalid {
-        record_issues(&scan, store.as_ref(), &events);
+        record_issues(&scan, &source, &events);
     }
-
-    let (tx, rx) = mpsc::channel::<Job>(engine.concurrency.max(1));
     let replacing = std::mem::take(&mut scan.replacing);
     let (to_send, label) = (scan.to_send, scan.label.clone());
-    let reader = spawn_reader(scan, plan.defaults.clone(), tx);
-    let engine = Engine::new(engine, transport, keys, events, store, &cancel);
-    let stop = engine.run(rx, &cancel).await;
-    // The engine holds the store, and the store a sink handle: drop them so the
+    let interrupt = {
+        let source = source.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            source.cancel();
+        })
+    };
+    let read = spawn_reader(scan, plan.defaults.clone(), engine.clone(), source.clone()).await;
+    let mut stop = source.finish().await;
+    interrupt.abort();
+    // The source holds the store, and the store a sink handle: drop them so the
     // writer can finish.
-    drop(engine);
-    let read = reader.await.unwrap_or(Ok(0));
+    drop((source, engine));
     let written = sink.finish()?;
-    let mut stop = stop;
     // A read error matters only if the run meant to read everything.
     if stop == StopReason::Completed {
-        let sent = read?;
+        let sent = read.unwrap_or(Ok(0))?;
         if sent < to_send {
             // Lines the first pass accepted no longer parse: the file changed under
             // the run. Never a success with requests left unsent.
@@ -672,11 +682,11 @@ fn tidy_replaced(files: &OutputFiles, replacing: &IdMap<u64>) -> Result<u64, Run
 }
 
 /// Files the invalid lines in ERRORS (`--skip-invalid`), once each across re-runs.
-fn record_issues(scan: &Scan, store: &dyn Store, events: &EventBus) {
+fn record_issues(scan: &Scan, source: &Source, events: &EventBus) {
     for issue in &scan.issues {
         let message = scan.describe(issue);
         let custom_id: Arc<str> = Arc::from(issue.custom_id.as_str());
-        store.record(&Outcome {
+        source.record(&Outcome {
             custom_id: custom_id.clone(),
             fingerprint: None,
             model: None,
@@ -692,11 +702,14 @@ fn record_issues(scan: &Scan, store: &dyn Store, events: &EventBus) {
             finished_at: unix_now(),
             input_line: Some(issue.line),
         });
-        events.emit(Event::InputRejected {
-            custom_id,
-            line: issue.line,
-            message,
-        });
+        events.emit_from(
+            source.id(),
+            Event::InputRejected {
+                custom_id,
+                line: issue.line,
+                message,
+            },
+        );
     }
 }
 
@@ -712,8 +725,10 @@ fn line_check(custom_id: &str, fp: crate::input::job::Fingerprint) -> u32 {
 fn spawn_reader(
     scan: Scan,
     defaults: LineDefaults,
-    tx: mpsc::Sender<Job>,
+    engine: Engine,
+    source: Source,
 ) -> tokio::task::JoinHandle<Result<u64, RunError>> {
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let Scan {
             file,
@@ -746,8 +761,9 @@ fn spawn_reader(
             let Some(job) = job else {
                 return false;
             };
-            // A closed channel means the engine stopped: stop reading.
-            let admitted = tx.blocking_send(job).is_ok();
+            // Not admitted means the source stopped: stop reading. The store keeps
+            // each outcome, so the ticket is not waited for.
+            let admitted = runtime.block_on(engine.submit(&source, job)).is_ok();
             sent += u64::from(admitted);
             admitted
         })?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
+use volley_core::engine::SourceId;
 use volley_core::observe::events::{Event, Observer};
 use volley_core::observe::stats::{RunStats, Snapshot};
 use volley_core::provider::openrouter::PricesSource;
@@ -20,7 +21,7 @@ const BAR_REFRESH: Duration = Duration::from_millis(200);
 pub struct EventLog;
 
 impl Observer for EventLog {
-    fn on_event(&self, event: &Event) {
+    fn on_event(&self, _source: Option<SourceId>, event: &Event) {
         match event {
             Event::KeyPaused { key, pause } => {
                 tracing::info!(

@@ -1,9 +1,19 @@
-//! The flow of one request: admitted, given its turn and a connection slot, attempted,
-//! classified, retried or recorded ([`scheduler`]), under the retry policy ([`retry`]),
-//! the wire's concurrency ([`concurrency`]) and the order in which requests book a key
-//! ([`turnstile`]).
+//! The engine as a service: sources ([`source`]) submit jobs and are admitted fairly
+//! ([`admission`]); each admitted request lives in [`request`]: given its turn
+//! ([`turnstile`]) and a connection slot ([`concurrency`]), attempted, classified,
+//! retried under the retry policy ([`retry`]) or recorded in its source's store.
+//! [`service`] is the handle that holds it all together.
 
+pub mod admission;
 pub mod concurrency;
+pub mod request;
 pub mod retry;
-pub mod scheduler;
+pub mod service;
+pub mod source;
 pub mod turnstile;
+
+pub use service::{Engine, EngineConfig};
+pub use source::{
+    BATCH_PRIORITY, INTERACTIVE_PRIORITY, NoStore, NotAdmitted, Source, SourceCounts, SourceId,
+    SourceSpec, StopReason, Ticket, Unfinished,
+};

@@ -11,25 +11,49 @@
 //! The turn is a value: dropping it (or a cancelled wait for it) hands it on, so a
 //! halt or an aborted task cannot leave the turnstile locked.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
+
+use crate::engine::admission::Precedence;
 
 /// Where a request waits for its turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
     /// A request already admitted: a retry, or one moved off a retired key.
     Admitted,
-    /// A request not yet sent.
-    Fresh,
+    /// A request not yet sent, with its source's priority: higher goes first, lower
+    /// ones keep a tenth of the turns ([`Precedence`]).
+    Fresh(u8),
 }
 
 #[derive(Debug, Default)]
 struct State {
     held: bool,
     admitted: VecDeque<oneshot::Sender<()>>,
-    fresh: VecDeque<oneshot::Sender<()>>,
+    /// Fresh requests by their source's priority.
+    fresh: BTreeMap<u8, VecDeque<oneshot::Sender<()>>>,
+    precedence: Precedence,
+}
+
+impl State {
+    /// The next fresh waiter: the top priority's, or a lower one's when it is their turn.
+    fn next_fresh(&mut self) -> Option<oneshot::Sender<()>> {
+        self.fresh.retain(|_, q| !q.is_empty());
+        let mut levels = self.fresh.keys().rev();
+        let top = *levels.next()?;
+        let lower = levels.next().copied();
+        let level = match lower {
+            Some(lower) if self.precedence.lower_turn(true) => lower,
+            Some(_) => top,
+            None => {
+                self.precedence.lower_turn(false);
+                top
+            }
+        };
+        self.fresh.get_mut(&level)?.pop_front()
+    }
 }
 
 /// The queue for the turn.
@@ -76,10 +100,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 fn hand_on(state: &Mutex<State>) {
     let mut state = lock(state);
     loop {
-        let next = state
-            .admitted
-            .pop_front()
-            .or_else(|| state.fresh.pop_front());
+        let next = state.admitted.pop_front().or_else(|| state.next_fresh());
         match next {
             // A waiter that gave up has dropped its receiver: try the next one.
             Some(tx) => {
@@ -113,7 +134,7 @@ impl Turnstile {
             let (tx, rx) = oneshot::channel();
             match priority {
                 Priority::Admitted => state.admitted.push_back(tx),
-                Priority::Fresh => state.fresh.push_back(tx),
+                Priority::Fresh(level) => state.fresh.entry(level).or_default().push_back(tx),
             }
             rx
         };
@@ -142,13 +163,13 @@ mod tests {
     async fn admitted_requests_go_first_then_arrival_order() {
         let gate = Arc::new(Turnstile::new());
         let order = Arc::new(Mutex::new(Vec::new()));
-        let first = gate.enter(Priority::Fresh).await;
+        let first = gate.enter(Priority::Fresh(0)).await;
         let mut tasks = Vec::new();
         for (name, priority) in [
-            ("fresh-1", Priority::Fresh),
-            ("fresh-2", Priority::Fresh),
+            ("fresh-1", Priority::Fresh(0)),
+            ("fresh-2", Priority::Fresh(0)),
             ("retry-1", Priority::Admitted),
-            ("fresh-3", Priority::Fresh),
+            ("fresh-3", Priority::Fresh(0)),
             ("retry-2", Priority::Admitted),
         ] {
             let (gate, order) = (gate.clone(), order.clone());
@@ -170,20 +191,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_higher_priority_goes_first_but_lower_ones_keep_a_tenth() {
+        let gate = Arc::new(Turnstile::new());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = gate.enter(Priority::Fresh(0)).await;
+        let mut tasks = Vec::new();
+        let arrivals = std::iter::repeat_n(0u8, 3).chain(std::iter::repeat_n(10u8, 20));
+        for level in arrivals {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _turn = gate.enter(Priority::Fresh(level)).await;
+                order.lock().unwrap().push(level);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let low: Vec<usize> = (0..order.len()).filter(|&i| order[i] == 0).collect();
+        assert_eq!(low, [9, 19, 22], "{order:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_waiter_that_gives_up_does_not_keep_the_turn() {
         let gate = Arc::new(Turnstile::new());
-        let held = gate.enter(Priority::Fresh).await;
+        let held = gate.enter(Priority::Fresh(0)).await;
         let quitter = {
             let gate = gate.clone();
             tokio::spawn(async move {
-                let _turn = gate.enter(Priority::Fresh).await;
+                let _turn = gate.enter(Priority::Fresh(0)).await;
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             })
         };
         let waiter = {
             let gate = gate.clone();
             tokio::spawn(async move {
-                let _turn = gate.enter(Priority::Fresh).await;
+                let _turn = gate.enter(Priority::Fresh(0)).await;
             })
         };
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -194,7 +240,7 @@ mod tests {
             .await
             .expect("the turn reached the next waiter")
             .unwrap();
-        let _again = tokio::time::timeout(Duration::from_secs(1), gate.enter(Priority::Fresh))
+        let _again = tokio::time::timeout(Duration::from_secs(1), gate.enter(Priority::Fresh(0)))
             .await
             .expect("and it is free again");
     }

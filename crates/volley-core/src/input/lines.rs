@@ -30,8 +30,7 @@ impl<'a> Line<'a> {
     /// Whether the line holds nothing but white space (blank lines are skipped), by
     /// the same rule as `str::trim` that the input and resume passes apply.
     pub fn is_blank(&self) -> bool {
-        self.bytes.trim_ascii().is_empty()
-            || self.text().is_ok_and(|text| text.trim().is_empty())
+        self.bytes.trim_ascii().is_empty() || self.text().is_ok_and(|text| text.trim().is_empty())
     }
 }
 

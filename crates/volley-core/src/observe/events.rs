@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::accounting::usage::Usage;
+use crate::engine::source::SourceId;
 use crate::store::appender::{AppendHandle, Appender};
 
 fn ms(d: &Duration) -> f64 {
@@ -27,6 +28,9 @@ fn serialize_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// A source opened on the engine (a `volley run` file, a gateway batch, the proxy,
+    /// an experiment stage); its later events carry its id.
+    SourceOpened { name: Arc<str>, priority: u8 },
     /// The run begins: `total` requests will be sent, `already_done` were skipped.
     RunStarted {
         total: u64,
@@ -135,9 +139,10 @@ pub enum Event {
     Stopping { reason: String },
 }
 
-/// Reads the event stream.
+/// Reads the event stream. `source` is the source an event belongs to; `None` for
+/// what belongs to the engine as a whole (a key paused, a limit learned).
 pub trait Observer: Send + Sync {
-    fn on_event(&self, event: &Event);
+    fn on_event(&self, source: Option<SourceId>, event: &Event);
 }
 
 /// Hands every event to every observer.
@@ -153,9 +158,17 @@ impl EventBus {
         }
     }
 
+    /// Emits an event of the engine as a whole.
     pub fn emit(&self, event: Event) {
         for o in self.observers.iter() {
-            o.on_event(&event);
+            o.on_event(None, &event);
+        }
+    }
+
+    /// Emits an event of one source.
+    pub fn emit_from(&self, source: SourceId, event: Event) {
+        for o in self.observers.iter() {
+            o.on_event(Some(source), &event);
         }
     }
 }
@@ -193,14 +206,17 @@ impl EventFile {
 struct Stamped<'a> {
     /// Seconds since the run started.
     t: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<SourceId>,
     #[serde(flatten)]
     event: &'a Event,
 }
 
 impl Observer for EventFile {
-    fn on_event(&self, event: &Event) {
+    fn on_event(&self, source: Option<SourceId>, event: &Event) {
         let stamped = Stamped {
             t: self.started.elapsed().as_secs_f64(),
+            source,
             event,
         };
         let Ok(mut line) = serde_json::to_vec(&stamped) else {
@@ -243,12 +259,18 @@ mod tests {
         let file = EventFile::create(&path).unwrap();
         let bus = EventBus::new(vec![]);
         bus.emit(Event::Stopping { reason: "x".into() });
-        file.on_event(&Event::Admitted {
-            custom_id: Arc::from("a"),
-        });
-        file.on_event(&Event::Stopping {
-            reason: "done".into(),
-        });
+        file.on_event(
+            Some(SourceId(1)),
+            &Event::Admitted {
+                custom_id: Arc::from("a"),
+            },
+        );
+        file.on_event(
+            None,
+            &Event::Stopping {
+                reason: "done".into(),
+            },
+        );
         file.finish().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
@@ -257,6 +279,8 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["event"], "admitted");
+        assert_eq!(lines[0]["source"], 1);
+        assert!(lines[1].get("source").is_none());
         assert!(lines[1]["t"].as_f64().unwrap() >= 0.0);
     }
 }

@@ -288,25 +288,31 @@ mod tests {
             cost: Some(0.25),
             ..Usage::default()
         };
-        stats.on_event(&Event::AttemptFinished {
-            custom_id: Arc::from("a"),
-            attempt: 1,
-            key: Arc::from("key#1"),
-            status: Some(200),
-            outcome: "ok",
-            latency: Duration::from_millis(30),
-            usage: Some(usage),
-            model: Some(Arc::from("we\"ird\\model")),
-        });
-        stats.on_event(&Event::RequestFinished {
-            custom_id: Arc::from("a"),
-            ok: true,
-            attempts: 1,
-            error: None,
-            latency: Duration::from_millis(30),
-            usage,
-            model: Some(Arc::from("we\"ird\\model")),
-        });
+        stats.on_event(
+            None,
+            &Event::AttemptFinished {
+                custom_id: Arc::from("a"),
+                attempt: 1,
+                key: Arc::from("key#1"),
+                status: Some(200),
+                outcome: "ok",
+                latency: Duration::from_millis(30),
+                usage: Some(usage),
+                model: Some(Arc::from("we\"ird\\model")),
+            },
+        );
+        stats.on_event(
+            None,
+            &Event::RequestFinished {
+                custom_id: Arc::from("a"),
+                ok: true,
+                attempts: 1,
+                error: None,
+                latency: Duration::from_millis(30),
+                usage,
+                model: Some(Arc::from("we\"ird\\model")),
+            },
+        );
         let text = render(&stats, true);
         assert!(text.contains("volley_run_finished 1\n"), "{text}");
         assert!(text.contains("volley_requests_total{outcome=\"succeeded\"} 1\n"));

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::accounting::usage::Usage;
+use crate::engine::SourceId;
 use crate::observe::events::{Event, Observer};
 
 /// Latencies are recorded in microseconds up to an hour, 3 significant digits.
@@ -293,7 +294,7 @@ impl RunStats {
 }
 
 impl Observer for RunStats {
-    fn on_event(&self, event: &Event) {
+    fn on_event(&self, _source: Option<SourceId>, event: &Event) {
         let add = |a: &AtomicU64, n: u64| {
             a.fetch_add(n, Ordering::Relaxed);
         };
@@ -406,6 +407,7 @@ impl Observer for RunStats {
                 self.concurrency.store(*limit as u64, Ordering::Relaxed);
             }
             Event::KeyPaused { .. }
+            | Event::SourceOpened { .. }
             | Event::CostUnknown { .. }
             | Event::KeyInfo { .. }
             | Event::ModelPrices { .. }
@@ -425,50 +427,68 @@ mod tests {
         let s = RunStats::new();
         let id: Arc<str> = Arc::from("a");
         let key: Arc<str> = Arc::from("key#1");
-        s.on_event(&Event::RunStarted {
-            total: 2,
-            already_done: 1,
-            keys: 1,
-        });
-        s.on_event(&Event::Admitted {
-            custom_id: id.clone(),
-        });
-        s.on_event(&Event::AttemptStarted {
-            custom_id: id.clone(),
-            attempt: 1,
-            key: key.clone(),
-        });
+        s.on_event(
+            None,
+            &Event::RunStarted {
+                total: 2,
+                already_done: 1,
+                keys: 1,
+            },
+        );
+        s.on_event(
+            None,
+            &Event::Admitted {
+                custom_id: id.clone(),
+            },
+        );
+        s.on_event(
+            None,
+            &Event::AttemptStarted {
+                custom_id: id.clone(),
+                attempt: 1,
+                key: key.clone(),
+            },
+        );
         let usage = Usage {
             prompt_tokens: 3,
             completion_tokens: 2,
             total_tokens: 5,
             ..Usage::default()
         };
-        s.on_event(&Event::AttemptFinished {
-            custom_id: id.clone(),
-            attempt: 1,
-            key: key.clone(),
-            status: Some(429),
-            outcome: "rate_limited",
-            latency: Duration::from_millis(5),
-            usage: Some(usage),
-            model: Some(Arc::from("m")),
-        });
-        s.on_event(&Event::Retrying {
-            custom_id: id.clone(),
-            attempt: 1,
-            reason: "rate_limited",
-            delay: Duration::from_secs(1),
-        });
-        s.on_event(&Event::RequestFinished {
-            custom_id: id,
-            ok: true,
-            attempts: 2,
-            error: None,
-            latency: Duration::from_millis(40),
-            usage,
-            model: Some(Arc::from("m")),
-        });
+        s.on_event(
+            None,
+            &Event::AttemptFinished {
+                custom_id: id.clone(),
+                attempt: 1,
+                key: key.clone(),
+                status: Some(429),
+                outcome: "rate_limited",
+                latency: Duration::from_millis(5),
+                usage: Some(usage),
+                model: Some(Arc::from("m")),
+            },
+        );
+        s.on_event(
+            None,
+            &Event::Retrying {
+                custom_id: id.clone(),
+                attempt: 1,
+                reason: "rate_limited",
+                delay: Duration::from_secs(1),
+            },
+        );
+        s.on_event(
+            None,
+            &Event::RequestFinished {
+                custom_id: id,
+                ok: true,
+                attempts: 2,
+                error: None,
+                latency: Duration::from_millis(40),
+                usage,
+                model: Some(Arc::from("m")),
+            },
+        );
         let snap = s.snapshot();
         assert_eq!(
             (snap.total, snap.already_done, snap.succeeded, snap.failed),

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use volley_core::accounting::pricing::Pricing;
 use volley_core::defaults;
 use volley_core::engine::retry::RetryPolicy;
-use volley_core::engine::scheduler::{EngineConfig, StopReason};
+use volley_core::engine::{EngineConfig, SourceSpec, StopReason};
 use volley_core::input::batch::LineDefaults;
 use volley_core::observe::events::{EventBus, EventFile, Observer};
 use volley_core::observe::report::Report;
@@ -276,14 +276,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
             max_backoff: Duration::from_secs_f64(args.max_backoff),
             max_wait: Duration::from_secs_f64(args.max_wait),
         },
-        retry_budget_ratio: args.retry_budget,
         timeout: Duration::from_secs_f64(args.timeout),
-        check,
         grace,
         // With a limit of its own the run is paced; without one it finds the provider's.
         adaptive: args.rpm.is_none() && args.tpm.is_none(),
         pricing,
-        max_cost: args.max_cost,
         // A test hook, compiled into debug builds only (see `EngineConfig`).
         debug_panic_on: if cfg!(debug_assertions) {
             std::env::var("VOLLEY_DEBUG_PANIC_ON").ok().map(Into::into)
@@ -301,10 +298,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         fetch_prices: args.fetch_prices || openrouter,
         cache_dir: cache_dir(),
     };
+    let source = SourceSpec {
+        max_cost: args.max_cost,
+        retry_budget_ratio: args.retry_budget,
+        check,
+        ..SourceSpec::new("")
+    };
     let outcome = runner::execute(
         started,
         target,
         engine,
+        source,
         EventBus::new(observers),
         cancel.clone(),
     )

@@ -1,0 +1,468 @@
+//! The life of one admitted request: attempts until it succeeds, fails for good, or its
+//! source stops.
+//!
+//! Each attempt passes the gates in order — the turn, a wire slot, a key booking, the
+//! cost cap — then goes out; its outcome is classified, and the values that own the
+//! side effects take theirs (the booking settles and learns, the wire adapts, the cost
+//! reservation records what was spent) before the verdict decides: record, retry, or
+//! move to another key. A request holds a connection slot only while it is booked and
+//! sending, never while it sleeps in backoff, and it takes the slot *before* booking
+//! its key so that the booked instant is the instant it sends: a booking made first and
+//! used late could bunch requests into a burst. Once a key is limited, requests take
+//! turns for slot and booking ([`crate::engine::turnstile`]), admitted ones (retries)
+//! first.
+//!
+//! Every resource an attempt holds is a guard that gives itself back when dropped, so
+//! an early return — or the task dropped after a stop's grace period — leaks nothing.
+
+use std::time::SystemTime;
+
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::accounting::usage::Usage;
+use crate::defaults;
+use crate::engine::concurrency::Slot;
+use crate::engine::retry::RetryCount;
+use crate::engine::service::Shared;
+use crate::engine::source::{Counters, SourceState};
+use crate::engine::turnstile::Priority;
+use crate::input::job::Job;
+use crate::limits::headers;
+use crate::limits::keys::{BookError, Booking};
+use crate::observe::events::Event;
+use crate::provider::classify::{
+    Classified, Endpoint, Reason, Verdict, classify_failure, classify_reply,
+};
+use crate::provider::transport::Reply;
+use crate::store::{Failure, Outcome, Response, unix_now};
+
+/// Why a request could not take its turn.
+enum Blocked {
+    /// Its source stopped (or no key is left): the request is left for a re-run.
+    Halted,
+    /// Its tokens can never fit the key's tokens-per-minute limit.
+    TooLarge { tokens: u64, limit: u64 },
+}
+
+impl Shared {
+    /// Waits `delay` unless the source stops first. False if it stopped.
+    async fn wait(&self, source: &SourceState, delay: std::time::Duration) -> bool {
+        tokio::select! {
+            _ = source.stop.cancelled() => false,
+            _ = sleep(delay) => true,
+        }
+    }
+
+    /// The life of one request: attempts until success, a permanent failure, or a halt.
+    ///
+    /// Each attempt passes the gates in order — the turn, a wire slot, a key booking, the
+    /// cost cap — then goes out; its outcome is classified, and the values that own the
+    /// side effects take theirs (the booking settles and learns, the wire adapts, the
+    /// reservation records the cost) before the verdict decides: record, retry, or move
+    /// to another key. Every resource is a guard, so an early return gives it back.
+    pub(crate) async fn attempt_until_done(
+        &self,
+        source: &SourceState,
+        job: Job,
+    ) -> Option<Outcome> {
+        // Latency is counted from the first send, not from admission, so that time spent
+        // queued behind the concurrency limit does not pass for provider latency.
+        let mut started = None;
+        self.events.emit_from(
+            source.id,
+            Event::Admitted {
+                custom_id: job.custom_id.clone(),
+            },
+        );
+        source.budget.record_request();
+        let endpoint = Endpoint::of(&job.path);
+        let mut usage = Usage::default();
+        let mut attempts = 0u32;
+        let mut retries = RetryCount::default();
+        let mut rate_limited_retries = 0u32;
+        let mut priority = Priority::Fresh(source.priority);
+        loop {
+            let (slot, mut booking) = match self.take_turn(source, &job, priority).await {
+                Ok(taken) => taken,
+                Err(Blocked::Halted) => return None,
+                Err(Blocked::TooLarge { tokens, limit }) => {
+                    let why = format!(
+                        "the request needs about {tokens} tokens, more than the key's limit of {limit} tokens per minute: it can never be sent within the limit"
+                    );
+                    let done = Done {
+                        job: &job,
+                        started: started.unwrap_or_else(Instant::now),
+                        attempts,
+                        usage,
+                        key: None,
+                        reply: None,
+                    };
+                    return self.finish(source, done, Some((Reason::ExceedsRateLimit, why)));
+                }
+            };
+            // From now on the request is admitted: it goes before requests not yet sent.
+            priority = Priority::Admitted;
+            let lane = booking.lane;
+            // Asked at the last moment, in the same step that counts the attempt as in
+            // flight: waiting for a slot or a key can take long, and the attempts that
+            // finished meanwhile may have reached the cap.
+            let reservation = match source.cost.start_attempt() {
+                Ok(reservation) => reservation,
+                Err(why) => {
+                    self.stop_source(source, &why);
+                    return None;
+                }
+            };
+            attempts += 1;
+            Counters::add(&source.counts.attempts);
+            let key = self.keys.lane(lane).label.clone();
+            self.events.emit_from(
+                source.id,
+                Event::AttemptStarted {
+                    custom_id: job.custom_id.clone(),
+                    attempt: attempts,
+                    key: key.clone(),
+                },
+            );
+            let sent = Instant::now();
+            let started = *started.get_or_insert(sent);
+            booking.sent();
+            if self.config.debug_panic_on.as_deref() == Some(&*job.custom_id) {
+                panic!(
+                    "VOLLEY_DEBUG_PANIC_ON asked request {} to panic",
+                    job.custom_id
+                );
+            }
+            let result = self
+                .transport
+                .send(
+                    &job.path,
+                    job.body.clone(),
+                    &self.keys.lane(lane).key,
+                    self.config.timeout,
+                )
+                .await;
+            let latency = sent.elapsed();
+
+            let (mut outcome, reply) = match result.map(|r| self.keys.redact(r)) {
+                Ok(reply) => (
+                    classify_reply(
+                        endpoint,
+                        reply.status,
+                        &reply.headers,
+                        &reply.body,
+                        source.check.as_deref(),
+                    ),
+                    Some(reply),
+                ),
+                Err(failure) => (classify_failure(&failure), None),
+            };
+            let refusal = booking.refusal();
+            match &reply {
+                Some(reply) => {
+                    let seen = headers::observe(&reply.headers, SystemTime::now());
+                    let billed = outcome.usage.map(|u| u.total_tokens);
+                    let learned = booking.settle(billed, &seen, Instant::now());
+                    self.apply_learned(lane, learned);
+                    // What the reply freed or announced may let a waiting request go
+                    // sooner; a 429's pause or a retirement wakes it once applied.
+                    if !matches!(outcome.verdict, Verdict::RateLimited | Verdict::RetireKey) {
+                        self.keys.wake();
+                    }
+                }
+                // No reply: the provider may have counted the attempt, so its booking
+                // keeps the request and the token estimate.
+                None => drop(booking),
+            }
+            // The slot is given back once the key has learned from the reply, so the
+            // next attempt books on what the provider just said.
+            drop(slot);
+            self.adapt_concurrency(&outcome);
+            self.price(source, &mut outcome, job.model.as_deref());
+            reservation.finish(outcome.usage.and_then(|u| u.cost));
+            // Halts now, not when the next request asks, so that requests waiting for a
+            // key's limit give up at once.
+            self.over_cost_cap(source);
+            if let Some(u) = &outcome.usage {
+                usage.add(u);
+            }
+            self.events.emit_from(
+                source.id,
+                Event::AttemptFinished {
+                    custom_id: job.custom_id.clone(),
+                    attempt: attempts,
+                    key: key.clone(),
+                    status: reply.as_ref().map(|r| r.status),
+                    outcome: outcome.reason.map_or("success", Reason::as_str),
+                    latency,
+                    usage: outcome.usage,
+                    model: job.model.clone(),
+                },
+            );
+            let done = Done {
+                job: &job,
+                started,
+                attempts,
+                usage,
+                key: Some(&key),
+                reply: reply.as_ref(),
+            };
+
+            let reason = outcome.reason.unwrap_or(Reason::ServerError);
+            let retry = match outcome.verdict {
+                Verdict::Success => return self.finish(source, done, None),
+                Verdict::Fail => {
+                    return self.finish(source, done, Some((reason, message(&outcome))));
+                }
+                Verdict::RetireKey => {
+                    self.retire(lane, reason, &message(&outcome));
+                    // Not the request's fault: it moves to another key, no retry counted.
+                    continue;
+                }
+                Verdict::RateLimited => {
+                    rate_limited_retries += 1;
+                    let pause = outcome.retry_after.unwrap_or(defaults::RATE_LIMIT_COOLDOWN);
+                    if pause > self.config.retry.max_wait {
+                        self.retire_spent(lane, "asked to wait", pause);
+                        continue;
+                    }
+                    self.pause_key(lane, pause, refusal);
+                    if rate_limited_retries > defaults::MAX_RATE_LIMITED_RETRIES {
+                        let why = format!(
+                            "still rate limited after {rate_limited_retries} tries: {}",
+                            message(&outcome)
+                        );
+                        return self.finish(source, done, Some((Reason::RetriesExhausted, why)));
+                    }
+                    rate_limited_retries
+                }
+                Verdict::Retry => {
+                    let empty = reason == Reason::EmptyResponse;
+                    let Some(retry) = retries.next(&self.config.retry, empty) else {
+                        let why = if retries.empty == attempts {
+                            all_empty(attempts)
+                        } else {
+                            format!("gave up after {attempts} attempts: {}", message(&outcome))
+                        };
+                        return self.finish(source, done, Some((reason, why)));
+                    };
+                    if let Err(first) = source.budget.try_spend() {
+                        if first {
+                            self.events.emit_from(
+                                source.id,
+                                Event::RetryBudgetExhausted {
+                                    spent: source.budget.spent(),
+                                },
+                            );
+                        }
+                        let why = format!(
+                            "not retried: the run's retry budget is spent ({} retries after errors); last error: {}",
+                            source.budget.spent(),
+                            message(&outcome)
+                        );
+                        return self.finish(source, done, Some((reason, why)));
+                    }
+                    retry
+                }
+            };
+            let delay = self.config.retry.delay(
+                retry,
+                outcome.retry_after,
+                outcome.verdict == Verdict::RateLimited,
+            );
+            self.events.emit_from(
+                source.id,
+                Event::Retrying {
+                    custom_id: job.custom_id.clone(),
+                    attempt: attempts,
+                    reason: reason.as_str(),
+                    delay,
+                },
+            );
+            if !self.wait(source, delay).await {
+                return None;
+            }
+        }
+    }
+
+    /// Takes the turn, a wire slot and a key booking, in that order, and waits until
+    /// the booked instant; hands the turn on before returning. The slot comes before the
+    /// booking so that the booked instant is the instant the attempt is sent: a booking
+    /// made first and used late could bunch requests into a burst.
+    async fn take_turn(
+        &self,
+        source: &SourceState,
+        job: &Job,
+        priority: Priority,
+    ) -> Result<(Slot, Booking), Blocked> {
+        // One `Throttled` per attempt that had to wait, with the time it really waited
+        // (a booking may be redone after a pause, and a halt may cut the wait short),
+        // so that "throttled attempts" count attempts and the wait is what was spent.
+        let asked = Instant::now();
+        let mut waited_on: Option<usize> = None;
+        let throttled = |lane: Option<usize>| {
+            if let Some(lane) = lane {
+                self.events.emit_from(
+                    source.id,
+                    Event::Throttled {
+                        custom_id: job.custom_id.clone(),
+                        key: self.keys.lane(lane).label.clone(),
+                        wait: asked.elapsed(),
+                    },
+                );
+            }
+        };
+        // Tokenized before taking the turn, so requests are not tokenized one at a time.
+        if self.keys.meters_tokens() {
+            job.estimated_tokens();
+        }
+        // While no key is limited or paused every booking is immediate and the only
+        // queue is the wire: taking turns would only add a hand-off per request. Once
+        // one is, bookings wait, and requests take turns so admitted ones go first.
+        let turn = if self.keys.is_limited() {
+            Some(tokio::select! {
+                biased;
+                _ = source.stop.cancelled() => return Err(Blocked::Halted),
+                turn = self.turnstile.enter(priority) => turn,
+            })
+        } else {
+            None
+        };
+        let slot = tokio::select! {
+            biased;
+            _ = source.stop.cancelled() => return Err(Blocked::Halted),
+            slot = self.wire.acquire() => slot.ok_or(Blocked::Halted)?,
+        };
+        loop {
+            if source.stop.is_cancelled() {
+                throttled(waited_on);
+                return Err(Blocked::Halted);
+            }
+            // Registered before booking, so no reply between the two is missed.
+            let changed = self.keys.changed();
+            tokio::pin!(changed);
+            if turn.is_some() {
+                changed.as_mut().enable();
+            }
+            let now = Instant::now();
+            let booking = match self.keys.book(|| job.estimated_tokens(), now) {
+                Ok(booking) => booking,
+                Err(BookError::NoKeyLeft) => {
+                    self.stop_all("every API key left the pool (see the keys retired above); re-run with a working key to finish");
+                    throttled(waited_on);
+                    return Err(Blocked::Halted);
+                }
+                Err(BookError::TooLarge { tokens, limit }) => {
+                    throttled(waited_on);
+                    return Err(Blocked::TooLarge { tokens, limit });
+                }
+            };
+            if booking.at > now {
+                waited_on = Some(booking.lane);
+                tokio::select! {
+                    // The booking is dropped unsent: it gives itself back whole.
+                    _ = source.stop.cancelled() => {
+                        throttled(waited_on);
+                        return Err(Blocked::Halted);
+                    }
+                    _ = sleep_until(booking.at) => {}
+                    // A reply said more is allowed than when this was booked: book
+                    // again (the unused booking is given back whole).
+                    _ = changed => continue,
+                }
+            }
+            // A key paused (by a peer's 429) or retired while we waited: book again
+            // rather than send on it; the unused booking is given back whole.
+            if self.keys.unusable(booking.lane, Instant::now()) {
+                continue;
+            }
+            throttled(waited_on);
+            drop(turn);
+            return Ok((slot, booking));
+        }
+    }
+
+    /// Hands the finished request to the store: a success (`error` is `None`) or a
+    /// failure for good.
+    fn finish(
+        &self,
+        source: &SourceState,
+        done: Done<'_>,
+        error: Option<(Reason, String)>,
+    ) -> Option<Outcome> {
+        let latency = done.started.elapsed();
+        let outcome = Outcome {
+            custom_id: done.job.custom_id.clone(),
+            fingerprint: Some(done.job.fingerprint),
+            model: done.job.model.clone(),
+            response: done.reply.map(|reply| Response {
+                status: reply.status,
+                request_id: reply.request_id().map(str::to_string),
+                body: reply.body.clone(),
+            }),
+            error: error.as_ref().map(|(reason, message)| Failure {
+                reason: *reason,
+                message: message.clone(),
+            }),
+            attempts: done.attempts,
+            latency,
+            usage: done.usage,
+            key: done.key.map(str::to_string),
+            finished_at: unix_now(),
+            input_line: None,
+        };
+        if !source.store.record(&outcome) {
+            // The store can keep no more (a disk error, reported when it closes):
+            // sending more requests would only pay for results that cannot be kept.
+            self.stop_source(source, "RESULTS or ERRORS cannot be written; stopping");
+        }
+        Counters::add(if error.is_none() {
+            &source.counts.succeeded
+        } else {
+            &source.counts.failed
+        });
+        self.events.emit_from(
+            source.id,
+            Event::RequestFinished {
+                custom_id: done.job.custom_id.clone(),
+                ok: error.is_none(),
+                attempts: done.attempts,
+                error: error.as_ref().map(|(r, _)| r.as_str()),
+                latency,
+                usage: done.usage,
+                model: done.job.model.clone(),
+            },
+        );
+        Some(outcome)
+    }
+}
+
+/// What is known about a request when it ends.
+struct Done<'a> {
+    job: &'a Job,
+    started: Instant,
+    attempts: u32,
+    usage: Usage,
+    /// The key of the last attempt; `None` when none was sent.
+    key: Option<&'a str>,
+    reply: Option<&'a Reply>,
+}
+
+/// The ERRORS message of a request whose every attempt came back empty. Said apart
+/// from "gave up after N attempts" because it tells the user something retries cannot
+/// change: the model answers this prompt with nothing (`--max-empty-retries` decides
+/// how often to insist).
+fn all_empty(attempts: u32) -> String {
+    const WHAT: &str = "no content and no tool calls";
+    match attempts {
+        1 => format!("the only attempt came back empty ({WHAT})"),
+        n => format!("all {n} attempts came back empty ({WHAT})"),
+    }
+}
+
+fn message(outcome: &Classified) -> String {
+    outcome
+        .message
+        .clone()
+        .unwrap_or_else(|| "no details".into())
+}
