@@ -25,11 +25,12 @@ use crate::engine::{Engine, EngineConfig, Source, SourceSpec, StopReason};
 use crate::input::batch::{LineDefaults, parse_line, parse_request, peek_custom_id};
 use crate::input::ids::{IdMap, IdSet, id_hash};
 use crate::input::lines::Lines;
-use crate::limits::keys::KeyPool;
+use crate::limits::lanes::LaneLayout;
 use crate::observe::events::{Event, EventBus};
 use crate::provider::classify::Reason;
 use crate::provider::openrouter;
-use crate::provider::transport::{ApiKey, Transport, TransportError};
+use crate::provider::transport::{ApiKey, TransportError};
+use crate::provider::upstream::{Upstream, UpstreamSpec};
 use crate::store::checkpoint::{Checkpoint, Lookup, Place, Tail};
 use crate::store::replace::{clear_scratch, scratch_place};
 use crate::store::{
@@ -548,6 +549,9 @@ pub struct Target {
     pub keys: Vec<ApiKey>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// How the provider's limits are shared between keys and models (`--lanes`);
+    /// `None`: as volley knows the provider to limit.
+    pub lanes: Option<LaneLayout>,
     /// Read each key's standing from OpenRouter's `GET /key` before starting.
     pub key_info: bool,
     /// Price models from the provider's `GET /models` (OpenRouter's format) where
@@ -576,30 +580,39 @@ pub async fn execute(
         errors_kept,
         ..
     } = started;
-    let transport = Transport::new(&target.base_url, engine.concurrency)?;
-    let keys = KeyPool::new(target.keys, target.rpm, target.tpm);
+    let upstream = Upstream::new(
+        UpstreamSpec {
+            lanes: target
+                .lanes
+                .unwrap_or_else(|| LaneLayout::for_base_url(&target.base_url)),
+            rpm: target.rpm,
+            tpm: target.tpm,
+            ..UpstreamSpec::new(&target.base_url, target.keys)
+        },
+        engine.concurrency,
+    )?;
+    let (transport, keys) = (&upstream.transport, upstream.lanes.keys());
     events.emit(Event::RunStarted {
         total: scan.to_send,
         already_done: scan.already_done,
         keys: keys.len(),
     });
     if target.key_info {
-        let lookups = (0..keys.len()).map(|i| openrouter::key_info(&transport, &keys.lane(i).key));
-        for (i, info) in futures_util::future::join_all(lookups)
-            .await
-            .into_iter()
-            .enumerate()
+        let lookups = keys.iter().map(|k| openrouter::key_info(transport, &k.key));
+        for (k, info) in keys
+            .iter()
+            .zip(futures_util::future::join_all(lookups).await)
         {
             events.emit(Event::KeyInfo {
-                key: keys.lane(i).label.clone(),
+                key: k.label.clone(),
                 info,
             });
         }
     }
     if target.fetch_prices {
         let fetched = openrouter::model_prices(
-            &transport,
-            &keys.lane(0).key,
+            transport,
+            &keys[0].key,
             &target.base_url,
             target.cache_dir.as_deref(),
         )
@@ -618,7 +631,7 @@ pub async fn execute(
         }
     }
     let store: Arc<dyn Store> = Arc::new(JsonlStore::new(sink.handle()));
-    let engine = Engine::new(engine, transport, keys, events.clone());
+    let engine = Engine::new(engine, vec![upstream], events.clone());
     let source = engine.open(SourceSpec {
         name: scan.label.clone(),
         store,

@@ -11,9 +11,10 @@ use volley_core::engine::{
 };
 use volley_core::input::batch::{LineDefaults, parse_line};
 use volley_core::input::job::Job;
-use volley_core::limits::keys::KeyPool;
+use volley_core::limits::lanes::LaneLayout;
 use volley_core::observe::events::EventBus;
-use volley_core::provider::transport::{ApiKey, Transport};
+use volley_core::provider::transport::ApiKey;
+use volley_core::provider::upstream::{Upstream, UpstreamSpec};
 use volley_core::store::{Outcome, Store};
 use volley_mock::{LimitShape, MockConfig, MockServer};
 
@@ -30,16 +31,15 @@ fn engine(mock: &MockServer, keys: usize, rpm: Option<u64>, concurrency: usize) 
         grace: Duration::from_millis(500),
         ..EngineConfig::default()
     };
-    let transport = Transport::new(&mock.base_url(), concurrency).unwrap();
     let keys = (0..keys)
         .map(|i| ApiKey::new(format!("sk-test-engine-key-{i:04}")).unwrap())
         .collect();
-    Engine::new(
-        config,
-        transport,
-        KeyPool::new(keys, rpm, None),
-        EventBus::default(),
-    )
+    let spec = UpstreamSpec {
+        rpm,
+        ..UpstreamSpec::new(&mock.base_url(), keys)
+    };
+    let upstream = Upstream::new(spec, concurrency).unwrap();
+    Engine::new(config, vec![upstream], EventBus::default())
 }
 
 fn job(id: &str) -> Job {
@@ -313,4 +313,126 @@ async fn shutdown_waits_its_grace_then_leaves_the_rest_unfinished() {
     assert_eq!(source.finish().await, StopReason::Interrupted);
     assert_eq!(source.counts().abandoned, 3);
     assert_eq!(engine.in_flight(), 0);
+}
+
+fn job_for(id: &str, model: &str, upstream: usize) -> Job {
+    let line = format!(
+        r#"{{"custom_id":"{id}","body":{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":8}}}}"#
+    );
+    let mut job = parse_line(&line, 1, &LineDefaults::default()).unwrap();
+    job.upstream = upstream;
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_providers_in_one_engine_each_laid_out_as_it_limits() {
+    // Both: a bucket of 20 refilled at 10 a second, announced in no header. The first
+    // counts per key; the second per key and model.
+    let limited = |per_model| MockConfig {
+        rpm: Some(20),
+        window: Duration::from_secs(2),
+        limit_shape: LimitShape::Bucket,
+        hide_limits: true,
+        limit_per_model: per_model,
+        ..MockConfig::default()
+    };
+    let (first, second) = (mock(limited(false)).await, mock(limited(true)).await);
+    let key = |s: &str| vec![ApiKey::new(s.to_string()).unwrap()];
+    let upstreams = vec![
+        Upstream::new(
+            UpstreamSpec {
+                rpm: Some(570),
+                lanes: LaneLayout::PerKey,
+                ..UpstreamSpec::new(&first.base_url(), key("sk-first-provider-aaaa"))
+            },
+            16,
+        )
+        .unwrap(),
+        Upstream::new(
+            UpstreamSpec {
+                name: "second".into(),
+                rpm: Some(570),
+                lanes: LaneLayout::PerKeyModel,
+                ..UpstreamSpec::new(&second.base_url(), key("sk-second-provider-bbbb"))
+            },
+            16,
+        )
+        .unwrap(),
+    ];
+    let engine = Engine::new(EngineConfig::default(), upstreams, EventBus::default());
+    let source = engine.open(SourceSpec::new("both"));
+    let started = Instant::now();
+    let mut tickets = Vec::new();
+    for i in 0..60 {
+        for (model, upstream) in [("m", 0), ("m1", 1), ("m2", 1)] {
+            let job = job_for(&format!("{model}-{i}"), model, upstream);
+            tickets.push(engine.submit(&source, job).await.unwrap());
+        }
+    }
+    for ticket in tickets {
+        assert_eq!(ticket.await.unwrap().response.unwrap().status, 200);
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(source.finish().await, StopReason::Completed);
+    // Three lanes of 60 requests at 9.5 a second side by side: about 5.5 s. Had the
+    // second provider's two models shared one lane, 120 on it would take 12 s.
+    assert!(
+        elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(9),
+        "{elapsed:?}"
+    );
+    let labels: Vec<String> = engine.upstreams()[1]
+        .lanes
+        .lanes()
+        .iter()
+        .map(|l| l.label.to_string())
+        .collect();
+    assert_eq!(labels, ["second:key#1/m1", "second:key#1/m2"]);
+    let (a, b) = (first.stats(), second.stats());
+    assert_eq!(
+        (a["requests"].as_u64(), b["requests"].as_u64()),
+        (Some(60), Some(120))
+    );
+    assert_eq!(a["by_key"]["aaaa"]["rate_limited"], 0, "{a}");
+    for book in ["bbbb/m1", "bbbb/m2"] {
+        assert_eq!(b["by_key"][book]["rate_limited"], 0, "{b}");
+    }
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_lane_rotates_its_keys_and_holds_one_limit() {
+    // OpenRouter-like: extra keys add no capacity. Three keys in one account lane at
+    // 600 a minute send at 600 a minute in all, each key taking its turn.
+    let server = mock(MockConfig::default()).await;
+    let keys = (0..3)
+        .map(|i| ApiKey::new(format!("sk-account-key-{i:04}")).unwrap())
+        .collect();
+    let upstream = Upstream::new(
+        UpstreamSpec {
+            rpm: Some(600),
+            lanes: LaneLayout::PerAccount,
+            ..UpstreamSpec::new(&server.base_url(), keys)
+        },
+        16,
+    )
+    .unwrap();
+    let engine = Engine::new(EngineConfig::default(), vec![upstream], EventBus::default());
+    let source = engine.open(SourceSpec::new("account"));
+    let started = Instant::now();
+    let tickets = feed(&engine, &source, "acct", 40).await.unwrap();
+    for ticket in tickets {
+        ticket.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    // 40 at 10 a second after a burst of 10: about 3 s (three per-key lanes: 1 s).
+    assert!(
+        elapsed >= Duration::from_millis(2500) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}"
+    );
+    let stats = server.stats();
+    for key in ["0000", "0001", "0002"] {
+        let sent = stats["by_key"][key]["requests"].as_u64().unwrap_or(0);
+        assert!((12..=15).contains(&sent), "keys take turns: {stats}");
+    }
+    engine.shutdown(Duration::from_secs(1)).await;
 }

@@ -70,6 +70,9 @@ pub struct MockConfig {
     /// Send no `x-ratelimit-*` headers on successes, as OpenRouter does: a client has
     /// to find the limit by itself.
     pub hide_limits: bool,
+    /// Count `rpm`/`tpm` per key and model rather than per key (as providers that limit
+    /// each model apart, like OpenAI); `/mock/stats` then shows books named `LAST4/MODEL`.
+    pub limit_per_model: bool,
     /// Credit per key (by its last four characters), in tokens: once a key has been
     /// billed this much it gets 402 "insufficient credits", as a spent OpenRouter key.
     pub key_credits: HashMap<String, u64>,
@@ -114,6 +117,7 @@ impl Default for MockConfig {
             reset_rate: 0.0,
             seed: 0,
             hide_limits: false,
+            limit_per_model: false,
             key_credits: HashMap::new(),
             in_flight_budget: None,
             cost_per_million_tokens: None,

@@ -356,9 +356,13 @@ impl Ledger {
 
     /// A key's book, opened on first use.
     fn book(&mut self, key: &str) -> &mut KeyBook {
+        self.book_named(key_label(key))
+    }
+
+    fn book_named(&mut self, label: String) -> &mut KeyBook {
         let window = self.limits.window;
         self.keys
-            .entry(key_label(key))
+            .entry(label)
             .or_insert_with(|| KeyBook::new(window))
     }
 
@@ -431,8 +435,29 @@ impl Ledger {
     /// refuses it. Figures on success describe the key after this request; on refusal,
     /// as it stands (the refused request takes nothing).
     pub fn admit(&mut self, key: &str, tokens: u64, now: Instant) -> Result<RateHeaders, Limited> {
+        self.admit_in(key_label(key), tokens, now)
+    }
+
+    /// As [`Ledger::admit`], under the limits of `key` for `model` alone (providers that
+    /// limit per key and model): counted in the book `LAST4/MODEL`.
+    pub fn admit_for_model(
+        &mut self,
+        key: &str,
+        model: &str,
+        tokens: u64,
+        now: Instant,
+    ) -> Result<RateHeaders, Limited> {
+        self.admit_in(format!("{}/{model}", key_label(key)), tokens, now)
+    }
+
+    fn admit_in(
+        &mut self,
+        label: String,
+        tokens: u64,
+        now: Instant,
+    ) -> Result<RateHeaders, Limited> {
         let limits = self.limits;
-        let book = self.book(key);
+        let book = self.book_named(label);
         book.peaks.prune(now);
         // (limit, cost in units, counted in tokens?) for each limit set.
         let gates = [

@@ -271,10 +271,15 @@ impl<'a> Arrival<'a> {
             shared: self.shared,
             key,
         };
-        let admitted =
-            self.shared
+        let tokens = prompt.saturating_add(completion);
+        let model = body["model"].as_str().filter(|_| config.limit_per_model);
+        let admitted = match model {
+            Some(model) => self
+                .shared
                 .ledger()
-                .admit(key, prompt.saturating_add(completion), Instant::now());
+                .admit_for_model(key, model, tokens, Instant::now()),
+            None => self.shared.ledger().admit(key, tokens, Instant::now()),
+        };
         let limits = match admitted {
             Ok(h) => h,
             Err(limited) => {

@@ -72,6 +72,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which requests share one set of limits (`--lanes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lanes {
+    /// One set of limits per key (providers that limit per key or organisation).
+    Key,
+    /// One per key and model (providers that limit per model, as OpenAI).
+    KeyModel,
+    /// One for all keys together (OpenRouter: extra keys add no capacity).
+    Account,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Expect {
     /// The reply's content must parse as JSON (a fenced code block is allowed).
@@ -108,10 +119,13 @@ pub struct RunArgs {
     /// Requests in flight at once (the ceiling when concurrency adapts).
     #[arg(long, default_value_t = defaults::CONCURRENCY, allow_negative_numbers = true, value_parser = within(1usize, 100_000, "must be 1 to 100000 requests in flight at once: 0 would never send one"))]
     pub concurrency: usize,
-    /// Requests per minute, per key [default: learned from the provider's headers; adaptive concurrency until then].
+    /// Which requests share one set of limits: per key, per key and model, or one for the whole account [default: account for openrouter.ai, key-model for api.openai.com, else key].
+    #[arg(long, value_enum, value_name = "LANES")]
+    pub lanes: Option<Lanes>,
+    /// Requests per minute, per lane (see --lanes) [default: learned from the provider's headers; adaptive concurrency until then].
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = within(1, u64::MAX, "must be at least 1: a limit of 0 requests per minute would never send one (leave --rpm out to learn the limit from the provider)"))]
     pub rpm: Option<u64>,
-    /// Tokens per minute, per key (prompt counted with a tokenizer + max_tokens, corrected by usage) [default: learned from headers].
+    /// Tokens per minute, per lane (prompt counted with a tokenizer + max_tokens, corrected by usage) [default: learned from headers].
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = within(1, u64::MAX, "must be at least 1: a limit of 0 tokens per minute would never send a request (leave --tpm out to learn the limit from the provider)"))]
     pub tpm: Option<u64>,
     /// Retries after errors, per request.
@@ -241,6 +255,9 @@ pub struct MockArgs {
     /// Send no x-ratelimit-* headers on successes (as OpenRouter): clients must find the limit themselves.
     #[arg(long)]
     pub hide_limits: bool,
+    /// Count --rpm/--tpm per key and model instead of per key (as OpenAI limits each model apart).
+    #[arg(long)]
+    pub limit_per_model: bool,
     /// Credit of one key, in tokens, by the key's last four characters: past it, 402 "insufficient credits". Repeatable.
     #[arg(long = "key-credits", value_name = "LAST4=TOKENS", value_parser = parse_key_credit)]
     pub key_credits: Vec<(String, u64)>,

@@ -15,6 +15,7 @@
 //! Every resource an attempt holds is a guard that gives itself back when dropped, so
 //! an early return — or the task dropped after a stop's grace period — leaks nothing.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::time::{Instant, sleep, sleep_until};
@@ -28,7 +29,7 @@ use crate::engine::source::{Counters, SourceState};
 use crate::engine::turnstile::Priority;
 use crate::input::job::Job;
 use crate::limits::headers;
-use crate::limits::keys::{BookError, Booking};
+use crate::limits::lanes::{BookError, Booking, LanePool};
 use crate::observe::events::Event;
 use crate::provider::classify::{
     Classified, Endpoint, Reason, Verdict, classify_failure, classify_reply,
@@ -81,8 +82,21 @@ impl Shared {
         let mut retries = RetryCount::default();
         let mut rate_limited_retries = 0u32;
         let mut priority = Priority::Fresh(source.priority);
+        let Some(upstream) = self.upstreams.get(job.upstream) else {
+            let why = format!("the engine has no upstream {}", job.upstream);
+            let done = Done {
+                job: &job,
+                started: Instant::now(),
+                attempts,
+                usage,
+                key: None,
+                reply: None,
+            };
+            return self.finish(source, done, Some((Reason::InvalidInput, why)));
+        };
+        let lanes = &upstream.lanes;
         loop {
-            let (slot, mut booking) = match self.take_turn(source, &job, priority).await {
+            let (slot, mut booking) = match self.take_turn(source, lanes, &job, priority).await {
                 Ok(taken) => taken,
                 Err(Blocked::Halted) => return None,
                 Err(Blocked::TooLarge { tokens, limit }) => {
@@ -102,7 +116,7 @@ impl Shared {
             };
             // From now on the request is admitted: it goes before requests not yet sent.
             priority = Priority::Admitted;
-            let lane = booking.lane;
+            let (lane, sender) = (booking.lane, booking.key);
             // Asked at the last moment, in the same step that counts the attempt as in
             // flight: waiting for a slot or a key can take long, and the attempts that
             // finished meanwhile may have reached the cap.
@@ -115,7 +129,7 @@ impl Shared {
             };
             attempts += 1;
             Counters::add(&source.counts.attempts);
-            let key = self.keys.lane(lane).label.clone();
+            let key = lanes.keys()[sender].label.clone();
             self.events.emit_from(
                 source.id,
                 Event::AttemptStarted {
@@ -133,18 +147,18 @@ impl Shared {
                     job.custom_id
                 );
             }
-            let result = self
+            let result = upstream
                 .transport
                 .send(
                     &job.path,
                     job.body.clone(),
-                    &self.keys.lane(lane).key,
+                    &lanes.keys()[sender].key,
                     self.config.timeout,
                 )
                 .await;
             let latency = sent.elapsed();
 
-            let (mut outcome, reply) = match result.map(|r| self.keys.redact(r)) {
+            let (mut outcome, reply) = match result.map(|r| lanes.redact(r)) {
                 Ok(reply) => (
                     classify_reply(
                         endpoint,
@@ -163,11 +177,11 @@ impl Shared {
                     let seen = headers::observe(&reply.headers, SystemTime::now());
                     let billed = outcome.usage.map(|u| u.total_tokens);
                     let learned = booking.settle(billed, &seen, Instant::now());
-                    self.apply_learned(lane, learned);
+                    self.apply_learned(lanes, lane, learned);
                     // What the reply freed or announced may let a waiting request go
                     // sooner; a 429's pause or a retirement wakes it once applied.
                     if !matches!(outcome.verdict, Verdict::RateLimited | Verdict::RetireKey) {
-                        self.keys.wake();
+                        lanes.wake();
                     }
                 }
                 // No reply: the provider may have counted the attempt, so its booking
@@ -215,7 +229,12 @@ impl Shared {
                     return self.finish(source, done, Some((reason, message(&outcome))));
                 }
                 Verdict::RetireKey => {
-                    self.retire(lane, reason, &message(&outcome));
+                    if reason == Reason::QuotaExhausted {
+                        // A spent quota is the lane's (a model's, the account's).
+                        self.retire_lane(lanes, lane, reason, &message(&outcome));
+                    } else {
+                        self.retire_key(lanes, sender, reason, &message(&outcome));
+                    }
                     // Not the request's fault: it moves to another key, no retry counted.
                     continue;
                 }
@@ -223,10 +242,10 @@ impl Shared {
                     rate_limited_retries += 1;
                     let pause = outcome.retry_after.unwrap_or(defaults::RATE_LIMIT_COOLDOWN);
                     if pause > self.config.retry.max_wait {
-                        self.retire_spent(lane, "asked to wait", pause);
+                        self.retire_spent(lanes, lane, "asked to wait", pause);
                         continue;
                     }
-                    self.pause_key(lane, pause, refusal);
+                    self.pause_lane(lanes, lane, pause, refusal);
                     if rate_limited_retries > defaults::MAX_RATE_LIMITED_RETRIES {
                         let why = format!(
                             "still rate limited after {rate_limited_retries} tries: {}",
@@ -292,6 +311,7 @@ impl Shared {
     async fn take_turn(
         &self,
         source: &SourceState,
+        lanes: &Arc<LanePool>,
         job: &Job,
         priority: Priority,
     ) -> Result<(Slot, Booking), Blocked> {
@@ -306,20 +326,20 @@ impl Shared {
                     source.id,
                     Event::Throttled {
                         custom_id: job.custom_id.clone(),
-                        key: self.keys.lane(lane).label.clone(),
+                        key: lanes.lane(lane).label.clone(),
                         wait: asked.elapsed(),
                     },
                 );
             }
         };
         // Tokenized before taking the turn, so requests are not tokenized one at a time.
-        if self.keys.meters_tokens() {
+        if lanes.meters_tokens() {
             job.estimated_tokens();
         }
         // While no key is limited or paused every booking is immediate and the only
         // queue is the wire: taking turns would only add a hand-off per request. Once
         // one is, bookings wait, and requests take turns so admitted ones go first.
-        let turn = if self.keys.is_limited() {
+        let turn = if lanes.is_limited() {
             Some(tokio::select! {
                 biased;
                 _ = source.stop.cancelled() => return Err(Blocked::Halted),
@@ -339,13 +359,16 @@ impl Shared {
                 return Err(Blocked::Halted);
             }
             // Registered before booking, so no reply between the two is missed.
-            let changed = self.keys.changed();
+            let changed = lanes.changed();
             tokio::pin!(changed);
             if turn.is_some() {
                 changed.as_mut().enable();
             }
             let now = Instant::now();
-            let booking = match self.keys.book(|| job.estimated_tokens(), now) {
+            let booking = match lanes
+                .book(job.model.as_deref(), || job.estimated_tokens(), now)
+                .await
+            {
                 Ok(booking) => booking,
                 Err(BookError::NoKeyLeft) => {
                     self.stop_all("every API key left the pool (see the keys retired above); re-run with a working key to finish");
@@ -373,7 +396,7 @@ impl Shared {
             }
             // A key paused (by a peer's 429) or retired while we waited: book again
             // rather than send on it; the unused booking is given back whole.
-            if self.keys.unusable(booking.lane, Instant::now()) {
+            if lanes.unusable(&booking, Instant::now()) {
                 continue;
             }
             throttled(waited_on);

@@ -27,10 +27,11 @@ use crate::engine::source::{
 };
 use crate::engine::turnstile::Turnstile;
 use crate::input::job::Job;
-use crate::limits::keys::{KeyPool, Learned, Refused};
+use crate::limits::gate::{Learned, Refused};
+use crate::limits::lanes::LanePool;
 use crate::observe::events::{Event, EventBus};
 use crate::provider::classify::{Classified, Reason, Verdict};
-use crate::provider::transport::Transport;
+use crate::provider::upstream::Upstream;
 use crate::store::Outcome;
 
 /// How the engine behaves, whatever the source; built from flags by the binary.
@@ -78,8 +79,8 @@ pub struct Engine {
 /// What every request of every source shares.
 pub(crate) struct Shared {
     pub config: EngineConfig,
-    pub transport: Transport,
-    pub keys: Arc<KeyPool>,
+    /// Where jobs go: a job names one by index.
+    pub upstreams: Vec<Upstream>,
     pub events: EventBus,
     /// The wire gate: attempts in flight, adapted when no limit is known.
     pub wire: Concurrency,
@@ -98,12 +99,8 @@ pub(crate) struct Shared {
 }
 
 impl Engine {
-    pub fn new(
-        config: EngineConfig,
-        transport: Transport,
-        keys: Arc<KeyPool>,
-        events: EventBus,
-    ) -> Engine {
+    /// An engine sending to `upstreams` (a job's `upstream` is an index into them).
+    pub fn new(config: EngineConfig, upstreams: Vec<Upstream>, events: EventBus) -> Engine {
         let places = config.concurrency.max(1) * defaults::ADMISSION_FACTOR;
         Engine {
             shared: Arc::new(Shared {
@@ -111,8 +108,7 @@ impl Engine {
                 turnstile: Turnstile::new(),
                 admission: Admission::new(places),
                 config,
-                transport,
-                keys,
+                upstreams,
                 events,
                 halt: CancellationToken::new(),
                 halted: Arc::new(Mutex::new(None)),
@@ -123,9 +119,9 @@ impl Engine {
         }
     }
 
-    /// The keys every source shares.
-    pub fn keys(&self) -> &Arc<KeyPool> {
-        &self.shared.keys
+    /// The upstreams every source shares: their keys and lanes.
+    pub fn upstreams(&self) -> &[Upstream] {
+        &self.shared.upstreams
     }
 
     /// The event stream every source reports on.
@@ -299,10 +295,10 @@ impl Shared {
     /// left until a reset beyond `--max-wait` is a spent quota (the key leaves the pool,
     /// exactly like a long Retry-After); a shorter one is waited out — by pausing the key
     /// when no announced limit paces it, else by the pace itself.
-    pub fn apply_learned(&self, lane: usize, learned: Learned) {
+    pub fn apply_learned(&self, lanes: &LanePool, lane: usize, learned: Learned) {
         if let Some((requests_per_minute, tokens_per_minute)) = learned.changed {
             self.events.emit(Event::LimitLearned {
-                key: self.keys.lane(lane).label.clone(),
+                key: lanes.lane(lane).label.clone(),
                 requests_per_minute,
                 tokens_per_minute,
             });
@@ -312,41 +308,54 @@ impl Shared {
         };
         if wait > self.config.retry.max_wait {
             self.retire_spent(
+                lanes,
                 lane,
                 "the provider says nothing of the key's limit remains for",
                 wait,
             );
         } else if !learned.paced {
-            self.pause_key(lane, wait, Refused::default());
+            self.pause_lane(lanes, lane, wait, Refused::default());
         }
     }
 
-    /// Pauses a key for `pause`; a new pause is one event, however many requests saw it.
-    pub fn pause_key(&self, lane: usize, pause: Duration, refused: Refused) {
+    /// Pauses a lane for `pause`; a new pause is one event, however many requests saw it.
+    pub fn pause_lane(&self, lanes: &LanePool, lane: usize, pause: Duration, refused: Refused) {
         let now = Instant::now();
-        if self.keys.pause(lane, now + pause, now, refused) {
+        if lanes.pause(lane, now + pause, now, refused) {
             self.events.emit(Event::KeyPaused {
-                key: self.keys.lane(lane).label.clone(),
+                key: lanes.lane(lane).label.clone(),
                 pause,
             });
         }
     }
 
-    /// A wait longer than `--max-wait` is not slept through: the key's quota counts as
+    /// A wait longer than `--max-wait` is not slept through: the lane's quota counts as
     /// spent and it leaves the pool. `said` is what the provider said, before the wait.
-    pub fn retire_spent(&self, lane: usize, said: &str, wait: Duration) {
+    pub fn retire_spent(&self, lanes: &LanePool, lane: usize, said: &str, wait: Duration) {
         let why = format!(
             "{said} {:.0} s, longer than --max-wait {:.0} s: treated as a spent quota",
             wait.as_secs_f64(),
             self.config.retry.max_wait.as_secs_f64()
         );
-        self.retire(lane, Reason::QuotaExhausted, &why);
+        self.retire_lane(lanes, lane, Reason::QuotaExhausted, &why);
     }
 
-    pub fn retire(&self, lane: usize, reason: Reason, message: &str) {
-        if self.keys.retire(lane, reason) {
+    /// A lane leaves the pool (its quota spent); reported once.
+    pub fn retire_lane(&self, lanes: &LanePool, lane: usize, reason: Reason, message: &str) {
+        if lanes.retire_lane(lane, reason) {
             self.events.emit(Event::KeyRetired {
-                key: self.keys.lane(lane).label.clone(),
+                key: lanes.lane(lane).label.clone(),
+                reason: reason.as_str(),
+                message: message.to_string(),
+            });
+        }
+    }
+
+    /// A key leaves the pool (a 401, spent credits), and every lane of it; reported once.
+    pub fn retire_key(&self, lanes: &LanePool, key: usize, reason: Reason, message: &str) {
+        if lanes.retire_key(key, reason) {
+            self.events.emit(Event::KeyRetired {
+                key: lanes.keys()[key].label.clone(),
                 reason: reason.as_str(),
                 message: message.to_string(),
             });

@@ -99,6 +99,7 @@ impl Request {
             path: Arc::from(self.path),
             body: bytes.into(),
             model: Some(Arc::from(self.model)),
+            upstream: 0,
             tokens: Arc::default(),
         }
     }

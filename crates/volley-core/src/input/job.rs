@@ -19,8 +19,10 @@ pub struct Job {
     pub path: Arc<str>,
     /// The JSON body exactly as it will be sent, serialized once and reused by retries.
     pub body: Bytes,
-    /// The model the body names, for per-model accounting.
+    /// The model the body names, for per-model accounting and per key × model lanes.
     pub model: Option<Arc<str>>,
+    /// Which of the engine's upstreams it goes to (0: the first).
+    pub upstream: usize,
     /// What the request is (method, path and body), so a later run can tell whether
     /// the request a finished line answered is still the one in the input.
     pub fingerprint: Fingerprint,

@@ -1,4 +1,5 @@
-//! Talking to an OpenAI-compatible provider: sending ([`transport`]), judging its
+//! Talking to an OpenAI-compatible provider: where it is and how it limits
+//! ([`upstream`]), sending ([`transport`]), judging its
 //! replies ([`classify`], [`validate`]), counting tokens before sending ([`tokens`]),
 //! and OpenRouter's own endpoints ([`openrouter`]).
 
@@ -6,4 +7,5 @@ pub mod classify;
 pub mod openrouter;
 pub mod tokens;
 pub mod transport;
+pub mod upstream;
 pub mod validate;

@@ -103,6 +103,8 @@ pub struct Transport {
     /// Parsed URLs by path: parsing (with IDNA checks) on every request showed up in
     /// profiles, and a batch has only a handful of distinct paths.
     urls: Arc<RwLock<HashMap<Box<str>, reqwest::Url>>>,
+    /// Sent with every request (a provider's attribution or routing headers).
+    extra: http::HeaderMap,
 }
 
 impl Transport {
@@ -129,7 +131,17 @@ impl Transport {
             client,
             base_url,
             urls: Arc::default(),
+            extra: http::HeaderMap::new(),
         })
+    }
+
+    /// The same transport, sending `headers` with every request. They never replace
+    /// the key's `Authorization` or the body's `Content-Type`.
+    pub fn with_headers(mut self, headers: http::HeaderMap) -> Transport {
+        self.extra = headers;
+        self.extra.remove(http::header::AUTHORIZATION);
+        self.extra.remove(http::header::CONTENT_TYPE);
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -149,6 +161,7 @@ impl Transport {
             let response = self
                 .client
                 .post(url)
+                .headers(self.extra.clone())
                 .header(http::header::AUTHORIZATION, key.header.clone())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(body)

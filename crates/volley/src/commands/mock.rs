@@ -63,6 +63,7 @@ impl From<&MockArgs> for MockConfig {
             reset_rate: a.reset_rate,
             seed: a.seed,
             hide_limits: a.hide_limits,
+            limit_per_model: a.limit_per_model,
             key_credits: a.key_credits.iter().cloned().collect(),
             in_flight_budget: a.in_flight_budget,
             cost_per_million_tokens: a.cost_per_million_tokens,

@@ -26,12 +26,13 @@ use volley_core::store::checkpoint::Tail;
 use volley_core::store::claim::{self, HeldFiles, NamedFile, OutputLock};
 use volley_mock::{MockConfig, MockServer};
 
-use crate::cli::{Expect, LogFormat, ProgressMode, RunArgs};
+use crate::cli::{Expect, Lanes, LogFormat, ProgressMode, RunArgs};
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::metrics_endpoint::MetricsEndpoint;
 use crate::progress::{self, EventLog};
 use crate::summary;
+use volley_core::limits::lanes::LaneLayout;
 
 /// The key sent to the built-in mock: never a real one, so `--mock` cannot leak a key.
 const MOCK_KEY: &str = "volley-mock-key";
@@ -294,6 +295,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         keys,
         rpm: args.rpm,
         tpm: args.tpm,
+        lanes: args.lanes.map(|l| match l {
+            Lanes::Key => LaneLayout::PerKey,
+            Lanes::KeyModel => LaneLayout::PerKeyModel,
+            Lanes::Account => LaneLayout::PerAccount,
+        }),
         key_info: args.key_info || openrouter,
         fetch_prices: args.fetch_prices || openrouter,
         cache_dir: cache_dir(),
