@@ -6,25 +6,25 @@
 //! where extra keys add no capacity: N lanes would each learn the account's limit and
 //! together send N times it).
 //!
-//! A [`Lane`] is one value owning its state: its rate gate ([`RateGate`]: limits,
-//! pause), whether it is retired and why, its requests in flight, and how far token
-//! estimates are from what it is billed. Every attempt books on the live lane that can
+//! A [`Lane`] ([`crate::limits::lane`]) is one value owning its state. Every attempt books on the live lane that can
 //! send it soonest; the booking is a [`Booking`] that gives itself back when dropped, so
 //! no path — a halt, a key retired while waiting, a task dropped after the grace
 //! period — can leak a request, tokens or an in-flight count. Keys are named `key#N`
 //! everywhere, never by value.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::time::Instant;
 
-use crate::limits::gate::{Grant, Learned, RateGate, Refused, Stage};
-use crate::limits::headers::Observation;
+use crate::limits::gate::{RateGate, Refused};
 use crate::limits::local::LocalGate;
 use crate::provider::classify::Reason;
 use crate::provider::transport::{ApiKey, Reply};
+
+use crate::limits::lane::lock;
+pub use crate::limits::lane::{BookError, Booking, Key, Lane};
 
 /// Which requests share one set of limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,203 +76,8 @@ impl LaneLayout {
     }
 }
 
-/// Weight of the newest reply in the calibration's moving average.
-const CALIBRATION_WEIGHT: f64 = 0.1;
-/// Bounds of the calibration: a tokenizer is never off by more than this.
-const CALIBRATION_RANGE: (f64, f64) = (0.25, 4.0);
-
-/// How far our token estimates are from what the provider bills: a moving mean and
-/// variance of the ratio. Bookings use the mean plus two deviations, so that spending an
-/// announced `remaining` to the last token rarely runs into a 429 when single requests
-/// are under-estimated; the excess is refunded when the reply settles the booking, so
-/// the margin costs only while a request is in flight. Kept per lane: estimates are
-/// off when the provider's tokenizer is not ours (Claude, Llama on OpenRouter), which
-/// differs by model.
-#[derive(Debug, Clone, Copy)]
-struct Calibration {
-    mean: f64,
-    variance: f64,
-}
-
-impl Default for Calibration {
-    fn default() -> Self {
-        Calibration {
-            mean: 1.0,
-            variance: 0.0,
-        }
-    }
-}
-
-impl Calibration {
-    fn observe(&mut self, seen: f64) {
-        if !seen.is_finite() {
-            return;
-        }
-        let seen = seen.clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1);
-        let delta = seen - self.mean;
-        self.mean += CALIBRATION_WEIGHT * delta;
-        self.variance =
-            (1.0 - CALIBRATION_WEIGHT) * (self.variance + CALIBRATION_WEIGHT * delta * delta);
-    }
-
-    /// Booked tokens per estimated token.
-    fn scale(&self) -> f64 {
-        (self.mean + 2.0 * self.variance.sqrt()).clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1)
-    }
-}
-
-/// One API key of the upstream.
-#[derive(Debug)]
-pub struct Key {
-    /// `key#N`, 1-based, the only name a key ever has in output.
-    pub label: Arc<str>,
-    pub key: ApiKey,
-    retired: Mutex<Option<Reason>>,
-}
-
-impl Key {
-    fn is_retired(&self) -> bool {
-        lock(&self.retired).is_some()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each lock guards plain figures a panic cannot leave worse than stopping would.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One set of limits and everything that gates it.
-#[derive(Debug)]
-pub struct Lane {
-    /// How it is named in events: `key#N`, `key#N/model`, or `account`.
-    pub label: Arc<str>,
-    /// Its keys (indices into the pool's), taken in turn.
-    keys: Vec<usize>,
-    gate: Box<dyn RateGate>,
-    /// Why the lane itself left the pool (its quota spent), if it did.
-    retired: Mutex<Option<Reason>>,
-    /// Bookings not yet answered or dropped: the tie-breaker between lanes that could
-    /// all send now, so unlimited lanes share the work.
-    in_flight: AtomicUsize,
-    calibration: Mutex<Calibration>,
-    next_key: AtomicUsize,
-}
-
-impl Lane {
-    fn new(label: String, keys: Vec<usize>, gate: Box<dyn RateGate>) -> Lane {
-        Lane {
-            label: Arc::from(label),
-            keys,
-            gate,
-            retired: Mutex::new(None),
-            in_flight: AtomicUsize::new(0),
-            calibration: Mutex::new(Calibration::default()),
-            next_key: AtomicUsize::new(0),
-        }
-    }
-
-    /// The next live key of the lane, in turn.
-    fn pick_key(&self, keys: &[Key]) -> Option<usize> {
-        let start = self.next_key.fetch_add(1, Ordering::Relaxed);
-        (0..self.keys.len())
-            .map(|i| self.keys[(start + i) % self.keys.len()])
-            .find(|k| !keys[*k].is_retired())
-    }
-
-    fn is_live(&self, keys: &[Key]) -> bool {
-        lock(&self.retired).is_none() && self.keys.iter().any(|k| !keys[*k].is_retired())
-    }
-
-    /// The rate gate: its limits and pause.
-    pub fn gate(&self) -> &dyn RateGate {
-        self.gate.as_ref()
-    }
-
-    /// Bookings on it not yet answered or given back.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-}
-
 /// How soon a lane could send, then how busy it is: the smaller goes first.
 type Headroom = (std::time::Duration, usize);
-
-/// Why no lane could take a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BookError {
-    /// Every key (or lane for this model) has been retired.
-    NoKeyLeft,
-    /// The request's tokens exceed every live lane's tokens-per-minute limit: it can
-    /// never be sent within the limit.
-    TooLarge { tokens: u64, limit: u64 },
-}
-
-/// A request booked on a lane: send with `key` at `at`, `tokens` booked against its
-/// token limit. Gives itself back when dropped (see the module doc).
-#[derive(Debug)]
-pub struct Booking {
-    pool: Arc<LanePool>,
-    /// Index of the lane in its pool.
-    pub lane: usize,
-    /// Index of the key that sends it.
-    pub key: usize,
-    pub at: Instant,
-    /// Tokens booked: the estimate scaled by the calibration.
-    pub tokens: u64,
-    /// The raw estimate, to calibrate against the real usage.
-    pub estimate: u64,
-    grant: Grant,
-}
-
-impl Booking {
-    fn lane_ref(&self) -> Arc<Lane> {
-        self.pool.lane(self.lane)
-    }
-
-    /// What a refusal of this attempt tells its lane (see [`LanePool::pause`]).
-    pub fn refusal(&self) -> Refused {
-        self.grant.refusal()
-    }
-
-    /// The attempt goes on the wire now.
-    pub fn sent(&mut self) {
-        self.lane_ref().gate.sent(&mut self.grant, Instant::now());
-    }
-
-    /// The provider answered: `billed` tokens (`None`: the reply carried no usage, so
-    /// nothing was billed), and its headers said `seen`. Settles the booking and learns
-    /// from the headers in one step.
-    pub fn settle(mut self, billed: Option<u64>, seen: &Observation, now: Instant) -> Learned {
-        let lane = self.lane_ref();
-        if let Some(actual) = billed
-            && self.estimate > 0
-        {
-            lock(&lane.calibration).observe(actual as f64 / self.estimate as f64);
-        }
-        let learned = lane.gate.settle(&self.grant, billed, seen, now);
-        self.grant.stage = Stage::Settled;
-        lane.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let limits = lane.gate.limits();
-        if limits.tokens.is_some() {
-            self.pool.meters_tokens.store(true, Ordering::Relaxed);
-        }
-        if limits.requests.is_some() || limits.tokens.is_some() {
-            self.pool.limited.store(true, Ordering::Relaxed);
-        }
-        learned
-    }
-}
-
-impl Drop for Booking {
-    fn drop(&mut self) {
-        if self.grant.stage == Stage::Settled {
-            return;
-        }
-        let lane = self.lane_ref();
-        lane.in_flight.fetch_sub(1, Ordering::Relaxed);
-        lane.gate.release(&self.grant);
-    }
-}
 
 /// The keys and lanes of one upstream.
 #[derive(Debug)]
@@ -286,10 +91,10 @@ pub struct LanePool {
     /// Per key × model: (key, model) → lane.
     by_model: Mutex<HashMap<(usize, Arc<str>), usize>>,
     /// Whether any lane has a token limit, i.e. whether requests must be tokenized.
-    meters_tokens: AtomicBool,
+    pub(crate) meters_tokens: AtomicBool,
     /// Whether any lane has had a limit or a pause: until then every booking is
     /// immediate and requests need not take turns. Never goes back to false.
-    limited: AtomicBool,
+    pub(crate) limited: AtomicBool,
     /// Woken when a reply changes what a limited lane allows, so a request waiting for a
     /// booked instant can book again instead of sleeping past room that opened up.
     changed: tokio::sync::Notify,
@@ -555,7 +360,7 @@ impl LanePool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::headers::Quota;
+    use crate::limits::headers::{Observation, Quota};
     use crate::limits::limiter::WINDOW;
     use futures_util::FutureExt;
     use std::time::Duration;

@@ -5,6 +5,7 @@
 
 pub mod gate;
 pub mod headers;
+pub mod lane;
 pub mod lanes;
 pub mod limiter;
 pub mod local;
