@@ -147,6 +147,8 @@ pub enum BookError {
 #[derive(Debug)]
 pub struct Booking {
     pub(crate) pool: Arc<LanePool>,
+    /// The lane itself, held so no lookup is needed on the way to the wire and back.
+    pub(crate) lane_ref: Arc<Lane>,
     /// Index of the lane in its pool.
     pub lane: usize,
     /// Index of the key that sends it.
@@ -160,10 +162,6 @@ pub struct Booking {
 }
 
 impl Booking {
-    fn lane_ref(&self) -> Arc<Lane> {
-        self.pool.lane(self.lane)
-    }
-
     /// What a refusal of this attempt tells its lane (see [`LanePool::pause`]).
     pub fn refusal(&self) -> Refused {
         self.grant.refusal()
@@ -171,14 +169,14 @@ impl Booking {
 
     /// The attempt goes on the wire now.
     pub fn sent(&mut self) {
-        self.lane_ref().gate.sent(&mut self.grant, Instant::now());
+        self.lane_ref.gate.sent(&mut self.grant, Instant::now());
     }
 
     /// The provider answered: `billed` tokens (`None`: the reply carried no usage, so
     /// nothing was billed), and its headers said `seen`. Settles the booking and learns
     /// from the headers in one step.
     pub fn settle(mut self, billed: Option<u64>, seen: &Observation, now: Instant) -> Learned {
-        let lane = self.lane_ref();
+        let lane = &self.lane_ref;
         if let Some(actual) = billed
             && self.estimate > 0
         {
@@ -203,8 +201,7 @@ impl Drop for Booking {
         if self.grant.stage == Stage::Settled {
             return;
         }
-        let lane = self.lane_ref();
-        lane.in_flight.fetch_sub(1, Ordering::Relaxed);
-        lane.gate.release(&self.grant);
+        self.lane_ref.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.lane_ref.gate.release(&self.grant);
     }
 }

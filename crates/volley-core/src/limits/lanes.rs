@@ -88,8 +88,8 @@ pub struct LanePool {
     rpm: Option<u64>,
     tpm: Option<u64>,
     lanes: RwLock<Vec<Arc<Lane>>>,
-    /// Per key × model: (key, model) → lane.
-    by_model: Mutex<HashMap<(usize, Arc<str>), usize>>,
+    /// Per key × model: model → the lane of each key, by key.
+    by_model: Mutex<HashMap<Arc<str>, Vec<usize>>>,
     /// Whether any lane has a token limit, i.e. whether requests must be tokenized.
     pub(crate) meters_tokens: AtomicBool,
     /// Whether any lane has had a limit or a pause: until then every booking is
@@ -195,35 +195,40 @@ impl LanePool {
     /// Whether a lane, or the key a booking uses, is retired, or the lane is paused past
     /// `now`: a booking on it should not be sent.
     pub fn unusable(&self, booking: &Booking, now: Instant) -> bool {
-        let lane = self.lane(booking.lane);
+        let lane = &booking.lane_ref;
         lock(&lane.retired).is_some()
             || self.keys[booking.key].is_retired()
             || lane.gate.paused(now)
     }
 
-    /// The lanes a request for `model` may go on, created as needed.
-    fn candidates(&self, model: Option<&str>) -> Vec<(usize, Arc<Lane>)> {
+    /// The indices of the lanes a request for `model` may go on, created as needed
+    /// (per key × model); `None` means every lane.
+    fn lanes_for(&self, model: Option<&str>) -> Option<Vec<usize>> {
         if self.layout != LaneLayout::PerKeyModel {
-            let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
-            return lanes.iter().cloned().enumerate().collect();
+            return None;
         }
-        let model: Arc<str> = Arc::from(model.unwrap_or(""));
+        let model = model.unwrap_or("");
         let mut by_model = lock(&self.by_model);
+        if let Some(indices) = by_model.get(model) {
+            return Some(indices.clone());
+        }
         let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
-        (0..self.keys.len())
-            .map(|key| {
-                let index = *by_model.entry((key, model.clone())).or_insert_with(|| {
-                    let label = match &*model {
-                        "" => self.keys[key].label.to_string(),
-                        m => format!("{}/{m}", self.keys[key].label),
-                    };
-                    let gate = Box::new(LocalGate::new(self.rpm, self.tpm));
-                    lanes.push(Arc::new(Lane::new(label, vec![key], gate)));
-                    lanes.len() - 1
-                });
-                (index, lanes[index].clone())
+        let indices: Vec<usize> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(key, k)| {
+                let label = match model {
+                    "" => k.label.to_string(),
+                    m => format!("{}/{m}", k.label),
+                };
+                let gate = Box::new(LocalGate::new(self.rpm, self.tpm));
+                lanes.push(Arc::new(Lane::new(label, vec![key], gate)));
+                lanes.len() - 1
             })
-            .collect()
+            .collect();
+        by_model.insert(Arc::from(model), indices.clone());
+        Some(indices)
     }
 
     /// Books one request for `model` on the live lane that can send it soonest.
@@ -235,34 +240,45 @@ impl LanePool {
         now: Instant,
     ) -> Result<Booking, BookError> {
         let estimate = if self.meters_tokens() { tokens() } else { 0 };
+        let subset = self.lanes_for(model);
         loop {
             let mut too_large = None;
-            // (index, lane, tokens to book, (wait, in flight)): the least wait wins,
-            // then the fewest in flight.
-            let mut best: Option<(usize, Arc<Lane>, u64, Headroom)> = None;
-            for (index, lane) in self.candidates(model) {
-                if !lane.is_live(&self.keys) {
-                    continue;
-                }
-                if let Some(limit) = lane.gate.limits().tokens
-                    && estimate > limit
-                {
-                    too_large = Some(limit);
-                    continue;
-                }
-                // Without token metering the estimate is 0: no need to take the
-                // calibration's lock on every booking.
-                let scaled = if estimate == 0 {
-                    0
-                } else {
-                    (estimate as f64 * lock(&lane.calibration).scale()).ceil() as u64
+            // (index, tokens to book, (wait, in flight)): the least wait wins, then the
+            // fewest in flight.
+            let mut best: Option<(usize, u64, Headroom)> = None;
+            let chosen = {
+                let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
+                let all = 0..lanes.len();
+                let indices: &mut dyn Iterator<Item = usize> = match &subset {
+                    Some(some) => &mut some.iter().copied(),
+                    None => &mut all.clone(),
                 };
-                let headroom = (lane.gate.wait(scaled, now), lane.in_flight());
-                if best.as_ref().is_none_or(|(.., b)| headroom < *b) {
-                    best = Some((index, lane, scaled, headroom));
+                for index in indices {
+                    let lane = &lanes[index];
+                    if !lane.is_live(&self.keys) {
+                        continue;
+                    }
+                    if let Some(limit) = lane.gate.limits().tokens
+                        && estimate > limit
+                    {
+                        too_large = Some(limit);
+                        continue;
+                    }
+                    // Without token metering the estimate is 0: no need to take the
+                    // calibration's lock on every booking.
+                    let scaled = if estimate == 0 {
+                        0
+                    } else {
+                        (estimate as f64 * lock(&lane.calibration).scale()).ceil() as u64
+                    };
+                    let headroom = (lane.gate.wait(scaled, now), lane.in_flight());
+                    if best.as_ref().is_none_or(|(.., b)| headroom < *b) {
+                        best = Some((index, scaled, headroom));
+                    }
                 }
-            }
-            let Some((index, lane, scaled, _)) = best else {
+                best.map(|(index, scaled, _)| (index, lanes[index].clone(), scaled))
+            };
+            let Some((index, lane, scaled)) = chosen else {
                 return Err(match too_large {
                     Some(limit) => BookError::TooLarge {
                         tokens: estimate,
@@ -280,6 +296,7 @@ impl LanePool {
             lane.in_flight.fetch_add(1, Ordering::Relaxed);
             let booking = Booking {
                 pool: self.clone(),
+                lane_ref: lane.clone(),
                 lane: index,
                 key,
                 at: now + grant.wait,

@@ -200,16 +200,51 @@ fn overtake_horizon(sent: Instant) -> Instant {
     sent.checked_sub(OVERTAKE_WINDOW).unwrap_or(sent)
 }
 
-/// What the attempts sent from `since` on amount to.
-fn on_wire_of<'a>(attempts: impl Iterator<Item = &'a Wired>, since: Instant) -> OnWire {
-    attempts.filter(|(_, _, sent)| *sent >= since).fold(
-        OnWire::default(),
-        |sum, (tokens, blind, _)| OnWire {
-            count: sum.count + 1,
-            tokens: sum.tokens.saturating_add(*tokens),
-            blind: sum.blind + u64::from(*blind),
-        },
-    )
+/// Attempts on the wire by send order. Send instants never go back with the order, so
+/// the attempts sent since an instant are a tail, read from the newest back: a lookup
+/// costs what was sent in the last [`OVERTAKE_WINDOW`], not everything in flight.
+#[derive(Debug, Default)]
+struct Wire {
+    attempts: std::collections::BTreeMap<u64, Wired>,
+    /// How many of them were booked before tokens were metered.
+    blind: u64,
+    /// The newest send instant.
+    latest: Option<Instant>,
+}
+
+impl Wire {
+    /// Puts attempt `seq` on the wire; returns the instant recorded for it (never
+    /// before an earlier attempt's, so the order holds).
+    fn insert(&mut self, seq: u64, tokens: u64, blind: bool, sent: Instant) -> Instant {
+        let sent = self.latest.map_or(sent, |l| l.max(sent));
+        self.latest = Some(sent);
+        self.blind += u64::from(blind);
+        self.attempts.insert(seq, (tokens, blind, sent));
+        sent
+    }
+
+    fn remove(&mut self, seq: u64) {
+        if let Some((_, blind, _)) = self.attempts.remove(&seq) {
+            self.blind -= u64::from(blind);
+        }
+    }
+
+    /// What the attempts sent before `seq` (all, when `None`), from `since` on, amount to.
+    fn since(&self, before: Option<u64>, since: Instant) -> OnWire {
+        let range = match before {
+            Some(seq) => self.attempts.range(..seq),
+            None => self.attempts.range(..),
+        };
+        range
+            .rev()
+            .map(|(_, w)| w)
+            .take_while(|(_, _, sent)| *sent >= since)
+            .fold(OnWire::default(), |sum, (tokens, blind, _)| OnWire {
+                count: sum.count + 1,
+                tokens: sum.tokens.saturating_add(*tokens),
+                blind: sum.blind + u64::from(*blind),
+            })
+    }
 }
 
 /// The gate's mutable state, behind one lock so its limits are reserved together.
@@ -222,7 +257,7 @@ struct GateState {
     sent: u64,
     /// Attempts on the wire by send order: their booked tokens, and whether they were
     /// booked before tokens were metered.
-    on_wire: std::collections::BTreeMap<u64, Wired>,
+    on_wire: Wire,
     /// Tokens billed per reply, as a moving average: what an attempt booked before
     /// tokens were metered is taken to weigh.
     billed_per_reply: f64,
@@ -366,13 +401,14 @@ impl RateGate for LocalGate {
         let mut state = self.state();
         state.sent += 1;
         let seq = state.sent;
+        let older = state.on_wire.since(None, overtake_horizon(now));
+        let sent_at = state.on_wire.insert(seq, grant.tokens, grant.blind, now);
         grant.stage = Stage::Sent {
             seq,
-            sent_at: now,
-            older: on_wire_of(state.on_wire.values(), overtake_horizon(now)),
+            sent_at,
+            older,
             probing: (state.requests.probing(), state.tokens.probing()),
         };
-        state.on_wire.insert(seq, (grant.tokens, grant.blind, now));
     }
 
     fn release(&self, grant: &Grant) {
@@ -393,7 +429,7 @@ impl RateGate for LocalGate {
                 // the provider may have counted it.
                 state.requests.answered(1);
                 state.tokens.answered(grant.tokens);
-                state.on_wire.remove(&seq);
+                state.on_wire.remove(seq);
             }
         }
     }
@@ -427,19 +463,11 @@ impl RateGate for LocalGate {
                 older,
                 ..
             } => {
-                state.on_wire.remove(&seq);
-                let now_older = on_wire_of(
-                    state.on_wire.range(..seq).map(|(_, v)| v),
-                    overtake_horizon(sent_at),
-                );
+                state.on_wire.remove(seq);
+                let now_older = state.on_wire.since(Some(seq), overtake_horizon(sent_at));
                 // Blind attempts still on the wire are missing from `outstanding`, and
                 // those that overtook this one from what it says remains.
-                let blind = state
-                    .on_wire
-                    .values()
-                    .filter(|(_, blind, _)| *blind)
-                    .count() as u64
-                    + older.blind.saturating_sub(now_older.blind);
+                let blind = state.on_wire.blind + older.blind.saturating_sub(now_older.blind);
                 (
                     seq,
                     (

@@ -4,9 +4,12 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::engine::{Engine, Source};
 use crate::input::batch::{LineDefaults, parse_line};
+use crate::input::job::Job;
 use crate::runner::RunError;
 use crate::runner::scan::{LineFate, Scan, for_each_line, line_check};
 use crate::store::replace::{clear_scratch, scratch_place};
@@ -51,16 +54,27 @@ pub(super) fn spool(
     Ok(spool)
 }
 
-/// The second pass: submits the lines marked to send to the engine, as the source
-/// `source`, and returns how many it handed over.
-pub(super) fn spawn_reader(
+/// Lines parsed per hand-over from the reading thread to the submitting task: the
+/// thread wakes the runtime once per chunk, not once per line, and the runtime never
+/// wakes the thread while a chunk is still being submitted.
+const CHUNK: usize = 64;
+
+/// The second pass: reads the lines marked to send on a thread of its own and submits
+/// them to the engine as `source`, waiting for each to be admitted, so that no more
+/// than two chunks are read ahead of the engine. Returns how many were admitted; an
+/// error only if the input could not be read.
+pub(super) async fn feed(
     scan: Scan,
     defaults: LineDefaults,
-    engine: Engine,
-    source: Source,
-) -> tokio::task::JoinHandle<Result<u64, RunError>> {
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
+    engine: &Engine,
+    source: &Source,
+) -> Result<u64, RunError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Job>>(2);
+    // Set when a line no longer is the request checked: the lines read ahead of it are
+    // not sent either, so the run stops at once rather than after them.
+    let changed = Arc::new(AtomicBool::new(false));
+    let seen_change = changed.clone();
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), RunError> {
         let Scan {
             file,
             label,
@@ -69,10 +83,11 @@ pub(super) fn spawn_reader(
             _spool,
             ..
         } = scan;
-        let mut sent = 0u64;
+        let mut read = 0usize;
+        let mut chunk = Vec::with_capacity(CHUNK);
         for_each_line(&file, &label, |number, text| {
-            if sent as usize == expected.len() {
-                // Every line to send is sent: the rest of the file need not be read.
+            if read == expected.len() {
+                // Every line to send is read: the rest of the file need not be.
                 return false;
             }
             let index = usize::try_from(number - 1).unwrap_or(usize::MAX);
@@ -86,18 +101,37 @@ pub(super) fn spawn_reader(
                 .ok()
                 .and_then(|t| parse_line(t, number, &defaults).ok())
                 .filter(|job| {
-                    expected.get(sent as usize)
-                        == Some(&line_check(&job.custom_id, job.fingerprint))
+                    expected.get(read) == Some(&line_check(&job.custom_id, job.fingerprint))
                 });
             let Some(job) = job else {
+                seen_change.store(true, Ordering::Relaxed);
                 return false;
             };
-            // Not admitted means the source stopped: stop reading. The store keeps
-            // each outcome, so the ticket is not waited for.
-            let admitted = runtime.block_on(engine.submit(&source, job)).is_ok();
-            sent += u64::from(admitted);
-            admitted
+            read += 1;
+            chunk.push(job);
+            // A closed channel means the source stopped: stop reading.
+            chunk.len() < CHUNK
+                || tx
+                    .blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
+                    .is_ok()
         })?;
-        Ok(sent)
-    })
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(chunk);
+        }
+        Ok(())
+    });
+    let mut sent = 0u64;
+    'feed: while let Some(chunk) = rx.recv().await {
+        for job in chunk {
+            // Not admitted means the source stopped. The store keeps each outcome, so
+            // the ticket is not waited for.
+            if changed.load(Ordering::Relaxed) || engine.submit(source, job).await.is_err() {
+                break 'feed;
+            }
+            sent += 1;
+        }
+    }
+    drop(rx);
+    reader.await.unwrap_or(Ok(()))?;
+    Ok(sent)
 }

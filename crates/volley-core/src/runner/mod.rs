@@ -34,7 +34,7 @@ use crate::store::checkpoint::{Checkpoint, Place, Tail};
 mod feed;
 mod scan;
 
-use feed::{clear_spool_leftovers, spawn_reader, spool};
+use feed::{clear_spool_leftovers, feed, spool};
 pub use scan::{CHANGED_SHOWN, InputIssue, Scan, Strays};
 use scan::{STRAYS_SHOWN, scan};
 
@@ -321,7 +321,7 @@ pub async fn execute(
             source.cancel();
         })
     };
-    let read = spawn_reader(scan, plan.defaults.clone(), engine.clone(), source.clone()).await;
+    let read = feed(scan, plan.defaults.clone(), &engine, &source).await;
     let mut stop = source.finish().await;
     interrupt.abort();
     // The source holds the store, and the store a sink handle: drop them so the
@@ -330,7 +330,7 @@ pub async fn execute(
     let written = sink.finish()?;
     // A read error matters only if the run meant to read everything.
     if stop == StopReason::Completed {
-        let sent = read.unwrap_or(Ok(0))?;
+        let sent = read?;
         if sent < to_send {
             // Lines the first pass accepted no longer parse: the file changed under
             // the run. Never a success with requests left unsent.
