@@ -66,8 +66,8 @@ const CHUNK: usize = 64;
 pub(super) async fn feed(
     scan: Scan,
     defaults: LineDefaults,
-    engine: &Engine,
-    source: &Source,
+    engine: Engine,
+    source: Source,
 ) -> Result<u64, RunError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Job>>(2);
     // Set when a line no longer is the request checked: the lines read ahead of it are
@@ -125,7 +125,7 @@ pub(super) async fn feed(
         for job in chunk {
             // Not admitted means the source stopped. The store keeps each outcome, so
             // the ticket is not waited for.
-            if changed.load(Ordering::Relaxed) || engine.submit(source, job).await.is_err() {
+            if changed.load(Ordering::Relaxed) || engine.submit(&source, job).await.is_err() {
                 break 'feed;
             }
             sent += 1;

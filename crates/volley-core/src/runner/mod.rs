@@ -321,7 +321,16 @@ pub async fn execute(
             source.cancel();
         })
     };
-    let read = feed(scan, plan.defaults.clone(), &engine, &source).await;
+    // On a worker of the runtime, where the engine's tasks run: the caller may be
+    // blocked on the runtime from another thread, and every admission handed across
+    // threads would cost a wake-up.
+    let feeding = tokio::spawn(feed(
+        scan,
+        plan.defaults.clone(),
+        engine.clone(),
+        source.clone(),
+    ));
+    let read = feeding.await.unwrap_or(Ok(0));
     let mut stop = source.finish().await;
     interrupt.abort();
     // The source holds the store, and the store a sink handle: drop them so the
