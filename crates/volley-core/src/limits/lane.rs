@@ -132,6 +132,44 @@ impl Lane {
     }
 }
 
+/// A lane as observers show it (the dashboard, metrics): its limits in force, whether
+/// it is paused or retired and why, and its requests in flight.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LaneView {
+    pub label: Arc<str>,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub paused: bool,
+    /// Why it left the pool: its own quota, or its last key's retirement.
+    pub retired: Option<&'static str>,
+    pub in_flight: usize,
+}
+
+impl Lane {
+    /// The lane as it stands at `now`; `keys` are its pool's.
+    pub fn view(&self, keys: &[Key], now: Instant) -> LaneView {
+        let limits = self.gate.limits();
+        let own = *lock(&self.retired);
+        let by_keys = || {
+            let reasons: Vec<Option<Reason>> =
+                self.keys.iter().map(|k| *lock(&keys[*k].retired)).collect();
+            if reasons.iter().all(Option::is_some) {
+                reasons.into_iter().flatten().next()
+            } else {
+                None
+            }
+        };
+        LaneView {
+            label: self.label.clone(),
+            requests_per_minute: limits.requests,
+            tokens_per_minute: limits.tokens,
+            paused: self.gate.paused(now),
+            retired: own.or_else(by_keys).map(Reason::as_str),
+            in_flight: self.in_flight(),
+        }
+    }
+}
+
 /// Why no lane could take a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BookError {

@@ -24,7 +24,7 @@ use crate::provider::classify::Reason;
 use crate::provider::transport::{ApiKey, Reply};
 
 use crate::limits::lane::lock;
-pub use crate::limits::lane::{BookError, Booking, Key, Lane};
+pub use crate::limits::lane::{BookError, Booking, Key, Lane, LaneView};
 
 /// Which requests share one set of limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -168,6 +168,15 @@ impl LanePool {
     /// Every lane so far (per key × model, lanes appear as models are seen).
     pub fn lanes(&self) -> Vec<Arc<Lane>> {
         self.lanes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Every lane as it stands now (see [`LaneView`]).
+    pub fn views(&self) -> Vec<LaneView> {
+        let now = Instant::now();
+        self.lanes()
+            .iter()
+            .map(|lane| lane.view(&self.keys, now))
+            .collect()
     }
 
     /// Keys still in the pool.
@@ -440,6 +449,10 @@ mod tests {
         );
         assert_eq!(format!("{:?}", pool.keys()[0].key), "ApiKey(<hidden>)");
         assert_eq!(&*pool.keys()[1].label, "key#2");
+        let views = pool.views();
+        assert_eq!(views[1].retired, Some("unauthorized"));
+        assert_eq!(views[0].retired, Some("credits_exhausted"));
+        assert_eq!(views[0].in_flight, 1, "the booking still held");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,7 @@ pub mod appender;
 pub mod checkpoint;
 pub mod claim;
 pub mod line;
+mod recorded;
 pub mod replace;
 pub mod sink;
 pub mod sort;
