@@ -258,9 +258,10 @@ async fn cancelling_one_source_leaves_the_other_to_finish() {
     finished.sort();
     assert_eq!(finished, kept_a.ids());
     assert_eq!(finished.len() as u64, counts.succeeded);
-    // A stopped source admits nothing more; the job comes back.
+    // A stopped source admits nothing more; the job comes back. Nor does a finished one.
     let refused = engine.submit(&a, job("late")).await.unwrap_err();
     assert_eq!(&*refused.0.custom_id, "late");
+    assert!(engine.submit(&b, job("after-finish")).await.is_err());
     engine.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -382,12 +383,14 @@ async fn two_providers_in_one_engine_each_laid_out_as_it_limits() {
         elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(9),
         "{elapsed:?}"
     );
-    let labels: Vec<String> = engine.upstreams()[1]
+    let mut labels: Vec<String> = engine.upstreams()[1]
         .lanes
         .lanes()
         .iter()
         .map(|l| l.label.to_string())
         .collect();
+    // Lanes appear in the order requests first reach them.
+    labels.sort();
     assert_eq!(labels, ["second:key#1/m1", "second:key#1/m2"]);
     let (a, b) = (first.stats(), second.stats());
     assert_eq!(
@@ -437,4 +440,52 @@ async fn an_account_lane_rotates_its_keys_and_holds_one_limit() {
         assert!((12..=15).contains(&sent), "keys take turns: {stats}");
     }
     engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_its_own_grace_even_when_longer_than_the_engines() {
+    let server = mock(MockConfig {
+        latency_ms: 800,
+        ..MockConfig::default()
+    })
+    .await;
+    // The engine's grace (after a source's own cancel) is 500 ms; shutdown gives 3 s.
+    let engine = engine(&server, 1, None, 4);
+    let source = engine.open(SourceSpec::new("slow"));
+    let tickets = feed(&engine, &source, "slow", 3).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    engine.shutdown(Duration::from_secs(3)).await;
+    for ticket in tickets {
+        assert_eq!(ticket.await.unwrap().response.unwrap().status, 200);
+    }
+    assert_eq!(source.counts().succeeded, 3);
+}
+
+#[test]
+fn an_upstreams_extra_headers_are_secrets_too() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("api-key", "azure-secret-value-0123456789".parse().unwrap());
+    let spec = UpstreamSpec {
+        headers,
+        ..UpstreamSpec::new(
+            "http://127.0.0.1:9/v1",
+            vec![ApiKey::new("sk-upstream-key-abcdefgh".into()).unwrap()],
+        )
+    };
+    let upstream = Upstream::new(spec, 4).unwrap();
+    assert!(!format!("{upstream:?}").contains("azure-secret-value"));
+    let reply = volley_core::provider::transport::Reply {
+        status: 401,
+        headers: http::HeaderMap::new(),
+        body: bytes::Bytes::from_static(
+            b"{\"error\":\"bad api-key azure-secret-value-0123456789 for sk-upstream-key-abcdefgh\"}",
+        ),
+    };
+    let body = String::from_utf8(upstream.redact(reply).body.to_vec()).unwrap();
+    assert!(!body.contains("azure-secret-value"), "{body}");
+    assert!(!body.contains("sk-upstream-key"), "{body}");
+    assert!(
+        body.contains("header:api-key") && body.contains("key#1"),
+        "{body}"
+    );
 }

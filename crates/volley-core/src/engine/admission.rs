@@ -69,6 +69,10 @@ struct State {
 impl State {
     /// The source whose waiter is served next, if any waits.
     fn pick(&mut self) -> Option<u64> {
+        // Waiters whose submit was dropped (a client gone) neither wait nor count.
+        for queue in self.queues.values_mut() {
+            queue.waiters.retain(|tx| !tx.is_closed());
+        }
         let waiting = || self.queues.iter().filter(|(_, q)| !q.waiters.is_empty());
         let top = waiting().map(|(_, q)| q.priority).max()?;
         let lower_waits = waiting().any(|(_, q)| q.priority < top);
@@ -170,7 +174,10 @@ impl Admission {
     pub async fn enter(&self, source: u64, priority: u8) -> Admit {
         let rx = {
             let mut state = lock(&self.state);
-            let nobody_waits = state.queues.values().all(|q| q.waiters.is_empty());
+            let nobody_waits = state
+                .queues
+                .values()
+                .all(|q| q.waiters.iter().all(|tx| tx.is_closed()));
             if state.free > 0 && nobody_waits {
                 state.free -= 1;
                 state.granted += 1;
@@ -210,16 +217,10 @@ impl Admission {
         }
     }
 
-    /// Forgets a source that will submit no more: its turn history goes with it.
+    /// Forgets a source that will submit no more: its turn history goes with it (any
+    /// waiter left behind is one whose submit was dropped).
     pub fn forget(&self, source: u64) {
-        let mut state = lock(&self.state);
-        if state
-            .queues
-            .get(&source)
-            .is_some_and(|q| q.waiters.is_empty())
-        {
-            state.queues.remove(&source);
-        }
+        lock(&self.state).queues.remove(&source);
     }
 }
 

@@ -43,6 +43,9 @@ enum Blocked {
     Halted,
     /// Its tokens can never fit the key's tokens-per-minute limit.
     TooLarge { tokens: u64, limit: u64 },
+    /// Every lane it could go on has left the pool (its model's quota spent, or its
+    /// upstream's keys), while other requests still have lanes.
+    NoLane,
 }
 
 impl Shared {
@@ -99,6 +102,21 @@ impl Shared {
             let (slot, mut booking) = match self.take_turn(source, lanes, &job, priority).await {
                 Ok(taken) => taken,
                 Err(Blocked::Halted) => return None,
+                Err(Blocked::NoLane) => {
+                    let why = format!(
+                        "no key is left for model {} on this upstream (see the keys and lanes retired above); re-run with --retry-failed once its quota is back",
+                        job.model.as_deref().unwrap_or("(none)")
+                    );
+                    let done = Done {
+                        job: &job,
+                        started: started.unwrap_or_else(Instant::now),
+                        attempts,
+                        usage,
+                        key: None,
+                        reply: None,
+                    };
+                    return self.finish(source, done, Some((Reason::QuotaExhausted, why)));
+                }
                 Err(Blocked::TooLarge { tokens, limit }) => {
                     let why = format!(
                         "the request needs about {tokens} tokens, more than the key's limit of {limit} tokens per minute: it can never be sent within the limit"
@@ -158,7 +176,7 @@ impl Shared {
                 .await;
             let latency = sent.elapsed();
 
-            let (mut outcome, reply) = match result.map(|r| lanes.redact(r)) {
+            let (mut outcome, reply) = match result.map(|r| upstream.redact(r)) {
                 Ok(reply) => (
                     classify_reply(
                         endpoint,
@@ -340,10 +358,11 @@ impl Shared {
         // queue is the wire: taking turns would only add a hand-off per request. Once
         // one is, bookings wait, and requests take turns so admitted ones go first.
         let turn = if lanes.is_limited() {
+            let turnstile = lanes.turnstile(job.model.as_deref());
             Some(tokio::select! {
                 biased;
                 _ = source.stop.cancelled() => return Err(Blocked::Halted),
-                turn = self.turnstile.enter(priority) => turn,
+                turn = turnstile.enter(priority) => turn,
             })
         } else {
             None
@@ -370,10 +389,16 @@ impl Shared {
                 .await
             {
                 Ok(booking) => booking,
-                Err(BookError::NoKeyLeft) => {
+                Err(BookError::NoKeyLeft) if self.upstreams.iter().all(|u| u.lanes.spent()) => {
                     self.stop_all("every API key left the pool (see the keys retired above); re-run with a working key to finish");
                     throttled(waited_on);
                     return Err(Blocked::Halted);
+                }
+                Err(BookError::NoKeyLeft) => {
+                    // Keys are left, but none for this request: its model's lanes (or its
+                    // upstream's keys) are spent. It fails; the others go on.
+                    throttled(waited_on);
+                    return Err(Blocked::NoLane);
                 }
                 Err(BookError::TooLarge { tokens, limit }) => {
                     throttled(waited_on);

@@ -25,7 +25,6 @@ use crate::engine::source::{
     Counters, NotAdmitted, Running, RunningGuard, Source, SourceId, SourceSpec, SourceState,
     Ticket, watch_grace,
 };
-use crate::engine::turnstile::Turnstile;
 use crate::input::job::Job;
 use crate::limits::gate::{Learned, Refused};
 use crate::limits::lanes::LanePool;
@@ -84,8 +83,6 @@ pub(crate) struct Shared {
     pub events: EventBus,
     /// The wire gate: attempts in flight, adapted when no limit is known.
     pub wire: Concurrency,
-    /// Who books a key next: admitted requests before fresh ones.
-    pub turnstile: Turnstile,
     admission: Admission,
     /// Cancelled when every source must stop: a shutdown, or no key left.
     halt: CancellationToken,
@@ -105,7 +102,6 @@ impl Engine {
         Engine {
             shared: Arc::new(Shared {
                 wire: Concurrency::new(config.concurrency, config.adaptive),
-                turnstile: Turnstile::new(),
                 admission: Admission::new(places),
                 config,
                 upstreams,
@@ -139,6 +135,7 @@ impl Engine {
             name: Arc::from(spec.name.as_str()),
             priority: spec.priority,
             stop: shared.halt.child_token(),
+            own_stop: CancellationToken::new(),
             kill: shared.kill.child_token(),
             halted: Mutex::new(None),
             closed: Default::default(),
@@ -152,7 +149,7 @@ impl Engine {
             admission: shared.admission.clone(),
         };
         watch_grace(
-            state.stop.clone(),
+            state.own_stop.clone(),
             state.kill.clone(),
             state.gone.clone(),
             shared.config.grace,
@@ -175,7 +172,7 @@ impl Engine {
     /// stopped admits nothing: the job comes back.
     pub async fn submit(&self, source: &Source, job: Job) -> Result<Ticket, NotAdmitted> {
         let state = &source.state;
-        if state.stop.is_cancelled() {
+        if state.stop.is_cancelled() || state.closed.load(Ordering::SeqCst) {
             return Err(NotAdmitted(job));
         }
         let admit = tokio::select! {
@@ -183,13 +180,18 @@ impl Engine {
             _ = state.stop.cancelled() => return Err(NotAdmitted(job)),
             admit = self.shared.admission.enter(state.id.0, state.priority) => admit,
         };
-        Counters::add(&state.counts.submitted);
-        let (tx, rx) = oneshot::channel();
         let held = Held {
             _admit: admit,
             _engine: self.shared.running.enter(),
             _source: state.running.enter(),
         };
+        // Counted as running before this check, so a `finish` that closed the source
+        // meanwhile either waits for this request or is seen here.
+        if state.closed.load(Ordering::SeqCst) {
+            return Err(NotAdmitted(job));
+        }
+        Counters::add(&state.counts.submitted);
+        let (tx, rx) = oneshot::channel();
         tokio::spawn(self.shared.clone().process(state.clone(), job, tx, held));
         Ok(Ticket { rx })
     }
@@ -243,6 +245,12 @@ impl Shared {
             });
             *halted = Some(why.to_string());
             self.halt.cancel();
+            // In flight, requests get the grace period to finish, as after a cancel.
+            let (kill, grace) = (self.kill.clone(), self.config.grace);
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                kill.cancel();
+            });
         }
     }
 
@@ -362,7 +370,9 @@ impl Shared {
         }
     }
 
-    /// Runs one admitted request to its end and resolves its ticket.
+    /// Runs one admitted request to its end and resolves its ticket; only then gives
+    /// back its place and running counts, once it holds nothing of its source (whose
+    /// owner may be waiting to close the source's store).
     async fn process(
         self: Arc<Self>,
         source: Arc<SourceState>,
@@ -370,9 +380,18 @@ impl Shared {
         ticket: oneshot::Sender<Outcome>,
         held: Held,
     ) {
-        let _held = held;
+        self.run_request(source, job, ticket).await;
+        drop(held);
+    }
+
+    async fn run_request(
+        &self,
+        source: Arc<SourceState>,
+        job: Job,
+        ticket: oneshot::Sender<Outcome>,
+    ) {
         let mut life = Life {
-            shared: &self,
+            shared: self,
             source: &source,
             custom_id: job.custom_id.clone(),
             lost: None,

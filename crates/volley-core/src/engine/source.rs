@@ -147,14 +147,14 @@ pub(crate) struct Running {
 
 impl Running {
     pub fn enter(self: &Arc<Self>) -> RunningGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
+        self.count.fetch_add(1, Ordering::SeqCst);
         RunningGuard {
             running: self.clone(),
         }
     }
 
     pub fn get(&self) -> u64 {
-        self.count.load(Ordering::Acquire)
+        self.count.load(Ordering::SeqCst)
     }
 
     /// Resolves once nothing runs.
@@ -179,7 +179,7 @@ pub(crate) struct RunningGuard {
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        if self.running.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.running.count.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.running.idle.notify_waiters();
         }
     }
@@ -193,6 +193,9 @@ pub(crate) struct SourceState {
     pub priority: u8,
     /// Cancelled when the source stops admitting: by its owner, a halt, or the engine's.
     pub stop: CancellationToken,
+    /// Cancelled when the source itself stops (its owner, a halt of its own), not the
+    /// engine: starts the source's grace period. The engine's stops time their own.
+    pub own_stop: CancellationToken,
     /// Cancelled when the grace period after a stop is over: requests still running
     /// are dropped unfinished (left for a re-run).
     pub kill: CancellationToken,
@@ -228,6 +231,7 @@ impl SourceState {
             return false;
         }
         *halted = Some(why.to_string());
+        self.own_stop.cancel();
         self.stop.cancel();
         true
     }
@@ -254,6 +258,7 @@ impl Source {
     /// period to finish, then are dropped unfinished (left for a re-run). Other sources
     /// go on.
     pub fn cancel(&self) {
+        self.state.own_stop.cancel();
         self.state.stop.cancel();
     }
 
@@ -286,7 +291,7 @@ impl Source {
     /// Says no more jobs come, waits until every admitted request has ended (or, after
     /// a stop, until the grace period is over), and says why it stopped.
     pub async fn finish(&self) -> StopReason {
-        self.state.closed.store(true, Ordering::Relaxed);
+        self.state.closed.store(true, Ordering::SeqCst);
         self.state.running.idle().await;
         self.stop_reason()
     }
@@ -342,7 +347,8 @@ impl std::error::Error for NotAdmitted {}
 #[error("the request was left unfinished: its source stopped before it ended")]
 pub struct Unfinished;
 
-/// Resolves to a submitted request's outcome once its store has kept it.
+/// Resolves to a submitted request's outcome once it has been handed to its source's
+/// store (a store that could not keep it halts the source).
 #[derive(Debug)]
 pub struct Ticket {
     pub(crate) rx: oneshot::Receiver<Outcome>,
@@ -357,7 +363,8 @@ impl std::future::IntoFuture for Ticket {
     }
 }
 
-/// Ends the watcher that kills a stopped source's requests after the grace period.
+/// Kills a source's requests still running `grace` after the source itself stopped;
+/// ends quietly once the source is gone.
 pub(crate) fn watch_grace(
     stop: CancellationToken,
     kill: CancellationToken,

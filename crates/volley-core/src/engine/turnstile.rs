@@ -35,22 +35,27 @@ struct State {
     /// Fresh requests by their source's priority.
     fresh: BTreeMap<u8, VecDeque<oneshot::Sender<()>>>,
     precedence: Precedence,
+    /// The lower level served last, for the rotation among lower levels.
+    last_lower: Option<u8>,
 }
 
 impl State {
-    /// The next fresh waiter: the top priority's, or a lower one's when it is their turn.
+    /// The next fresh waiter: the top priority's, or, when it is their turn, a lower
+    /// level's, the lower levels taking those turns in rotation.
     fn next_fresh(&mut self) -> Option<oneshot::Sender<()>> {
         self.fresh.retain(|_, q| !q.is_empty());
-        let mut levels = self.fresh.keys().rev();
-        let top = *levels.next()?;
-        let lower = levels.next().copied();
-        let level = match lower {
-            Some(lower) if self.precedence.lower_turn(true) => lower,
-            Some(_) => top,
-            None => {
-                self.precedence.lower_turn(false);
-                top
-            }
+        let top = *self.fresh.keys().next_back()?;
+        let level = if self.precedence.lower_turn(self.fresh.len() > 1) {
+            let below = |limit: u8| self.fresh.range(..limit).next_back().map(|(l, _)| *l);
+            let level = self
+                .last_lower
+                .and_then(below)
+                .or_else(|| below(top))
+                .unwrap_or(top);
+            self.last_lower = Some(level);
+            level
+        } else {
+            top
         };
         self.fresh.get_mut(&level)?.pop_front()
     }
@@ -213,6 +218,37 @@ mod tests {
         let order = order.lock().unwrap();
         let low: Vec<usize> = (0..order.len()).filter(|&i| order[i] == 0).collect();
         assert_eq!(low, [9, 19, 22], "{order:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lower_levels_take_the_lower_turns_in_rotation() {
+        let gate = Arc::new(Turnstile::new());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = gate.enter(Priority::Fresh(0)).await;
+        let mut tasks = Vec::new();
+        let arrivals = std::iter::repeat_n(0u8, 2)
+            .chain(std::iter::repeat_n(5u8, 2))
+            .chain(std::iter::repeat_n(10u8, 40));
+        for level in arrivals {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _turn = gate.enter(Priority::Fresh(level)).await;
+                order.lock().unwrap().push(level);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let lower: Vec<(usize, u8)> = (0..order.len())
+            .filter(|&i| order[i] < 10)
+            .map(|i| (i, order[i]))
+            .collect();
+        // Every tenth turn goes below the top, to 5 and 0 in turn: neither starves.
+        assert_eq!(lower, [(9, 5), (19, 0), (29, 5), (39, 0)], "{order:?}");
     }
 
     #[tokio::test(start_paused = true)]

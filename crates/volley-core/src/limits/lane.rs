@@ -173,7 +173,7 @@ impl Lane {
 /// Why no lane could take a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BookError {
-    /// Every key (or lane for this model) has been retired.
+    /// Every key of the pool, or every lane for this model, has been retired.
     NoKeyLeft,
     /// The request's tokens exceed every live lane's tokens-per-minute limit: it can
     /// never be sent within the limit.

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::time::Instant;
 
+use crate::engine::turnstile::Turnstile;
 use crate::limits::gate::{RateGate, Refused};
 use crate::limits::local::LocalGate;
 use crate::provider::classify::Reason;
@@ -90,6 +91,11 @@ pub struct LanePool {
     lanes: RwLock<Vec<Arc<Lane>>>,
     /// Per key × model: model → the lane of each key, by key.
     by_model: Mutex<HashMap<Arc<str>, Vec<usize>>>,
+    /// Who books next among the requests that compete for the same lanes: one queue
+    /// for the pool, or (per key × model) one per model, so that a paused model never
+    /// holds up another's requests.
+    turnstile: Arc<Turnstile>,
+    turnstiles: Mutex<HashMap<Arc<str>, Arc<Turnstile>>>,
     /// Whether any lane has a token limit, i.e. whether requests must be tokenized.
     pub(crate) meters_tokens: AtomicBool,
     /// Whether any lane has had a limit or a pause: until then every booking is
@@ -145,6 +151,8 @@ impl LanePool {
             tpm,
             lanes: RwLock::new(lanes),
             by_model: Mutex::new(HashMap::new()),
+            turnstile: Arc::new(Turnstile::new()),
+            turnstiles: Mutex::new(HashMap::new()),
             meters_tokens: AtomicBool::new(tpm.is_some()),
             limited: AtomicBool::new(rpm.is_some() || tpm.is_some()),
             changed: tokio::sync::Notify::new(),
@@ -168,6 +176,27 @@ impl LanePool {
     /// Every lane so far (per key × model, lanes appear as models are seen).
     pub fn lanes(&self) -> Vec<Arc<Lane>> {
         self.lanes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The queue for the turn to book a lane for `model` (see
+    /// [`crate::engine::turnstile`]).
+    pub fn turnstile(&self, model: Option<&str>) -> Arc<Turnstile> {
+        if self.layout != LaneLayout::PerKeyModel {
+            return self.turnstile.clone();
+        }
+        let model = model.unwrap_or("");
+        let mut all = lock(&self.turnstiles);
+        if let Some(t) = all.get(model) {
+            return t.clone();
+        }
+        let t = Arc::new(Turnstile::new());
+        all.insert(Arc::from(model), t.clone());
+        t
+    }
+
+    /// Whether no key of the pool is left.
+    pub fn spent(&self) -> bool {
+        self.keys.iter().all(Key::is_retired)
     }
 
     /// Every lane as it stands now (see [`LaneView`]).
@@ -372,10 +401,17 @@ impl LanePool {
     }
 
     /// Retires a lane for the rest of the run (its quota spent). True if it was live.
+    /// Unless lanes are per key and model, a lane's quota is its keys' (a key's, or the
+    /// account's): they leave the pool with it.
     pub fn retire_lane(&self, lane: usize, why: Reason) -> bool {
         let newly = {
             let lane = self.lane(lane);
             let mut retired = lock(&lane.retired);
+            if self.layout != LaneLayout::PerKeyModel {
+                for key in &lane.keys {
+                    lock(&self.keys[*key].retired).get_or_insert(why);
+                }
+            }
             retired.is_none() && retired.replace(why).is_none()
         };
         self.changed.notify_waiters();
@@ -453,6 +489,34 @@ mod tests {
         assert_eq!(views[1].retired, Some("unauthorized"));
         assert_eq!(views[0].retired, Some("credits_exhausted"));
         assert_eq!(views[0].in_flight, 1, "the booking still held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_key_and_model_a_spent_model_leaves_the_others_and_the_keys_live() {
+        let pool = LanePool::with_layout("p:", keys(2), LaneLayout::PerKeyModel, None, None);
+        let now = Instant::now();
+        let a = pool.book(Some("m1"), || 0, now).await.unwrap();
+        let b = pool.book(Some("m1"), || 0, now).await.unwrap();
+        assert_ne!(a.lane, b.lane, "one lane per key for the model");
+        let (la, lb) = (a.lane, b.lane);
+        drop((a, b));
+        assert!(pool.retire_lane(la, Reason::QuotaExhausted));
+        assert!(pool.retire_lane(lb, Reason::QuotaExhausted));
+        assert_eq!(
+            pool.book(Some("m1"), || 0, now).await.unwrap_err(),
+            BookError::NoKeyLeft
+        );
+        assert!(!pool.spent(), "the keys themselves are live");
+        let other = pool.book(Some("m2"), || 0, now).await.unwrap();
+        assert_eq!(&*pool.lane(other.lane).label, "p:key#1/m2");
+        assert!(!Arc::ptr_eq(
+            &pool.turnstile(Some("m1")),
+            &pool.turnstile(Some("m2"))
+        ));
+        assert!(Arc::ptr_eq(
+            &pool.turnstile(Some("m1")),
+            &pool.turnstile(Some("m1"))
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -401,6 +401,9 @@ impl RateGate for LocalGate {
         let mut state = self.state();
         state.sent += 1;
         let seq = state.sent;
+        // The instant recorded (never before an earlier attempt's), so that what this
+        // attempt finds on the wire now and what its reply finds later count alike.
+        let now = state.on_wire.latest.map_or(now, |l| l.max(now));
         let older = state.on_wire.since(None, overtake_horizon(now));
         let sent_at = state.on_wire.insert(seq, grant.tokens, grant.blind, now);
         grant.stage = Stage::Sent {

@@ -137,7 +137,11 @@ impl Transport {
 
     /// The same transport, sending `headers` with every request. They never replace
     /// the key's `Authorization` or the body's `Content-Type`.
-    pub fn with_headers(mut self, headers: http::HeaderMap) -> Transport {
+    pub fn with_headers(mut self, mut headers: http::HeaderMap) -> Transport {
+        // Extra headers may carry secrets (Azure's `api-key`): never shown by `Debug`.
+        for value in headers.values_mut() {
+            value.set_sensitive(true);
+        }
         self.extra = headers;
         self.extra.remove(http::header::AUTHORIZATION);
         self.extra.remove(http::header::CONTENT_TYPE);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::limits::lanes::{LaneLayout, LanePool};
-use crate::provider::transport::{ApiKey, Transport, TransportError};
+use crate::provider::transport::{ApiKey, Reply, Transport, TransportError};
 
 /// How to reach one provider.
 #[derive(Debug, Clone)]
@@ -45,11 +45,22 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub transport: Transport,
     pub lanes: Arc<LanePool>,
+    /// The extra headers' values, each redacted from replies like a key (a provider
+    /// that echoes an `api-key` header in its 401 must not put it in ERRORS).
+    secrets: Arc<Vec<(ApiKey, Arc<str>)>>,
 }
 
 impl Upstream {
     /// `max_connections` sizes the transport's idle pool.
     pub fn new(spec: UpstreamSpec, max_connections: usize) -> Result<Upstream, TransportError> {
+        let secrets = spec
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let value = value.to_str().ok()?.to_string();
+                Some((ApiKey::new(value)?, Arc::from(format!("header:{name}"))))
+            })
+            .collect();
         let transport = Transport::new(&spec.base_url, max_connections)?.with_headers(spec.headers);
         let prefix = match spec.name.as_str() {
             "" => String::new(),
@@ -60,6 +71,19 @@ impl Upstream {
             name: Arc::from(spec.name),
             transport,
             lanes,
+            secrets: Arc::new(secrets),
         })
+    }
+
+    /// The reply with every key of the upstream and every extra header's value that it
+    /// echoes replaced by a label.
+    pub fn redact(&self, reply: Reply) -> Reply {
+        let mut reply = self.lanes.redact(reply);
+        for (secret, label) in self.secrets.iter() {
+            if let Some(clean) = secret.redact(&reply.body, label) {
+                reply.body = clean;
+            }
+        }
+        reply
     }
 }

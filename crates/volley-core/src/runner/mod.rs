@@ -333,6 +333,8 @@ pub async fn execute(
     let read = feeding.await.unwrap_or(Ok(0));
     let mut stop = source.finish().await;
     interrupt.abort();
+    // Aborting only schedules it: wait until it is gone with its handle on the source.
+    let _ = interrupt.await;
     // The source holds the store, and the store a sink handle: drop them so the
     // writer can finish.
     drop((source, engine));
