@@ -58,6 +58,9 @@ pub(super) fn spool(
 /// thread wakes the runtime once per chunk, not once per line, and the runtime never
 /// wakes the thread while a chunk is still being submitted.
 const CHUNK: usize = 64;
+/// Request bytes per hand-over at most, so that what is read ahead of the engine is
+/// bounded in memory (and in how stale it can be) whatever the lines' size.
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// The second pass: reads the lines marked to send on a thread of its own and submits
 /// them to the engine as `source`, waiting for each to be admitted, so that no more
@@ -85,6 +88,7 @@ pub(super) async fn feed(
         } = scan;
         let mut read = 0usize;
         let mut chunk = Vec::with_capacity(CHUNK);
+        let mut bytes = 0usize;
         for_each_line(&file, &label, |number, text| {
             if read == expected.len() {
                 // Every line to send is read: the rest of the file need not be.
@@ -108,12 +112,15 @@ pub(super) async fn feed(
                 return false;
             };
             read += 1;
+            bytes += job.body.len();
             chunk.push(job);
+            if chunk.len() < CHUNK && bytes < CHUNK_BYTES {
+                return true;
+            }
+            bytes = 0;
             // A closed channel means the source stopped: stop reading.
-            chunk.len() < CHUNK
-                || tx
-                    .blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
-                    .is_ok()
+            tx.blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
+                .is_ok()
         })?;
         if !chunk.is_empty() {
             let _ = tx.blocking_send(chunk);
