@@ -17,9 +17,11 @@
 //! so no path leaks one.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
+
+use crate::engine::handoff::{Held, lock, wait};
 
 /// One admission in this many goes to lower-priority sources while they wait.
 pub const LOWER_EVERY: u32 = 10;
@@ -57,8 +59,9 @@ struct Queue {
     waiters: VecDeque<oneshot::Sender<()>>,
 }
 
+/// The gate's places and queues, behind its lock.
 #[derive(Debug)]
-struct State {
+pub struct State {
     free: usize,
     /// Admissions granted so far (the clock of `last_served`).
     granted: u64,
@@ -117,43 +120,12 @@ pub struct Admission {
 }
 
 /// A place in the engine, held for a request's whole life; handed on when dropped.
-#[derive(Debug)]
-pub struct Admit {
-    state: Arc<Mutex<State>>,
-}
-
-impl Drop for Admit {
-    fn drop(&mut self) {
-        release(&self.state);
-    }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // The state is counters and queues; a panic cannot leave it worse than stopping.
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub type Admit = Held<State>;
 
 fn release(state: &Mutex<State>) {
     let mut state = lock(state);
     if !state.hand_on() {
         state.free += 1;
-    }
-}
-
-/// A wait for a place; dropped after a place was handed to it, it hands it on.
-struct Waiting {
-    rx: Option<oneshot::Receiver<()>>,
-    state: Arc<Mutex<State>>,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            if rx.try_recv().is_ok() {
-                release(&self.state);
-            }
-        }
     }
 }
 
@@ -185,9 +157,7 @@ impl Admission {
                 if let Some(q) = state.queues.get_mut(&source) {
                     q.last_served = granted;
                 }
-                return Admit {
-                    state: self.state.clone(),
-                };
+                return Held::new(&self.state, release);
             }
             let (tx, rx) = oneshot::channel();
             state
@@ -202,19 +172,7 @@ impl Admission {
                 .push_back(tx);
             rx
         };
-        let mut waiting = Waiting {
-            rx: Some(rx),
-            state: self.state.clone(),
-        };
-        if let Some(rx) = waiting.rx.as_mut() {
-            // A sender is dropped unsent only when its waiter is gone, so this is the
-            // place (an error could only mean the gate itself is gone).
-            let _ = rx.await;
-        }
-        waiting.rx = None;
-        Admit {
-            state: self.state.clone(),
-        }
+        wait(rx, &self.state, release).await
     }
 
     /// Forgets a source that will submit no more: its turn history goes with it (any

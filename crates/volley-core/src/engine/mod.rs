@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod concurrency;
+pub mod handoff;
 pub mod request;
 pub mod retry;
 pub mod service;

@@ -41,11 +41,32 @@ use crate::store::{Failure, Outcome, Response, unix_now};
 enum Blocked {
     /// Its source stopped (or no key is left): the request is left for a re-run.
     Halted,
-    /// Its tokens can never fit the key's tokens-per-minute limit.
-    TooLarge { tokens: u64, limit: u64 },
-    /// Every lane it could go on has left the pool (its model's quota spent, or its
-    /// upstream's keys), while other requests still have lanes.
-    NoLane,
+    /// It fails for good, for this reason: its tokens can never fit the lane's
+    /// tokens-per-minute limit, or every lane it could go on has left the pool (its
+    /// model's quota spent, or its upstream's keys) while other requests still have
+    /// lanes.
+    Fails(Reason, String),
+}
+
+impl Blocked {
+    fn no_lane(job: &Job) -> Blocked {
+        Blocked::Fails(
+            Reason::QuotaExhausted,
+            format!(
+                "no key is left for model {} on this upstream (see the keys and lanes retired above); re-run with --retry-failed once its quota is back",
+                job.model.as_deref().unwrap_or("(none)")
+            ),
+        )
+    }
+
+    fn too_large(tokens: u64, limit: u64) -> Blocked {
+        Blocked::Fails(
+            Reason::ExceedsRateLimit,
+            format!(
+                "the request needs about {tokens} tokens, more than the key's limit of {limit} tokens per minute: it can never be sent within the limit"
+            ),
+        )
+    }
 }
 
 impl Shared {
@@ -102,11 +123,7 @@ impl Shared {
             let (slot, mut booking) = match self.take_turn(source, lanes, &job, priority).await {
                 Ok(taken) => taken,
                 Err(Blocked::Halted) => return None,
-                Err(Blocked::NoLane) => {
-                    let why = format!(
-                        "no key is left for model {} on this upstream (see the keys and lanes retired above); re-run with --retry-failed once its quota is back",
-                        job.model.as_deref().unwrap_or("(none)")
-                    );
+                Err(Blocked::Fails(reason, why)) => {
                     let done = Done {
                         job: &job,
                         started: started.unwrap_or_else(Instant::now),
@@ -115,21 +132,7 @@ impl Shared {
                         key: None,
                         reply: None,
                     };
-                    return self.finish(source, done, Some((Reason::QuotaExhausted, why)));
-                }
-                Err(Blocked::TooLarge { tokens, limit }) => {
-                    let why = format!(
-                        "the request needs about {tokens} tokens, more than the key's limit of {limit} tokens per minute: it can never be sent within the limit"
-                    );
-                    let done = Done {
-                        job: &job,
-                        started: started.unwrap_or_else(Instant::now),
-                        attempts,
-                        usage,
-                        key: None,
-                        reply: None,
-                    };
-                    return self.finish(source, done, Some((Reason::ExceedsRateLimit, why)));
+                    return self.finish(source, done, Some((reason, why)));
                 }
             };
             // From now on the request is admitted: it goes before requests not yet sent.
@@ -398,11 +401,11 @@ impl Shared {
                     // Keys are left, but none for this request: its model's lanes (or its
                     // upstream's keys) are spent. It fails; the others go on.
                     throttled(waited_on);
-                    return Err(Blocked::NoLane);
+                    return Err(Blocked::no_lane(job));
                 }
                 Err(BookError::TooLarge { tokens, limit }) => {
                     throttled(waited_on);
-                    return Err(Blocked::TooLarge { tokens, limit });
+                    return Err(Blocked::too_large(tokens, limit));
                 }
             };
             if booking.at > now {

@@ -12,11 +12,12 @@
 //! halt or an aborted task cannot leave the turnstile locked.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 use crate::engine::admission::Precedence;
+use crate::engine::handoff::{Held, lock, wait};
 
 /// Where a request waits for its turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +29,9 @@ pub enum Priority {
     Fresh(u8),
 }
 
+/// The turnstile's queues, behind its lock.
 #[derive(Debug, Default)]
-struct State {
+pub struct State {
     held: bool,
     admitted: VecDeque<oneshot::Sender<()>>,
     /// Fresh requests by their source's priority.
@@ -68,38 +70,7 @@ pub struct Turnstile {
 }
 
 /// The turn: held by one request at a time; handed on when dropped.
-#[derive(Debug)]
-pub struct Turn {
-    state: Arc<Mutex<State>>,
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        hand_on(&self.state);
-    }
-}
-
-/// A wait for the turn; if it is dropped after the turn was handed to it, it hands
-/// the turn on instead of losing it.
-struct Waiting {
-    rx: Option<oneshot::Receiver<()>>,
-    state: Arc<Mutex<State>>,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            if rx.try_recv().is_ok() {
-                hand_on(&self.state);
-            }
-        }
-    }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub type Turn = Held<State>;
 
 /// Gives the turn to the next waiter still waiting, or frees it.
 fn hand_on(state: &Mutex<State>) {
@@ -132,9 +103,7 @@ impl Turnstile {
             let mut state = lock(&self.state);
             if !state.held {
                 state.held = true;
-                return Turn {
-                    state: self.state.clone(),
-                };
+                return Held::new(&self.state, hand_on);
             }
             let (tx, rx) = oneshot::channel();
             match priority {
@@ -143,19 +112,7 @@ impl Turnstile {
             }
             rx
         };
-        let mut waiting = Waiting {
-            rx: Some(rx),
-            state: self.state.clone(),
-        };
-        if let Some(rx) = waiting.rx.as_mut() {
-            // A sender is dropped unsent only when its waiter is gone, so this is the
-            // turn (an error could only mean the turnstile itself is gone).
-            let _ = rx.await;
-        }
-        waiting.rx = None;
-        Turn {
-            state: self.state.clone(),
-        }
+        wait(rx, &self.state, hand_on).await
     }
 }
 
