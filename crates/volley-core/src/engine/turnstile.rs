@@ -152,14 +152,14 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_higher_priority_goes_first_but_lower_ones_keep_a_tenth() {
+    /// Fresh requests of these levels queue, in this order, behind a held turn; returns
+    /// the levels in the order they were served once it is handed on.
+    async fn served(levels: impl Iterator<Item = u8>) -> Vec<u8> {
         let gate = Arc::new(Turnstile::new());
         let order = Arc::new(Mutex::new(Vec::new()));
         let first = gate.enter(Priority::Fresh(0)).await;
         let mut tasks = Vec::new();
-        let arrivals = std::iter::repeat_n(0u8, 3).chain(std::iter::repeat_n(10u8, 20));
-        for level in arrivals {
+        for level in levels {
             let (gate, order) = (gate.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
                 let _turn = gate.enter(Priority::Fresh(level)).await;
@@ -172,40 +172,36 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        let order = order.lock().unwrap();
-        let low: Vec<usize> = (0..order.len()).filter(|&i| order[i] == 0).collect();
-        assert_eq!(low, [9, 19, 22], "{order:?}");
+        Arc::try_unwrap(order).unwrap().into_inner().unwrap()
+    }
+
+    /// (position, level) of every turn served below `top`.
+    fn below(order: &[u8], top: u8) -> Vec<(usize, u8)> {
+        (0..order.len())
+            .filter(|&i| order[i] < top)
+            .map(|i| (i, order[i]))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_higher_priority_goes_first_but_lower_ones_keep_a_tenth() {
+        let order = served(std::iter::repeat_n(0u8, 3).chain(std::iter::repeat_n(10u8, 20))).await;
+        // Nine to the top, then one below, while both wait; the rest once it has none.
+        assert_eq!(below(&order, 10), [(9, 0), (19, 0), (22, 0)], "{order:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn lower_levels_take_the_lower_turns_in_rotation() {
-        let gate = Arc::new(Turnstile::new());
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let first = gate.enter(Priority::Fresh(0)).await;
-        let mut tasks = Vec::new();
-        let arrivals = std::iter::repeat_n(0u8, 2)
+        let levels = std::iter::repeat_n(0u8, 2)
             .chain(std::iter::repeat_n(5u8, 2))
             .chain(std::iter::repeat_n(10u8, 40));
-        for level in arrivals {
-            let (gate, order) = (gate.clone(), order.clone());
-            tasks.push(tokio::spawn(async move {
-                let _turn = gate.enter(Priority::Fresh(level)).await;
-                order.lock().unwrap().push(level);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }));
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        drop(first);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let order = order.lock().unwrap();
-        let lower: Vec<(usize, u8)> = (0..order.len())
-            .filter(|&i| order[i] < 10)
-            .map(|i| (i, order[i]))
-            .collect();
+        let order = served(levels).await;
         // Every tenth turn goes below the top, to 5 and 0 in turn: neither starves.
-        assert_eq!(lower, [(9, 5), (19, 0), (29, 5), (39, 0)], "{order:?}");
+        assert_eq!(
+            below(&order, 10),
+            [(9, 5), (19, 0), (29, 5), (39, 0)],
+            "{order:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -96,6 +96,10 @@ impl IdSet {
     pub fn new() -> IdSet {
         IdSet::default()
     }
+    /// A set with room for `n` ids.
+    pub fn with_capacity(n: usize) -> IdSet {
+        IdSet(HashSet::with_capacity_and_hasher(n, Default::default()))
+    }
     /// Adds an id; false if it was already there.
     pub fn insert(&mut self, id: &str) -> bool {
         self.0.insert(id_hash(id))

@@ -4,6 +4,31 @@
 
 use std::io::{BufRead, BufReader, Read};
 
+/// How many lines a file probably has, from its size and the lines in its first
+/// 256 KiB, capped: enough to size a table of its ids once instead of letting it double
+/// its way up (each doubling briefly holds the old table and the new one). An
+/// estimate, never a promise: the table still grows if it is short.
+pub fn estimate_lines(path: &std::path::Path) -> usize {
+    /// Past this, a table grows as it must; sizing it ahead is not worth the risk of a
+    /// file whose first lines say nothing of the rest.
+    const MOST: usize = 2_000_000;
+    const SAMPLE: usize = 256 * 1024;
+    let Ok(file) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let size = file.metadata().map_or(0, |m| m.len()) as usize;
+    let mut sample = Vec::with_capacity(SAMPLE.min(size));
+    if file.take(SAMPLE as u64).read_to_end(&mut sample).is_err() || sample.is_empty() {
+        return 0;
+    }
+    let lines = memchr::memchr_iter(b'\n', &sample).count().max(1);
+    if sample.len() >= size {
+        return lines.min(MOST);
+    }
+    let per_line = sample.len() / lines;
+    (size / per_line.max(1) + size / per_line.max(1) / 20).min(MOST)
+}
+
 /// One line of a JSONL file.
 #[derive(Debug, Clone, Copy)]
 pub struct Line<'a> {

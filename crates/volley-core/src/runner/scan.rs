@@ -120,7 +120,7 @@ pub(super) fn scan(
     plan: &RunPlan,
     checkpoint: &Checkpoint,
 ) -> Result<(Scan, IdSet), RunError> {
-    let mut seen = IdSet::new();
+    let mut seen = IdSet::with_capacity(crate::input::lines::estimate_lines(path));
     let mut fates = Vec::new();
     let mut issues = Vec::new();
     let (mut lines, mut to_send, mut already_done) = (0u64, 0u64, 0u64);

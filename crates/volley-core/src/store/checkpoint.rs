@@ -139,6 +139,8 @@ impl Checkpoint {
 
     fn read_results(&mut self, path: &Path) -> Result<(), SinkError> {
         let cp = self;
+        cp.results
+            .reserve(crate::input::lines::estimate_lines(path));
         let tail = read_entries(path, Place::Results, |number, entry, _| {
             cp.results_lines += 1;
             cp.unfingerprinted += u64::from(entry.fingerprint == 0);
