@@ -20,6 +20,7 @@ use std::time::SystemTime;
 
 use tokio::time::{Instant, sleep, sleep_until};
 
+use crate::accounting::cost_cap::CostReservation;
 use crate::accounting::usage::Usage;
 use crate::defaults;
 use crate::engine::concurrency::Slot;
@@ -193,31 +194,19 @@ impl Shared {
                 Err(failure) => (classify_failure(&failure), None),
             };
             let refusal = booking.refusal();
-            match &reply {
-                Some(reply) => {
-                    let seen = headers::observe(&reply.headers, SystemTime::now());
-                    let billed = outcome.usage.map(|u| u.total_tokens);
-                    let learned = booking.settle(billed, &seen, Instant::now());
-                    self.apply_learned(lanes, lane, learned);
-                    // What the reply freed or announced may let a waiting request go
-                    // sooner; a 429's pause or a retirement wakes it once applied.
-                    if !matches!(outcome.verdict, Verdict::RateLimited | Verdict::RetireKey) {
-                        lanes.wake();
-                    }
-                }
-                // No reply: the provider may have counted the attempt, so its booking
-                // keeps the request and the token estimate.
-                None => drop(booking),
-            }
-            // The slot is given back once the key has learned from the reply, so the
-            // next attempt books on what the provider just said.
-            drop(slot);
-            self.adapt_concurrency(&outcome);
-            self.price(source, &mut outcome, job.model.as_deref());
-            reservation.finish(outcome.usage.and_then(|u| u.cost));
-            // Halts now, not when the next request asks, so that requests waiting for a
-            // key's limit give up at once.
-            self.over_cost_cap(source);
+            let held = Attempt {
+                lanes,
+                booking,
+                slot,
+                reservation,
+            };
+            self.settle(
+                source,
+                held,
+                &mut outcome,
+                reply.as_ref(),
+                job.model.as_deref(),
+            );
             if let Some(u) = &outcome.usage {
                 usage.add(u);
             }
@@ -323,6 +312,48 @@ impl Shared {
                 return None;
             }
         }
+    }
+
+    /// Gives an answered attempt's resources back, each value taking its side effect
+    /// in turn: the booking settles to the tokens billed and the lane learns from the
+    /// headers (or, with no reply, keeps the attempt counted: the provider may have),
+    /// then the slot goes back so the next attempt books on what was just learned, the
+    /// wire adapts, the cost is priced and recorded, and a cap reached halts the source
+    /// at once rather than when its next request asks.
+    fn settle(
+        &self,
+        source: &SourceState,
+        attempt: Attempt<'_>,
+        outcome: &mut Classified,
+        reply: Option<&Reply>,
+        model: Option<&str>,
+    ) {
+        let Attempt {
+            lanes,
+            booking,
+            slot,
+            reservation,
+        } = attempt;
+        let lane = booking.lane;
+        match reply {
+            Some(reply) => {
+                let seen = headers::observe(&reply.headers, SystemTime::now());
+                let billed = outcome.usage.map(|u| u.total_tokens);
+                let learned = booking.settle(billed, &seen, Instant::now());
+                self.apply_learned(lanes, lane, learned);
+                // What the reply freed or announced may let a waiting request go
+                // sooner; a 429's pause or a retirement wakes it once applied.
+                if !matches!(outcome.verdict, Verdict::RateLimited | Verdict::RetireKey) {
+                    lanes.wake();
+                }
+            }
+            None => drop(booking),
+        }
+        drop(slot);
+        self.adapt_concurrency(outcome);
+        self.price(source, outcome, model);
+        reservation.finish(outcome.usage.and_then(|u| u.cost));
+        self.over_cost_cap(source);
     }
 
     /// Takes the turn, a wire slot and a key booking, in that order, and waits until
@@ -486,6 +517,14 @@ impl Shared {
         );
         Some(outcome)
     }
+}
+
+/// What an attempt on the wire holds until its outcome is known.
+struct Attempt<'a> {
+    lanes: &'a LanePool,
+    booking: Booking,
+    slot: Slot,
+    reservation: CostReservation,
 }
 
 /// What is known about a request when it ends.
