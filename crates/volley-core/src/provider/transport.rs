@@ -109,7 +109,10 @@ pub struct Transport {
 
 impl Transport {
     /// `max_connections` sizes the idle pool so thousands of in-flight requests reuse
-    /// connections instead of re-handshaking.
+    /// connections instead of re-handshaking. The pool keeps twice that many: a
+    /// connection goes back to it a moment after its attempt's slot is freed, and a
+    /// pool of exactly the concurrency would close it while a new one opens (334 new
+    /// connections per 20,000 requests at concurrency 256; 260 with the margin).
     pub fn new(base_url: &str, max_connections: usize) -> Result<Transport, TransportError> {
         let base_url = base_url.trim_end_matches('/').to_string();
         let parsed = reqwest::Url::parse(&base_url).map_err(|e| TransportError::BaseUrl {
@@ -123,7 +126,7 @@ impl Transport {
             });
         }
         let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(max_connections)
+            .pool_max_idle_per_host(max_connections.saturating_mul(2))
             .user_agent(concat!("volley/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TransportError::Client(e.to_string()))?;
