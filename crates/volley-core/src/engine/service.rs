@@ -168,8 +168,9 @@ impl Engine {
     }
 
     /// Admits a job of `source`, waiting for its fair share of the engine; the ticket
-    /// resolves to its outcome once the source's store has kept it. A source that has
-    /// stopped admits nothing: the job comes back.
+    /// resolves to its outcome once it has been handed to the source's store. A source
+    /// that has stopped, or whose owner called [`Source::finish`], admits nothing: the
+    /// job comes back.
     pub async fn submit(&self, source: &Source, job: Job) -> Result<Ticket, NotAdmitted> {
         let state = &source.state;
         if state.stop.is_cancelled() || state.closed.load(Ordering::SeqCst) {
@@ -180,7 +181,7 @@ impl Engine {
             _ = state.stop.cancelled() => return Err(NotAdmitted(job)),
             admit = self.shared.admission.enter(state.id.0, state.priority) => admit,
         };
-        let held = Held {
+        let held = Holds {
             _admit: admit,
             _engine: self.shared.running.enter(),
             _source: state.running.enter(),
@@ -217,7 +218,7 @@ impl Engine {
 
 /// What an admitted request holds until it ends: its place, and its count in the
 /// engine's and its source's running requests.
-pub(crate) struct Held {
+pub(crate) struct Holds {
     _admit: Admit,
     _engine: RunningGuard,
     _source: RunningGuard,
@@ -378,7 +379,7 @@ impl Shared {
         source: Arc<SourceState>,
         job: Job,
         ticket: oneshot::Sender<Outcome>,
-        held: Held,
+        held: Holds,
     ) {
         self.run_request(source, job, ticket).await;
         drop(held);
