@@ -83,6 +83,7 @@ pub(super) async fn feed(
             label,
             plan,
             expected,
+            estimates,
             _spool,
             ..
         } = scan;
@@ -111,6 +112,10 @@ pub(super) async fn feed(
                 seen_change.store(true, Ordering::Relaxed);
                 return false;
             };
+            // u32::MAX: too large to carry; counted again when booked.
+            if let Some(tokens) = estimates.get(read).filter(|t| **t != u32::MAX) {
+                let _ = job.tokens.set(u64::from(*tokens));
+            }
             read += 1;
             bytes += job.body.len();
             chunk.push(job);

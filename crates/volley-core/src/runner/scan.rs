@@ -59,6 +59,9 @@ pub struct Scan {
     /// only if it still is the request the first pass checked (an input rewritten in
     /// place during the run is caught, not sent).
     pub(super) expected: Vec<u32>,
+    /// With `--tpm`, each line to send's token estimate, in order (empty without): the
+    /// second pass books it instead of tokenizing the request again.
+    pub(super) estimates: Vec<u32>,
     pub(super) plan: Vec<LineFate>,
     /// Holds stdin's copy alive for the second pass.
     pub(super) _spool: Option<tempfile::NamedTempFile>,
@@ -137,6 +140,7 @@ pub(super) fn scan(
         source,
     })?;
     let mut expected = Vec::new();
+    let mut estimates = Vec::new();
     for_each_line(&file, &label, |number, text| {
         let fate = match text {
             Ok(t) if t.trim().is_empty() => LineFate::Skip,
@@ -208,13 +212,15 @@ pub(super) fn scan(
                                     true
                                 }
                             };
+                            // Counted once here, and handed to the second pass, which
+                            // books it: tokenizing is the dearest step of a line.
+                            let tokens =
+                                (send && plan.tpm.is_some()).then(|| request.estimated_tokens());
                             if !send {
                                 already_done += 1;
                                 LineFate::Skip
-                            } else if let Some((tokens, tpm)) = plan
-                                .tpm
-                                .map(|tpm| (request.estimated_tokens(), tpm))
-                                .filter(|(tokens, tpm)| tokens > tpm)
+                            } else if let Some((tokens, tpm)) =
+                                tokens.zip(plan.tpm).filter(|(tokens, tpm)| tokens > tpm)
                             {
                                 let message = format!(
                                     "needs about {tokens} tokens (prompt plus max_tokens), more than --tpm {tpm}: it can never be sent within the limit"
@@ -228,6 +234,9 @@ pub(super) fn scan(
                                 }
                                 to_send += 1;
                                 expected.push(line_check(id, fp));
+                                if let Some(tokens) = tokens {
+                                    estimates.push(u32::try_from(tokens).unwrap_or(u32::MAX));
+                                }
                                 LineFate::Send
                             }
                         }
@@ -272,6 +281,7 @@ pub(super) fn scan(
         replacing,
         file,
         expected,
+        estimates,
         plan: fates,
         _spool: spool,
     };
