@@ -106,7 +106,10 @@ impl Shared {
         let mut attempts = 0u32;
         let mut retries = RetryCount::default();
         let mut rate_limited_retries = 0u32;
-        let mut priority = Priority::Fresh(source.priority);
+        let mut priority = Priority::Fresh {
+            level: source.priority,
+            source: source.id.0,
+        };
         let Some(upstream) = self.upstreams.get(job.upstream) else {
             let why = format!("the engine has no upstream {}", job.upstream);
             let done = Done {

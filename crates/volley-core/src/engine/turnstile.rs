@@ -3,7 +3,12 @@
 //!
 //! One request at a time holds the turn: it takes a wire slot, books a key and waits
 //! until its booked instant, then hands the turn on. Waiting requests are served
-//! retries first, then in arrival order. A retry therefore waits for at most the one
+//! retries first, then fresh ones by priority, the sources of one priority in rotation
+//! (each source's own in arrival order). The rotation is what makes a limited lane's
+//! rate shared fairly: the admission gate shares places in the engine, but the
+//! requests holding those places may queue here for many seconds, and a queue in
+//! arrival order would hand the lane to whichever source grabbed the places first.
+//! A retry therefore waits for at most the one
 //! booking ahead of it — not behind every fresh request queued for the key — so its
 //! spacing is its backoff, and tail latency stays short. Only the turn's holder books
 //! ahead of time, so no booking is ever made far in the future.
@@ -24,9 +29,42 @@ use crate::engine::handoff::{Held, lock, wait};
 pub enum Priority {
     /// A request already admitted: a retry, or one moved off a retired key.
     Admitted,
-    /// A request not yet sent, with its source's priority: higher goes first, lower
-    /// ones keep a tenth of the turns ([`Precedence`]).
-    Fresh(u8),
+    /// A request not yet sent, of `source`, with its source's priority: higher goes
+    /// first, lower ones keep a tenth of the turns ([`Precedence`]); sources of one
+    /// priority take turns.
+    Fresh { level: u8, source: u64 },
+}
+
+/// The fresh waiters of one priority, by source, served in rotation: the source at the
+/// front gives one waiter and goes to the back if it has more. A source with none
+/// waiting leaves the ring and rejoins at the back, so no history is kept of sources
+/// that are gone.
+#[derive(Debug, Default)]
+struct Ring {
+    /// Never holds a source with an empty queue.
+    sources: VecDeque<(u64, VecDeque<oneshot::Sender<()>>)>,
+}
+
+impl Ring {
+    fn push(&mut self, source: u64, tx: oneshot::Sender<()>) {
+        match self.sources.iter_mut().find(|(id, _)| *id == source) {
+            Some((_, queue)) => queue.push_back(tx),
+            None => self.sources.push_back((source, VecDeque::from([tx]))),
+        }
+    }
+
+    fn pop(&mut self) -> Option<oneshot::Sender<()>> {
+        let (source, mut queue) = self.sources.pop_front()?;
+        let tx = queue.pop_front();
+        if !queue.is_empty() {
+            self.sources.push_back((source, queue));
+        }
+        tx
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
 }
 
 /// The turnstile's queues, behind its lock.
@@ -35,7 +73,7 @@ pub struct State {
     held: bool,
     admitted: VecDeque<oneshot::Sender<()>>,
     /// Fresh requests by their source's priority.
-    fresh: BTreeMap<u8, VecDeque<oneshot::Sender<()>>>,
+    fresh: BTreeMap<u8, Ring>,
     precedence: Precedence,
     /// The lower level served last, for the rotation among lower levels.
     last_lower: Option<u8>,
@@ -59,7 +97,7 @@ impl State {
         } else {
             top
         };
-        self.fresh.get_mut(&level)?.pop_front()
+        self.fresh.get_mut(&level)?.pop()
     }
 }
 
@@ -108,7 +146,9 @@ impl Turnstile {
             let (tx, rx) = oneshot::channel();
             match priority {
                 Priority::Admitted => state.admitted.push_back(tx),
-                Priority::Fresh(level) => state.fresh.entry(level).or_default().push_back(tx),
+                Priority::Fresh { level, source } => {
+                    state.fresh.entry(level).or_default().push(source, tx)
+                }
             }
             rx
         };
@@ -121,17 +161,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A fresh request of source 0.
+    fn fresh(level: u8) -> Priority {
+        Priority::Fresh { level, source: 0 }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn admitted_requests_go_first_then_arrival_order() {
         let gate = Arc::new(Turnstile::new());
         let order = Arc::new(Mutex::new(Vec::new()));
-        let first = gate.enter(Priority::Fresh(0)).await;
+        let first = gate.enter(fresh(0)).await;
         let mut tasks = Vec::new();
         for (name, priority) in [
-            ("fresh-1", Priority::Fresh(0)),
-            ("fresh-2", Priority::Fresh(0)),
+            ("fresh-1", fresh(0)),
+            ("fresh-2", fresh(0)),
             ("retry-1", Priority::Admitted),
-            ("fresh-3", Priority::Fresh(0)),
+            ("fresh-3", fresh(0)),
             ("retry-2", Priority::Admitted),
         ] {
             let (gate, order) = (gate.clone(), order.clone());
@@ -152,17 +197,46 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn sources_of_one_priority_take_turns_whoever_queued_first() {
+        let gate = Arc::new(Turnstile::new());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = gate.enter(fresh(0)).await;
+        let mut tasks = Vec::new();
+        // Source 1 queues six before source 2 queues any: a queue in arrival order
+        // would serve all six first.
+        for source in [1u64, 1, 1, 1, 1, 1, 2, 2, 2] {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _turn = gate.enter(Priority::Fresh { level: 0, source }).await;
+                order.lock().unwrap().push(source);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [1, 2, 1, 2, 1, 2, 1, 1, 1]);
+    }
+
     /// Fresh requests of these levels queue, in this order, behind a held turn; returns
     /// the levels in the order they were served once it is handed on.
     async fn served(levels: impl Iterator<Item = u8>) -> Vec<u8> {
         let gate = Arc::new(Turnstile::new());
         let order = Arc::new(Mutex::new(Vec::new()));
-        let first = gate.enter(Priority::Fresh(0)).await;
+        let first = gate.enter(fresh(0)).await;
         let mut tasks = Vec::new();
         for level in levels {
             let (gate, order) = (gate.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let _turn = gate.enter(Priority::Fresh(level)).await;
+                let _turn = gate
+                    .enter(Priority::Fresh {
+                        level,
+                        source: u64::from(level),
+                    })
+                    .await;
                 order.lock().unwrap().push(level);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }));
@@ -207,18 +281,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_gives_up_does_not_keep_the_turn() {
         let gate = Arc::new(Turnstile::new());
-        let held = gate.enter(Priority::Fresh(0)).await;
+        let held = gate.enter(fresh(0)).await;
         let quitter = {
             let gate = gate.clone();
             tokio::spawn(async move {
-                let _turn = gate.enter(Priority::Fresh(0)).await;
+                let _turn = gate.enter(fresh(0)).await;
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             })
         };
         let waiter = {
             let gate = gate.clone();
             tokio::spawn(async move {
-                let _turn = gate.enter(Priority::Fresh(0)).await;
+                let _turn = gate.enter(fresh(0)).await;
             })
         };
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -229,7 +303,7 @@ mod tests {
             .await
             .expect("the turn reached the next waiter")
             .unwrap();
-        let _again = tokio::time::timeout(Duration::from_secs(1), gate.enter(Priority::Fresh(0)))
+        let _again = tokio::time::timeout(Duration::from_secs(1), gate.enter(fresh(0)))
             .await
             .expect("and it is free again");
     }
