@@ -618,3 +618,30 @@ fn a_retry_goes_before_requests_not_yet_sent() {
         "a retry waited behind the queue: {worst:.2} s (all: {gaps:?})"
     );
 }
+
+#[test]
+fn a_proxy_named_by_the_environment_carries_every_request() {
+    // The "proxy" is a mock: a request reaches it only through HTTP_PROXY, since the
+    // base URL names a port nothing listens on.
+    let proxy = MockProc::start(&[]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base_url = format!("http://127.0.0.1:{closed}/v1");
+    let ws = Workspace::new();
+    ws.prompts("batch.jsonl", 20);
+    let out = volley()
+        .args(run_args("batch.jsonl", &base_url, &FAST_RETRY))
+        .env("HTTP_PROXY", format!("http://{}", proxy.addr))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .current_dir(ws.dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_each_once(&ws.jsonl("batch.results.jsonl"), 20);
+    assert_eq!(proxy.stats()["requests"], 20, "{}", proxy.stats());
+    assert_no_key("stderr", &String::from_utf8_lossy(&out.stderr));
+}

@@ -30,6 +30,10 @@ pub fn volley() -> Command {
     cmd.env_remove("OPENROUTER_API_KEY")
         .env_remove("OPENAI_API_KEY")
         .env_remove("VOLLEY_BASE_URL");
+    // Tests talk to 127.0.0.1 directly, whatever proxy the machine is set up with.
+    for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        cmd.env_remove(proxy).env_remove(proxy.to_lowercase());
+    }
     cmd.env(KEY_ENV, TEST_KEY);
     cmd
 }
