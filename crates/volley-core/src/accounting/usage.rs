@@ -100,10 +100,291 @@ impl Usage {
     }
 }
 
+/// A reply's `usage` object, read straight from the reply body rather than from a JSON
+/// tree: building a tree of every reply's usage was a dozen allocations on the hot
+/// path. It reads exactly what [`Usage::from_usage`] reads from a tree, as leniently: a
+/// figure of the wrong kind counts as absent, a repeated key keeps its last value, and
+/// anything but an object is no usage at all.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct UsageShape(pub Option<Usage>);
+
+/// A JSON value where a figure is expected: a number of one kind, or anything else.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Num {
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Other,
+}
+
+impl Num {
+    /// As `Value::as_u64`: a non-negative integer.
+    fn as_u64(self) -> Option<u64> {
+        match self {
+            Num::Unsigned(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// As `Value::as_f64`: any number.
+    fn as_f64(self) -> Option<f64> {
+        match self {
+            Num::Unsigned(n) => Some(n as f64),
+            Num::Signed(n) => Some(n as f64),
+            Num::Float(f) => Some(f),
+            Num::Other => None,
+        }
+    }
+}
+
+/// Accepts any JSON value, keeping only what a figure can be.
+struct NumVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NumVisitor {
+    type Value = Num;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Num, E> {
+        Ok(Num::Other)
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Num, E> {
+        Ok(Num::Signed(n))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Num, E> {
+        Ok(Num::Unsigned(n))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Num, E> {
+        Ok(Num::Float(f))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Num, E> {
+        Ok(Num::Other)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Num, E> {
+        Ok(Num::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Num, E> {
+        Ok(Num::Other)
+    }
+    fn visit_none<E>(self) -> Result<Num, E> {
+        Ok(Num::Other)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Num, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Num::Other)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Num, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Num::Other)
+    }
+}
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Num, D::Error> {
+        d.deserialize_any(NumVisitor)
+    }
+}
+
+/// The keys of a `usage` object (and of its `*_details` objects) volley reads.
+enum Key {
+    Prompt,
+    Input,
+    Completion,
+    Output,
+    Total,
+    CompletionDetails,
+    PromptDetails,
+    Reasoning,
+    Cached,
+    Cost,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "prompt_tokens" => Key::Prompt,
+                    "input_tokens" => Key::Input,
+                    "completion_tokens" => Key::Completion,
+                    "output_tokens" => Key::Output,
+                    "total_tokens" => Key::Total,
+                    "completion_tokens_details" => Key::CompletionDetails,
+                    "prompt_tokens_details" => Key::PromptDetails,
+                    "reasoning_tokens" => Key::Reasoning,
+                    "cached_tokens" => Key::Cached,
+                    "cost" => Key::Cost,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The figures of a usage object (or of a `*_details` object) as found: `None` where
+/// the key is absent, so "present but not a number" stays apart from "absent".
+#[derive(Default)]
+struct Figures {
+    prompt: Option<Num>,
+    input: Option<Num>,
+    completion: Option<Num>,
+    output: Option<Num>,
+    total: Option<Num>,
+    completion_details: Option<Details>,
+    prompt_details: Option<Details>,
+    reasoning: Option<Num>,
+    cached: Option<Num>,
+    cost: Option<Num>,
+}
+
+/// A `*_details` object: its figures, or `None` when it is not an object.
+struct Details(Option<Box<Figures>>);
+
+/// Reads an object's figures (`None` for anything but an object).
+struct FiguresVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FiguresVisitor {
+    type Value = Option<Figures>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut figures = Figures::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            let slot = match key {
+                Key::Prompt => &mut figures.prompt,
+                Key::Input => &mut figures.input,
+                Key::Completion => &mut figures.completion,
+                Key::Output => &mut figures.output,
+                Key::Total => &mut figures.total,
+                Key::Reasoning => &mut figures.reasoning,
+                Key::Cached => &mut figures.cached,
+                Key::Cost => &mut figures.cost,
+                Key::CompletionDetails => {
+                    figures.completion_details = Some(map.next_value()?);
+                    continue;
+                }
+                Key::PromptDetails => {
+                    figures.prompt_details = Some(map.next_value()?);
+                    continue;
+                }
+                Key::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
+        }
+        Ok(Some(figures))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+impl<'de> Deserialize<'de> for Details {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Details, D::Error> {
+        Ok(Details(d.deserialize_any(FiguresVisitor)?.map(Box::new)))
+    }
+}
+
+impl<'de> Deserialize<'de> for UsageShape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UsageShape, D::Error> {
+        let Some(f) = d.deserialize_any(FiguresVisitor)? else {
+            return Ok(UsageShape(None));
+        };
+        // As `from_usage`: a key present with the wrong kind of value counts as 0, not
+        // as absent, so `prompt_tokens: "x"` does not fall back to `input_tokens`.
+        let count = |n: Option<Num>| n.and_then(Num::as_u64).unwrap_or(0);
+        let prompt = count(f.prompt.or(f.input));
+        let completion = count(f.completion.or(f.output));
+        let detail = |d: &Option<Details>, pick: fn(&Figures) -> Option<Num>| {
+            d.as_ref()
+                .and_then(|d| d.0.as_deref())
+                .and_then(pick)
+                .and_then(Num::as_u64)
+                .unwrap_or(0)
+        };
+        Ok(UsageShape(Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: f
+                .total
+                .and_then(Num::as_u64)
+                .unwrap_or_else(|| prompt.saturating_add(completion)),
+            reasoning_tokens: detail(&f.completion_details, |d| d.reasoning),
+            cached_tokens: detail(&f.prompt_details, |d| d.cached),
+            cost: f
+                .cost
+                .and_then(Num::as_f64)
+                .filter(|c| c.is_finite() && *c >= 0.0),
+        })))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_shape_read_from_a_body_equals_the_tree_read() {
+        let cases = [
+            r#"{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"cost":0.0021}"#,
+            r#"{"input_tokens":5,"output_tokens":7}"#,
+            r#"{"prompt_tokens":"12","input_tokens":5,"completion_tokens":-3,"total_tokens":1.5}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2,"cost":-1,"extra":{"a":[1,{"b":2}]}}"#,
+            r#"{"completion_tokens_details":{"reasoning_tokens":9},"prompt_tokens_details":{"cached_tokens":4}}"#,
+            r#"{"completion_tokens_details":[1],"prompt_tokens_details":null,"cost":"0.1"}"#,
+            r#"{"cost":1e300,"total_tokens":18446744073709551615}"#,
+            r#"{"cost":1,"reasoning_tokens":3}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#"null"#,
+            r#""usage""#,
+            r#"7"#,
+        ];
+        for case in cases {
+            let tree: Value = serde_json::from_str(case).unwrap();
+            let shape: UsageShape = serde_json::from_str(case).unwrap();
+            assert_eq!(shape.0, Usage::from_usage(&tree), "{case}");
+        }
+    }
 
     #[test]
     fn reads_openai_and_openrouter_usage() {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -32,7 +32,8 @@ struct Detail {
     errors_by_code: BTreeMap<&'static str, u64>,
     keys_retired: Vec<(String, String)>,
     stop_reason: Option<String>,
-    models: BTreeMap<String, ModelStats>,
+    /// By the model's name as events carry it, so counting an event allocates nothing.
+    models: BTreeMap<Arc<str>, ModelStats>,
 }
 
 /// What one model did in a run.
@@ -58,6 +59,10 @@ pub struct ModelStats {
 
 /// The name per-model figures are filed under when a request names no model.
 pub const NO_MODEL: &str = "(none)";
+
+fn no_model() -> Arc<str> {
+    Arc::from(NO_MODEL)
+}
 
 /// Counters fed by events.
 #[derive(Debug)]
@@ -259,7 +264,11 @@ impl RunStats {
             errors_by_code: d.errors_by_code.clone(),
             keys_retired: d.keys_retired.clone(),
             stop_reason: d.stop_reason.clone(),
-            models: d.models.clone(),
+            models: d
+                .models
+                .iter()
+                .map(|(model, stats)| (model.to_string(), stats.clone()))
+                .collect(),
         }
     }
 }
@@ -342,7 +351,7 @@ impl Observer for RunStats {
                 *d.attempts_by_outcome.entry(outcome).or_default() += 1;
                 let per_model = d
                     .models
-                    .entry(model.as_deref().unwrap_or(NO_MODEL).to_string())
+                    .entry(model.clone().unwrap_or_else(no_model))
                     .or_default();
                 per_model.attempts += 1;
                 if let Some(u) = usage {
@@ -378,7 +387,7 @@ impl Observer for RunStats {
                 let mut d = self.detail();
                 let per_model = d
                     .models
-                    .entry(model.as_deref().unwrap_or(NO_MODEL).to_string())
+                    .entry(model.clone().unwrap_or_else(no_model))
                     .or_default();
                 per_model.requests += 1;
                 if *ok {

@@ -9,9 +9,11 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use std::borrow::Cow;
+
 use serde_json::Value;
 
-use crate::accounting::usage::Usage;
+use crate::accounting::usage::{Usage, UsageShape};
 use crate::engine::retry::retry_after;
 use crate::provider::validate::ResponseCheck;
 
@@ -201,7 +203,7 @@ pub fn classify_reply(
         match serde_json::from_slice::<SuccessShape>(body) {
             Ok(shape) => {
                 let mut out = classify_success_body(endpoint, &shape, body, check);
-                out.usage = shape.usage.as_ref().and_then(Usage::from_usage);
+                out.usage = shape.usage.and_then(|u| u.0);
                 out
             }
             Err(e) => Classified::new(
@@ -232,7 +234,7 @@ struct SuccessShape {
     output: Option<Vec<IgnoredAny>>,
     results: Option<Vec<IgnoredAny>>,
     error: Option<Value>,
-    usage: Option<Value>,
+    usage: Option<UsageShape>,
 }
 
 impl SuccessShape {
@@ -350,15 +352,17 @@ fn classify_success_body(
 }
 
 /// The text of a message's `content`: a string, or the text parts of an array.
-fn content_text(content: &Value) -> String {
+fn content_text(content: &Value) -> Cow<'_, str> {
     match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Array(parts) => Cow::Owned(
+            parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+        ),
+        _ => Cow::Borrowed(""),
     }
 }
 

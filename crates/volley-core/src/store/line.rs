@@ -11,7 +11,7 @@ use crate::input::job::Fingerprint;
 #[derive(Debug, Serialize)]
 pub struct ResponsePart<'a> {
     pub status_code: u16,
-    pub request_id: String,
+    pub request_id: &'a str,
     pub body: &'a RawValue,
 }
 
@@ -63,6 +63,10 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Room for everything in a line but the reply body (ids, error, the `volley` block),
+/// so that a line is written into one allocation.
+const LINE_OVERHEAD: usize = 512;
+
 /// One line of RESULTS or ERRORS, in the OpenAI Batch output shape plus `volley`.
 #[derive(Debug, Serialize)]
 pub struct OutputLine<'a> {
@@ -74,10 +78,12 @@ pub struct OutputLine<'a> {
 }
 
 impl OutputLine<'_> {
-    /// The line as bytes, newline included.
-    pub fn to_line(&self) -> Vec<u8> {
-        // Serializing plain structs with string keys cannot fail.
-        let mut bytes = serde_json::to_vec(self).unwrap_or_default();
+    /// The line as bytes, newline included; `body_len`, the reply body's length, sizes
+    /// the buffer once.
+    pub fn to_line(&self, body_len: usize) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(body_len + LINE_OVERHEAD);
+        // Serializing plain structs with string keys into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut bytes, self);
         bytes.push(b'\n');
         bytes
     }

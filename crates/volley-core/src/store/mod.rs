@@ -15,6 +15,7 @@ pub mod replace;
 pub mod sink;
 pub mod sort;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -115,13 +116,19 @@ impl JsonlStore {
             ),
         };
         let body = outcome.response.as_ref().map(|r| body_as_json(&r.body));
+        let request_id = outcome
+            .response
+            .as_ref()
+            .zip(body.as_deref())
+            .map(|(r, body)| request_id(r, body));
         let response = outcome
             .response
             .as_ref()
             .zip(body.as_deref())
-            .map(|(r, body)| line::ResponsePart {
+            .zip(request_id.as_deref())
+            .map(|((r, body), request_id)| line::ResponsePart {
                 status_code: r.status,
-                request_id: request_id(r, body),
+                request_id,
                 body,
             });
         line::OutputLine {
@@ -143,7 +150,7 @@ impl JsonlStore {
                 fingerprint: outcome.fingerprint,
             },
         }
-        .to_line()
+        .to_line(outcome.response.as_ref().map_or(0, |r| r.body.len()))
     }
 }
 
@@ -159,33 +166,35 @@ impl Store for JsonlStore {
 }
 
 /// The reply body as JSON to embed in an output line: the provider's bytes as they
-/// came when they are JSON on one line, else re-encoded (a multi-line body would break
-/// JSONL), else the text as a JSON string.
-fn body_as_json(body: &[u8]) -> Box<RawValue> {
+/// came when they are JSON on one line (borrowed, not copied), else re-encoded (a
+/// multi-line body would break JSONL), else the text as a JSON string.
+fn body_as_json(body: &[u8]) -> Cow<'_, RawValue> {
     if memchr::memchr2(b'\n', b'\r', body).is_none()
         && let Ok(raw) = serde_json::from_slice::<&RawValue>(body)
     {
-        return raw.to_owned();
+        return Cow::Borrowed(raw);
     }
     let reencoded = serde_json::from_slice::<serde_json::Value>(body)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(body).into_owned()).to_string()
         });
-    RawValue::from_string(reencoded).unwrap_or_else(|_| RawValue::NULL.to_owned())
+    Cow::Owned(RawValue::from_string(reencoded).unwrap_or_else(|_| RawValue::NULL.to_owned()))
 }
 
 /// The provider's request id: the `x-request-id` header, else the body's `id`.
-fn request_id(response: &Response, body: &RawValue) -> String {
+fn request_id<'a>(response: &'a Response, body: &RawValue) -> Cow<'a, str> {
     #[derive(serde::Deserialize)]
     struct WithId {
         id: Option<String>,
     }
     match &response.request_id {
-        Some(id) => id.clone(),
-        None => serde_json::from_str::<WithId>(body.get())
-            .ok()
-            .and_then(|b| b.id)
-            .unwrap_or_default(),
+        Some(id) => Cow::Borrowed(id),
+        None => Cow::Owned(
+            serde_json::from_str::<WithId>(body.get())
+                .ok()
+                .and_then(|b| b.id)
+                .unwrap_or_default(),
+        ),
     }
 }
