@@ -6,7 +6,7 @@
 //! new id as already seen, which is why the hash is keyed by nothing random: the same
 //! file always behaves the same.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A 64-bit FNV-1a hash of a custom_id: stable across runs and platforms.
@@ -88,9 +88,136 @@ impl Hasher for PassThrough {
 /// A map keyed by custom_id, storing only the id's hash (see the module docs).
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<PassThrough>>;
 
+/// A map from id hashes to small values, for the tables that hold one entry per line of
+/// a big file (the input's ids, RESULTS' fingerprints): open addressing with linear
+/// probing in one flat array, sized to the count it is given at 80% load rather than
+/// rounded up to a power of two. A std `HashMap` of a million `(u64, u64)` entries takes
+/// 34 MB (two million buckets and their control bytes); this one 20 MB, and a lookup
+/// reads one or two neighbouring cache lines.
+///
+/// Keys are [`id_hash`] values, already well mixed, so a slot is picked from the hash's
+/// high bits by multiplication. 0 marks an empty slot: the one id whose hash is 0 is
+/// stored as 1 (two ids sharing a hash is the risk the module docs weigh already).
+/// Nothing is ever removed.
+#[derive(Debug, Clone)]
+pub struct IdTable<V> {
+    slots: Vec<(u64, V)>,
+    len: usize,
+}
+
+/// The most a table is filled before it grows: past it, probes for absent keys get long.
+const LOAD: f64 = 0.8;
+
+impl<V: Copy + Default> IdTable<V> {
+    /// A table with room for `n` entries before it grows.
+    pub fn with_capacity(n: usize) -> IdTable<V> {
+        let slots = ((n.max(8) as f64) / LOAD).ceil() as usize;
+        IdTable {
+            slots: vec![(0, V::default()); slots],
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn key(hash: u64) -> u64 {
+        hash.max(1)
+    }
+
+    /// The slot holding `key`, or the empty slot where it would go.
+    fn slot(&self, key: u64) -> usize {
+        let n = self.slots.len();
+        let mut i = ((u128::from(key) * n as u128) >> 64) as usize;
+        loop {
+            let k = self.slots[i].0;
+            if k == key || k == 0 {
+                return i;
+            }
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+    }
+
+    pub fn get(&self, hash: u64) -> Option<&V> {
+        let key = Self::key(hash);
+        let slot = &self.slots[self.slot(key)];
+        (slot.0 == key).then_some(&slot.1)
+    }
+
+    pub fn get_mut(&mut self, hash: u64) -> Option<&mut V> {
+        let key = Self::key(hash);
+        let i = self.slot(key);
+        let slot = &mut self.slots[i];
+        (slot.0 == key).then_some(&mut slot.1)
+    }
+
+    pub fn contains_key(&self, hash: u64) -> bool {
+        self.get(hash).is_some()
+    }
+
+    /// Adds `hash` with `value` unless it is there already; true if it was added.
+    pub fn insert_new(&mut self, hash: u64, value: V) -> bool {
+        self.get_or_insert(hash, value).is_none()
+    }
+
+    /// The value `hash` has, or `None` after adding it with `value`: one probe for what
+    /// would be a lookup and then an insert.
+    pub fn get_or_insert(&mut self, hash: u64, value: V) -> Option<V> {
+        if (self.len + 1) as f64 > self.slots.len() as f64 * LOAD {
+            self.grow();
+        }
+        let key = Self::key(hash);
+        let i = self.slot(key);
+        if self.slots[i].0 == key {
+            return Some(self.slots[i].1);
+        }
+        self.slots[i] = (key, value);
+        self.len += 1;
+        None
+    }
+
+    /// Sets `hash`'s value, adding it if absent.
+    pub fn insert(&mut self, hash: u64, value: V) {
+        if !self.insert_new(hash, value)
+            && let Some(v) = self.get_mut(hash)
+        {
+            *v = value;
+        }
+    }
+
+    fn grow(&mut self) {
+        let bigger = IdTable::with_capacity(self.slots.len().saturating_mul(2));
+        let old = std::mem::replace(self, bigger);
+        for (key, value) in old.slots {
+            if key != 0 {
+                self.insert_new(key, value);
+            }
+        }
+    }
+
+    /// The hashes held (an id whose hash is 0 shows as 1).
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots.iter().map(|(k, _)| *k).filter(|k| *k != 0)
+    }
+}
+
+impl<V: Copy + Default> Default for IdTable<V> {
+    fn default() -> IdTable<V> {
+        IdTable::with_capacity(0)
+    }
+}
+
 /// A set of custom_ids stored as hashes.
 #[derive(Default)]
-pub struct IdSet(HashSet<u64, BuildHasherDefault<PassThrough>>);
+pub struct IdSet(IdTable<()>);
 
 impl IdSet {
     pub fn new() -> IdSet {
@@ -98,21 +225,18 @@ impl IdSet {
     }
     /// A set with room for `n` ids.
     pub fn with_capacity(n: usize) -> IdSet {
-        IdSet(HashSet::with_capacity_and_hasher(n, Default::default()))
+        IdSet(IdTable::with_capacity(n))
     }
     /// Adds an id; false if it was already there.
     pub fn insert(&mut self, id: &str) -> bool {
-        self.0.insert(id_hash(id))
+        self.0.insert_new(id_hash(id), ())
     }
     pub fn contains(&self, id: &str) -> bool {
-        self.0.contains(&id_hash(id))
+        self.0.contains_key(id_hash(id))
     }
     /// Membership by [`id_hash`], for maps that keep only the hash.
     pub fn contains_hash(&self, hash: u64) -> bool {
-        self.0.contains(&hash)
-    }
-    pub fn remove(&mut self, id: &str) -> bool {
-        self.0.remove(&id_hash(id))
+        self.0.contains_key(hash)
     }
     pub fn len(&self) -> usize {
         self.0.len()
@@ -133,8 +257,37 @@ mod tests {
         assert!(!s.insert("a"));
         assert!(s.contains("a"));
         assert!(!s.contains("b"));
-        assert!(s.remove("a"));
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_table_holds_what_a_hash_map_holds_across_growth() {
+        use proptest::prelude::*;
+        proptest!(|(ops in proptest::collection::vec((0u64..64, any::<u64>(), any::<bool>()), 0..400))| {
+            let mut table: IdTable<u64> = IdTable::with_capacity(4);
+            let mut model = std::collections::HashMap::new();
+            for (key, value, overwrite) in ops {
+                // Small keys collide on purpose; 0 and 1 are one key to the table.
+                let key = key.saturating_sub(1).max(1) * if key % 3 == 0 { u64::MAX / 64 } else { 1 };
+                if overwrite {
+                    table.insert(key, value);
+                    model.insert(key, value);
+                } else {
+                    let added = table.insert_new(key, value);
+                    prop_assert_eq!(added, !model.contains_key(&key));
+                    model.entry(key).or_insert(value);
+                }
+            }
+            prop_assert_eq!(table.len(), model.len());
+            for (key, value) in &model {
+                prop_assert_eq!(table.get(*key), Some(value));
+            }
+            let mut keys: Vec<u64> = table.keys().collect();
+            keys.sort_unstable();
+            let mut expected: Vec<u64> = model.keys().copied().collect();
+            expected.sort_unstable();
+            prop_assert_eq!(keys, expected);
+        });
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use super::Replacement;
 use super::recorded::{Entry, read_entries};
 use super::sink::{OutputFiles, SinkError, io_error};
-use crate::input::ids::{IdMap, id_hash};
+use crate::input::ids::{IdMap, IdTable, id_hash};
 use crate::input::job::Fingerprint;
 use crate::store::claim::is_regular_output;
 
@@ -73,7 +73,7 @@ pub enum Tail {
 #[derive(Default)]
 pub struct Checkpoint {
     /// custom_id → fingerprint (0: none recorded) of its first line in RESULTS.
-    results: IdMap<u64>,
+    results: IdTable<u64>,
     /// custom_ids whose RESULTS lines carry more than one fingerprint, with all of them.
     several: IdMap<Vec<u64>>,
     /// custom_id → (fingerprint, line number) of its last line in ERRORS, invalid-input
@@ -139,15 +139,13 @@ impl Checkpoint {
 
     fn read_results(&mut self, path: &Path) -> Result<(), SinkError> {
         let cp = self;
-        cp.results
-            .reserve(crate::input::lines::estimate_lines(path));
+        cp.results = IdTable::with_capacity(crate::input::lines::estimate_lines(path));
         let tail = read_entries(path, Place::Results, |number, entry, _| {
             cp.results_lines += 1;
             cp.unfingerprinted += u64::from(entry.fingerprint == 0);
             let h = id_hash(&entry.custom_id);
             let fp = entry.fingerprint;
-            let Some(first) = cp.results.get(&h).copied() else {
-                cp.results.insert(h, fp);
+            let Some(first) = cp.results.get_or_insert(h, fp) else {
                 return Ok(());
             };
             let repeat = match cp.several.get_mut(&h) {
@@ -186,9 +184,13 @@ impl Checkpoint {
 
     /// Fingerprints of the custom_id's lines in RESULTS.
     fn result_prints(&self, h: u64) -> &[u64] {
-        match self.several.get(&h) {
+        // `several` is empty but after a crash cut a re-run of changed lines short.
+        let several = (!self.several.is_empty())
+            .then(|| self.several.get(&h))
+            .flatten();
+        match several {
             Some(all) => all,
-            None => self.results.get(&h).map_or(&[], std::slice::from_ref),
+            None => self.results.get(h).map_or(&[], std::slice::from_ref),
         }
     }
 
@@ -256,13 +258,13 @@ impl Checkpoint {
 
     /// Whether the custom_id hashed `h` has any line in either file.
     pub fn knows(&self, h: u64) -> bool {
-        self.results.contains_key(&h) || self.errors.contains_key(&h)
+        self.results.contains_key(h) || self.errors.contains_key(&h)
     }
 
     /// Distinct custom_ids in `place` for which `keep` says false.
     pub fn ids_where(&self, place: Place, mut keep: impl FnMut(u64) -> bool) -> u64 {
         let count = match place {
-            Place::Results => self.results.keys().filter(|h| !keep(**h)).count(),
+            Place::Results => self.results.keys().filter(|h| !keep(*h)).count(),
             Place::Errors => self.errors.keys().filter(|h| !keep(**h)).count(),
         };
         count as u64
