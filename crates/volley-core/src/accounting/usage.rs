@@ -149,7 +149,8 @@ impl<'de> serde::de::Visitor<'de> for NumVisitor {
         Ok(Num::Other)
     }
     fn visit_i64<E>(self, n: i64) -> Result<Num, E> {
-        Ok(Num::Signed(n))
+        // As `Value`, which keeps a non-negative integer as unsigned however it came.
+        Ok(u64::try_from(n).map_or(Num::Signed(n), Num::Unsigned))
     }
     fn visit_u64<E>(self, n: u64) -> Result<Num, E> {
         Ok(Num::Unsigned(n))

@@ -136,6 +136,9 @@ impl fmt::Debug for Wire {
     }
 }
 
+/// TCP keepalive idle time and probe interval (reqwest's defaults).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+
 const USER_AGENT: &str = concat!("volley/", env!("CARGO_PKG_VERSION"));
 
 impl Transport {
@@ -154,9 +157,7 @@ impl Transport {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(invalid("the scheme must be http or https".into()));
         }
-        let uri: http::Uri = base_url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+        let uri = to_uri(parsed).map_err(invalid)?;
         let idle = max_connections.saturating_mul(2);
         let proxied = hyper_util::client::proxy::matcher::Matcher::from_system()
             .intercept(&uri)
@@ -186,11 +187,21 @@ impl Transport {
     /// The same transport, sending `headers` with every request. They never replace
     /// the key's `Authorization` or the body's `Content-Type`.
     pub fn with_headers(mut self, headers: http::HeaderMap) -> Transport {
+        // A header given twice comes as its name and then `None` for each later value.
+        let mut last: Option<http::HeaderName> = None;
         for (name, mut value) in headers {
             // Extra headers may carry secrets (Azure's `api-key`): never shown by `Debug`.
             value.set_sensitive(true);
-            if let Some(name) = name {
-                self.extra.insert(name, value);
+            match name {
+                Some(name) => {
+                    self.extra.insert(name.clone(), value);
+                    last = Some(name);
+                }
+                None => {
+                    if let Some(name) = &last {
+                        self.extra.append(name.clone(), value);
+                    }
+                }
             }
         }
         self.extra.remove(http::header::AUTHORIZATION);
@@ -310,8 +321,9 @@ impl Transport {
             return Ok(uri.clone());
         }
         let joined = format!("{}{}", self.base_url, path);
-        let uri: http::Uri = joined
-            .parse()
+        let uri = reqwest::Url::parse(&joined)
+            .map_err(|e| e.to_string())
+            .and_then(to_uri)
             .map_err(|e| TransportFailure::Connection(format!("invalid URL {joined:?}: {e}")))?;
         self.uris
             .write()
@@ -321,17 +333,36 @@ impl Transport {
     }
 }
 
+/// A parsed URL as the URI hyper sends to: percent-encoded as a browser would (a space
+/// in a path, a non-ASCII host), as reqwest did, and without any `user:pass@`, which
+/// must not travel in an HTTP/2 `:authority`.
+fn to_uri(mut url: reqwest::Url) -> Result<http::Uri, String> {
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.as_str()
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())
+}
+
 /// hyper's pooled client over TCP or TLS (rustls with aws-lc-rs and the platform's
 /// certificate verifier, as reqwest's `rustls` feature sets it up), HTTP/1.1 or, where
 /// the server offers it over TLS, HTTP/2.
 fn direct_client(idle: usize) -> Result<Direct, TransportError> {
+    // As reqwest set its sockets up: no Nagle delay on a request written in several
+    // parts, and keepalive probes so a connection a NAT dropped while a long completion
+    // was generating is noticed, not waited on until the timeout.
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_keepalive(Some(TCP_KEEPALIVE));
+    tcp.set_keepalive_interval(Some(TCP_KEEPALIVE));
     let tls = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_platform_verifier(rustls::crypto::aws_lc_rs::default_provider())
         .map_err(|e| TransportError::Client(format!("cannot set up TLS: {e}")))?
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .build();
+        .wrap_connector(tcp);
     Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(idle)
@@ -396,6 +427,33 @@ mod tests {
         let key = ApiKey::new("sk-secret-value".into()).unwrap();
         assert!(ApiKey::new("bad\nkey".into()).is_none());
         assert!(!format!("{key:?}").contains("secret"));
+    }
+
+    #[test]
+    fn urls_are_encoded_as_reqwest_did_and_carry_no_credentials() {
+        let t = Transport::new("http://user:secret@127.0.0.1:1/api v1", 1).unwrap();
+        let uri = t.uri("/chat completions").unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://127.0.0.1:1/api%20v1/chat%20completions"
+        );
+        let idn = Transport::new("https://bücher.example/v1", 1).unwrap();
+        assert_eq!(
+            idn.uri("/embeddings").unwrap().host(),
+            Some("xn--bcher-kva.example")
+        );
+    }
+
+    #[test]
+    fn a_header_given_twice_keeps_both_values() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-route", http::HeaderValue::from_static("a"));
+        headers.append("x-route", http::HeaderValue::from_static("b"));
+        let t = Transport::new("http://127.0.0.1:1/v1", 1)
+            .unwrap()
+            .with_headers(headers);
+        let values: Vec<_> = t.extra.get_all("x-route").iter().collect();
+        assert_eq!(values, ["a", "b"]);
     }
 
     #[test]
