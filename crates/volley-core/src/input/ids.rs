@@ -229,7 +229,11 @@ impl IdSet {
     }
     /// Adds an id; false if it was already there.
     pub fn insert(&mut self, id: &str) -> bool {
-        self.0.insert_new(id_hash(id), ())
+        self.insert_hash(id_hash(id))
+    }
+    /// Adds an id by its [`id_hash`]; false if it was already there.
+    pub fn insert_hash(&mut self, hash: u64) -> bool {
+        self.0.insert_new(hash, ())
     }
     pub fn contains(&self, id: &str) -> bool {
         self.0.contains_key(id_hash(id))

@@ -145,10 +145,11 @@ pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
         (Place::Results, &mut scan.stray_results),
         (Place::Errors, &mut scan.stray_failures),
     ] {
-        strays.count = checkpoint.ids_where(place, |h| seen.contains_hash(h));
+        strays.count = seen.strays(place);
         if strays.count > 0 {
-            strays.examples =
-                checkpoint.ids(&plan.files, place, STRAYS_SHOWN, |id| !seen.contains(id))?;
+            strays.examples = checkpoint.ids(&plan.files, place, STRAYS_SHOWN, |id| {
+                !seen.ids.contains(id)
+            })?;
         }
     }
     Ok(Prepared {

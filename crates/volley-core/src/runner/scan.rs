@@ -10,7 +10,7 @@ use crate::input::batch::{parse_request, peek_custom_id};
 use crate::input::ids::{IdMap, IdSet, id_hash};
 use crate::input::lines::Lines;
 use crate::runner::{ChangedLine, ChangedPolicy, RunError, RunPlan};
-use crate::store::checkpoint::{Checkpoint, Lookup};
+use crate::store::checkpoint::{Checkpoint, Lookup, Place};
 
 /// An input line that cannot be sent.
 #[derive(Debug, Clone)]
@@ -115,15 +115,54 @@ pub(super) fn for_each_line(
     Ok(())
 }
 
+/// The input's ids, and how many of them RESULTS and ERRORS hold. Ids those files hold
+/// for no input line (strays) are counted from that, as each file's ids less those the
+/// input has: a lookup per new id, while the line's own lookup has brought the table's
+/// slot into the cache, rather than looking up each of a million finished ids again
+/// once the scan is over.
+pub(super) struct Seen<'a> {
+    pub ids: IdSet,
+    checkpoint: &'a Checkpoint,
+    in_results: u64,
+    in_errors: u64,
+}
+
+impl Seen<'_> {
+    /// Adds an id of the input; false if an earlier line had it.
+    fn insert(&mut self, id: &str) -> bool {
+        let h = id_hash(id);
+        if !self.ids.insert_hash(h) {
+            return false;
+        }
+        self.in_results += u64::from(self.checkpoint.has_id(Place::Results, h));
+        self.in_errors += u64::from(self.checkpoint.has_id(Place::Errors, h));
+        true
+    }
+
+    /// How many custom_ids `place` holds that no input line has.
+    pub fn strays(&self, place: Place) -> u64 {
+        let known = match place {
+            Place::Results => self.in_results,
+            Place::Errors => self.in_errors,
+        };
+        self.checkpoint.id_count(place).saturating_sub(known)
+    }
+}
+
 /// The first pass: decides every line's fate and returns the ids the input holds.
-pub(super) fn scan(
+pub(super) fn scan<'a>(
     path: &Path,
     label: String,
     spool: Option<tempfile::NamedTempFile>,
     plan: &RunPlan,
-    checkpoint: &Checkpoint,
-) -> Result<(Scan, IdSet), RunError> {
-    let mut seen = IdSet::with_capacity(crate::input::lines::estimate_lines(path));
+    checkpoint: &'a Checkpoint,
+) -> Result<(Scan, Seen<'a>), RunError> {
+    let mut seen = Seen {
+        ids: IdSet::with_capacity(crate::input::lines::estimate_lines(path)),
+        checkpoint,
+        in_results: 0,
+        in_errors: 0,
+    };
     let mut fates = Vec::new();
     let mut issues = Vec::new();
     let (mut lines, mut to_send, mut already_done) = (0u64, 0u64, 0u64);

@@ -261,13 +261,20 @@ impl Checkpoint {
         self.results.contains_key(h) || self.errors.contains_key(&h)
     }
 
-    /// Distinct custom_ids in `place` for which `keep` says false.
-    pub fn ids_where(&self, place: Place, mut keep: impl FnMut(u64) -> bool) -> u64 {
-        let count = match place {
-            Place::Results => self.results.keys().filter(|h| !keep(*h)).count(),
-            Place::Errors => self.errors.keys().filter(|h| !keep(**h)).count(),
-        };
-        count as u64
+    /// Whether `place` holds a line of the custom_id hashed `h`.
+    pub fn has_id(&self, place: Place, h: u64) -> bool {
+        match place {
+            Place::Results => self.results.contains_key(h),
+            Place::Errors => self.errors.contains_key(&h),
+        }
+    }
+
+    /// Distinct custom_ids `place` holds lines of.
+    pub fn id_count(&self, place: Place) -> u64 {
+        match place {
+            Place::Results => self.results.len() as u64,
+            Place::Errors => self.errors.len() as u64,
+        }
     }
 
     /// Up to `n` custom_ids of `place` for which `wanted` says true, in file order.
