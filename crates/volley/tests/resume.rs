@@ -229,6 +229,47 @@ fn lines_without_fingerprints_match_by_id_with_one_warning_and_strays_are_named(
 }
 
 #[test]
+fn a_finished_id_repeated_by_a_later_line_is_still_an_input_error() {
+    // Ids RESULTS holds are tracked apart from new ones on a re-run: a repeat must be
+    // caught either way, and a stray counted only for ids no line has.
+    let mock = MockProc::start(&[]);
+    let ws = two_lines_answered(&mock);
+    ws.write(
+        "in.jsonl",
+        "{\"id\":\"a\",\"prompt\":\"one\"}\n{\"id\":\"c\",\"prompt\":\"three\"}\n{\"id\":\"c\",\"prompt\":\"again\"}\n{\"id\":\"a\",\"prompt\":\"one\"}\n",
+    );
+    let out = ws.run(&run_args("in.jsonl", &mock.base_url, &[]));
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("in.jsonl:3: custom_id \"c\" repeats line 2"),
+        "{err}"
+    );
+    assert!(
+        err.contains("in.jsonl:4: custom_id \"a\" repeats line 1"),
+        "{err}"
+    );
+    assert_eq!(requests(&mock), 2, "nothing more was sent");
+    // Fixed, the run sends the new line only, and names "b" as RESULTS' one stray.
+    ws.write(
+        "in.jsonl",
+        "{\"id\":\"a\",\"prompt\":\"one\"}\n{\"id\":\"c\",\"prompt\":\"three\"}\n",
+    );
+    let out = ws.run(&run_args(
+        "in.jsonl",
+        &mock.base_url,
+        &["--progress", "log"],
+    ));
+    assert_exit(&out, 0);
+    assert_eq!(requests(&mock), 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("1 custom_id(s) that are not in") && err.contains("\"b\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_results_file_volley_did_not_write_is_refused() {
     let mock = MockProc::start(&[]);
     let ws = Workspace::new();

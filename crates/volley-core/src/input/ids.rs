@@ -163,6 +163,19 @@ impl<V: Copy + Default> IdTable<V> {
         self.get(hash).is_some()
     }
 
+    /// Where `hash` is held (below [`IdTable::slots`]), if it is: a place a caller can
+    /// keep a mark of its own for, in a bitmap beside the table.
+    pub fn slot_of(&self, hash: u64) -> Option<usize> {
+        let key = Self::key(hash);
+        let i = self.slot(key);
+        (self.slots[i].0 == key).then_some(i)
+    }
+
+    /// How many slots the table has (fixed until it grows).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Adds `hash` with `value` unless it is there already; true if it was added.
     pub fn insert_new(&mut self, hash: u64, value: V) -> bool {
         self.get_or_insert(hash, value).is_none()

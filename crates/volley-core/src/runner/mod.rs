@@ -147,9 +147,8 @@ pub fn prepare(plan: RunPlan) -> Result<Prepared, RunError> {
     ] {
         strays.count = seen.strays(place);
         if strays.count > 0 {
-            strays.examples = checkpoint.ids(&plan.files, place, STRAYS_SHOWN, |id| {
-                !seen.ids.contains(id)
-            })?;
+            strays.examples =
+                checkpoint.ids(&plan.files, place, STRAYS_SHOWN, |id| !seen.contains(id))?;
         }
     }
     Ok(Prepared {

@@ -115,28 +115,66 @@ pub(super) fn for_each_line(
     Ok(())
 }
 
-/// The input's ids, and how many of them RESULTS and ERRORS hold. Ids those files hold
-/// for no input line (strays) are counted from that, as each file's ids less those the
-/// input has: a lookup per new id, while the line's own lookup has brought the table's
-/// slot into the cache, rather than looking up each of a million finished ids again
-/// once the scan is over.
+/// The input's ids, and how many of them RESULTS and ERRORS hold.
+///
+/// An id RESULTS holds is marked in a bitmap beside RESULTS' table (a bit per slot)
+/// rather than added to a set of its own: re-running a finished batch then makes one
+/// lookup per line, in a table the line's own lookup reads anyway, and keeps no second
+/// table of a million ids. Ids RESULTS lacks go to `others`.
+///
+/// Ids the output files hold for no input line (strays) are counted from this: each
+/// file's ids less those the input has, with no pass over the files' ids afterwards.
 pub(super) struct Seen<'a> {
-    pub ids: IdSet,
+    others: IdSet,
+    /// A bit per slot of RESULTS' table: the input has that id.
+    in_results_table: Vec<u64>,
     checkpoint: &'a Checkpoint,
     in_results: u64,
     in_errors: u64,
 }
 
-impl Seen<'_> {
+impl<'a> Seen<'a> {
+    /// Room for an input of about `lines` lines beside `checkpoint`.
+    fn new(checkpoint: &'a Checkpoint, lines: usize) -> Seen<'a> {
+        let finished = checkpoint.id_count(Place::Results) as usize;
+        Seen {
+            others: IdSet::with_capacity(lines.saturating_sub(finished)),
+            in_results_table: vec![0; checkpoint.result_slots().div_ceil(64)],
+            checkpoint,
+            in_results: 0,
+            in_errors: 0,
+        }
+    }
+
     /// Adds an id of the input; false if an earlier line had it.
     fn insert(&mut self, id: &str) -> bool {
         let h = id_hash(id);
-        if !self.ids.insert_hash(h) {
-            return false;
+        match self.checkpoint.result_slot(h) {
+            Some(slot) => {
+                let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+                if self.in_results_table[word] & bit != 0 {
+                    return false;
+                }
+                self.in_results_table[word] |= bit;
+                self.in_results += 1;
+            }
+            None => {
+                if !self.others.insert_hash(h) {
+                    return false;
+                }
+            }
         }
-        self.in_results += u64::from(self.checkpoint.has_id(Place::Results, h));
         self.in_errors += u64::from(self.checkpoint.has_id(Place::Errors, h));
         true
+    }
+
+    /// Whether a line of the input has `id`.
+    pub fn contains(&self, id: &str) -> bool {
+        let h = id_hash(id);
+        match self.checkpoint.result_slot(h) {
+            Some(slot) => self.in_results_table[slot / 64] & (1u64 << (slot % 64)) != 0,
+            None => self.others.contains_hash(h),
+        }
     }
 
     /// How many custom_ids `place` holds that no input line has.
@@ -157,12 +195,7 @@ pub(super) fn scan<'a>(
     plan: &RunPlan,
     checkpoint: &'a Checkpoint,
 ) -> Result<(Scan, Seen<'a>), RunError> {
-    let mut seen = Seen {
-        ids: IdSet::with_capacity(crate::input::lines::estimate_lines(path)),
-        checkpoint,
-        in_results: 0,
-        in_errors: 0,
-    };
+    let mut seen = Seen::new(checkpoint, crate::input::lines::estimate_lines(path));
     let mut fates = Vec::new();
     let mut issues = Vec::new();
     let (mut lines, mut to_send, mut already_done) = (0u64, 0u64, 0u64);

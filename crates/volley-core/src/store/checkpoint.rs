@@ -269,6 +269,16 @@ impl Checkpoint {
         }
     }
 
+    /// Where RESULTS' table holds the custom_id hashed `h`, if it does: below
+    /// [`Checkpoint::result_slots`], for marks kept beside the table.
+    pub fn result_slot(&self, h: u64) -> Option<usize> {
+        self.results.slot_of(h)
+    }
+
+    pub fn result_slots(&self) -> usize {
+        self.results.slots()
+    }
+
     /// Distinct custom_ids `place` holds lines of.
     pub fn id_count(&self, place: Place) -> u64 {
         match place {
