@@ -108,84 +108,43 @@ impl Usage {
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct UsageShape(pub Option<Usage>);
 
-/// A JSON value where a figure is expected: a number of one kind, or anything else.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Num {
+/// A JSON value where a figure is expected: a number of one kind, an object (a
+/// `*_details` object, or the usage object itself) with the figures volley reads in it,
+/// or anything else.
+#[derive(Debug)]
+enum Figure {
     Unsigned(u64),
     Signed(i64),
     Float(f64),
+    Object(Box<Figures>),
     Other,
 }
 
-impl Num {
+impl Figure {
     /// As `Value::as_u64`: a non-negative integer.
-    fn as_u64(self) -> Option<u64> {
+    fn as_u64(&self) -> Option<u64> {
         match self {
-            Num::Unsigned(n) => Some(n),
+            Figure::Unsigned(n) => Some(*n),
             _ => None,
         }
     }
 
     /// As `Value::as_f64`: any number.
-    fn as_f64(self) -> Option<f64> {
+    fn as_f64(&self) -> Option<f64> {
         match self {
-            Num::Unsigned(n) => Some(n as f64),
-            Num::Signed(n) => Some(n as f64),
-            Num::Float(f) => Some(f),
-            Num::Other => None,
+            Figure::Unsigned(n) => Some(*n as f64),
+            Figure::Signed(n) => Some(*n as f64),
+            Figure::Float(f) => Some(*f),
+            Figure::Object(_) | Figure::Other => None,
         }
     }
-}
 
-/// Accepts any JSON value, keeping only what a figure can be.
-struct NumVisitor;
-
-impl<'de> serde::de::Visitor<'de> for NumVisitor {
-    type Value = Num;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Num, E> {
-        Ok(Num::Other)
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<Num, E> {
-        // As `Value`, which keeps a non-negative integer as unsigned however it came.
-        Ok(u64::try_from(n).map_or(Num::Signed(n), Num::Unsigned))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Num, E> {
-        Ok(Num::Unsigned(n))
-    }
-    fn visit_f64<E>(self, f: f64) -> Result<Num, E> {
-        Ok(Num::Float(f))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Num, E> {
-        Ok(Num::Other)
-    }
-    fn visit_bytes<E>(self, _: &[u8]) -> Result<Num, E> {
-        Ok(Num::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Num, E> {
-        Ok(Num::Other)
-    }
-    fn visit_none<E>(self) -> Result<Num, E> {
-        Ok(Num::Other)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Num, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Num::Other)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Num, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
-        Ok(Num::Other)
-    }
-}
-
-impl<'de> Deserialize<'de> for Num {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Num, D::Error> {
-        d.deserialize_any(NumVisitor)
+    /// As `Value::get` on an object: its figures, when it is one.
+    fn object(&self) -> Option<&Figures> {
+        match self {
+            Figure::Object(figures) => Some(figures),
+            _ => None,
+        }
     }
 }
 
@@ -232,34 +191,60 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-/// The figures of a usage object (or of a `*_details` object) as found: `None` where
-/// the key is absent, so "present but not a number" stays apart from "absent".
-#[derive(Default)]
+/// The figures of an object as found: `None` where the key is absent, so "present but
+/// not a number" stays apart from "absent".
+#[derive(Debug, Default)]
 struct Figures {
-    prompt: Option<Num>,
-    input: Option<Num>,
-    completion: Option<Num>,
-    output: Option<Num>,
-    total: Option<Num>,
-    completion_details: Option<Details>,
-    prompt_details: Option<Details>,
-    reasoning: Option<Num>,
-    cached: Option<Num>,
-    cost: Option<Num>,
+    prompt: Option<Figure>,
+    input: Option<Figure>,
+    completion: Option<Figure>,
+    output: Option<Figure>,
+    total: Option<Figure>,
+    completion_details: Option<Figure>,
+    prompt_details: Option<Figure>,
+    reasoning: Option<Figure>,
+    cached: Option<Figure>,
+    cost: Option<Figure>,
 }
 
-/// A `*_details` object: its figures, or `None` when it is not an object.
-struct Details(Option<Box<Figures>>);
+/// Accepts any JSON value, keeping only what a figure can be.
+struct FigureVisitor;
 
-/// Reads an object's figures (`None` for anything but an object).
-struct FiguresVisitor;
-
-impl<'de> serde::de::Visitor<'de> for FiguresVisitor {
-    type Value = Option<Figures>;
+impl<'de> serde::de::Visitor<'de> for FigureVisitor {
+    type Value = Figure;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    fn visit_bool<E>(self, _: bool) -> Result<Figure, E> {
+        Ok(Figure::Other)
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Figure, E> {
+        // As `Value`, which keeps a non-negative integer as unsigned however it came.
+        Ok(u64::try_from(n).map_or(Figure::Signed(n), Figure::Unsigned))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Figure, E> {
+        Ok(Figure::Unsigned(n))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Figure, E> {
+        Ok(Figure::Float(f))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Figure, E> {
+        Ok(Figure::Other)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Figure, E> {
+        Ok(Figure::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Figure, E> {
+        Ok(Figure::Other)
+    }
+    fn visit_none<E>(self) -> Result<Figure, E> {
+        Ok(Figure::Other)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Figure, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Figure::Other)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Figure, A::Error> {
         let mut figures = Figures::default();
         while let Some(key) = map.next_key::<Key>()? {
             let slot = match key {
@@ -268,17 +253,11 @@ impl<'de> serde::de::Visitor<'de> for FiguresVisitor {
                 Key::Completion => &mut figures.completion,
                 Key::Output => &mut figures.output,
                 Key::Total => &mut figures.total,
+                Key::CompletionDetails => &mut figures.completion_details,
+                Key::PromptDetails => &mut figures.prompt_details,
                 Key::Reasoning => &mut figures.reasoning,
                 Key::Cached => &mut figures.cached,
                 Key::Cost => &mut figures.cost,
-                Key::CompletionDetails => {
-                    figures.completion_details = Some(map.next_value()?);
-                    continue;
-                }
-                Key::PromptDetails => {
-                    figures.prompt_details = Some(map.next_value()?);
-                    continue;
-                }
                 Key::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                     continue;
@@ -286,73 +265,48 @@ impl<'de> serde::de::Visitor<'de> for FiguresVisitor {
             };
             *slot = Some(map.next_value()?);
         }
-        Ok(Some(figures))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_bytes<E>(self, _: &[u8]) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(None)
+        Ok(Figure::Object(Box::new(figures)))
     }
 }
 
-impl<'de> Deserialize<'de> for Details {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Details, D::Error> {
-        Ok(Details(d.deserialize_any(FiguresVisitor)?.map(Box::new)))
+impl<'de> Deserialize<'de> for Figure {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Figure, D::Error> {
+        d.deserialize_any(FigureVisitor)
     }
 }
 
 impl<'de> Deserialize<'de> for UsageShape {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UsageShape, D::Error> {
-        let Some(f) = d.deserialize_any(FiguresVisitor)? else {
+        let usage = Figure::deserialize(d)?;
+        let Some(f) = usage.object() else {
             return Ok(UsageShape(None));
         };
         // As `from_usage`: a key present with the wrong kind of value counts as 0, not
         // as absent, so `prompt_tokens: "x"` does not fall back to `input_tokens`.
-        let count = |n: Option<Num>| n.and_then(Num::as_u64).unwrap_or(0);
-        let prompt = count(f.prompt.or(f.input));
-        let completion = count(f.completion.or(f.output));
-        let detail = |d: &Option<Details>, pick: fn(&Figures) -> Option<Num>| {
-            d.as_ref()
-                .and_then(|d| d.0.as_deref())
-                .and_then(pick)
-                .and_then(Num::as_u64)
-                .unwrap_or(0)
+        let count = |n: Option<&Figure>| n.and_then(Figure::as_u64).unwrap_or(0);
+        let prompt = count(f.prompt.as_ref().or(f.input.as_ref()));
+        let completion = count(f.completion.as_ref().or(f.output.as_ref()));
+        let detail = |d: &Option<Figure>, pick: fn(&Figures) -> &Option<Figure>| {
+            count(
+                d.as_ref()
+                    .and_then(Figure::object)
+                    .and_then(|d| pick(d).as_ref()),
+            )
         };
         Ok(UsageShape(Some(Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: f
                 .total
-                .and_then(Num::as_u64)
+                .as_ref()
+                .and_then(Figure::as_u64)
                 .unwrap_or_else(|| prompt.saturating_add(completion)),
-            reasoning_tokens: detail(&f.completion_details, |d| d.reasoning),
-            cached_tokens: detail(&f.prompt_details, |d| d.cached),
+            reasoning_tokens: detail(&f.completion_details, |d| &d.reasoning),
+            cached_tokens: detail(&f.prompt_details, |d| &d.cached),
             cost: f
                 .cost
-                .and_then(Num::as_f64)
+                .as_ref()
+                .and_then(Figure::as_f64)
                 .filter(|c| c.is_finite() && *c >= 0.0),
         })))
     }

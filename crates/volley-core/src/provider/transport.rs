@@ -284,6 +284,8 @@ impl Transport {
                     })
                 }
                 Wire::Proxied(client) => {
+                    // Parsed again per request, but only through a proxy, whose hop
+                    // costs far more than the parse.
                     let url = reqwest::Url::parse(&uri.to_string()).map_err(|e| {
                         TransportFailure::Connection(format!("invalid URL {uri}: {e}"))
                     })?;

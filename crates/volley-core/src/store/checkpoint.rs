@@ -258,7 +258,7 @@ impl Checkpoint {
 
     /// Whether the custom_id hashed `h` has any line in either file.
     pub fn knows(&self, h: u64) -> bool {
-        self.results.contains_key(h) || self.errors.contains_key(&h)
+        self.has_id(Place::Results, h) || self.has_id(Place::Errors, h)
     }
 
     /// Whether `place` holds a line of the custom_id hashed `h`.

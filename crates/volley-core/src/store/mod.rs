@@ -115,19 +115,17 @@ impl JsonlStore {
                 self.next_id.fetch_add(1, Ordering::Relaxed)
             ),
         };
-        let body = outcome.response.as_ref().map(|r| body_as_json(&r.body));
-        let request_id = outcome
-            .response
+        // The body and request id as the line holds them, borrowed from the reply where
+        // they can be.
+        let reply = outcome.response.as_ref().map(|r| {
+            let body = body_as_json(&r.body);
+            let request_id = request_id(r, &body);
+            (r.status, body, request_id)
+        });
+        let response = reply
             .as_ref()
-            .zip(body.as_deref())
-            .map(|(r, body)| request_id(r, body));
-        let response = outcome
-            .response
-            .as_ref()
-            .zip(body.as_deref())
-            .zip(request_id.as_deref())
-            .map(|((r, body), request_id)| line::ResponsePart {
-                status_code: r.status,
+            .map(|(status, body, request_id)| line::ResponsePart {
+                status_code: *status,
                 request_id,
                 body,
             });
