@@ -49,6 +49,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a JSONL batch: requests in, results and errors out.
     Run(Box<RunArgs>),
+    /// Serve OpenAI's Batch API (files and batches) in front of the provider, sharing one set of keys and limits.
+    Serve(Box<ServeArgs>),
     /// Serve an OpenAI-compatible simulator with latency, rate limits and faults.
     Mock(MockArgs),
     /// Rewrite a RESULTS file in input order.
@@ -100,6 +102,65 @@ pub struct RunArgs {
     #[arg(long, value_name = "ERRORS")]
     pub errors: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// Send only the first N requests (after resume skips), to try a sample.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = within(0, u64::MAX, LINES))]
+    pub limit: Option<u64>,
+    /// Skip the first N lines of the input.
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true, value_parser = within(0, u64::MAX, LINES))]
+    pub offset: u64,
+    /// Check every reply's content; a reply that fails is retried as invalid_response.
+    #[arg(long, value_enum, value_name = "json")]
+    pub expect: Option<Expect>,
+    /// The reply's content must be JSON valid against this JSON Schema.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
+    /// Record invalid input lines in ERRORS and go on, instead of exiting 2.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Also re-send the requests found in ERRORS (they leave ERRORS once they succeed).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Re-send finished requests whose input line changed since (another model, path or body); each old line is dropped once its new one is written.
+    #[arg(long, conflicts_with = "keep_changed")]
+    pub rerun_changed: bool,
+    /// Keep the old answers of finished requests whose input line changed since.
+    #[arg(long)]
+    pub keep_changed: bool,
+
+    /// Stop starting requests once the cost recorded (plus what may be in flight) reaches USD; exit 3, resumable.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true, value_parser = non_negative("must be 0 or more US dollars"))]
+    pub max_cost: Option<f64>,
+    /// Write the final report as JSON to FILE (schema: docs/report.md).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Print only warnings and errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Write every engine event to FILE as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Keep serving /metrics this many seconds after the run ends, so a scraper gets
+    /// the final figures (Ctrl-C ends the wait).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "metrics_addr", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
+    pub metrics_linger: f64,
+}
+
+/// How requests are sent: the provider, keys, limits, retries and prices. Shared by
+/// `volley run` and `volley serve`.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
     /// API base URL.
     #[arg(long, env = "VOLLEY_BASE_URL", default_value = defaults::BASE_URL, value_name = "URL")]
     pub base_url: String,
@@ -152,31 +213,6 @@ pub struct RunArgs {
     #[arg(long, default_value_t = defaults::RETRY_BUDGET_RATIO, value_name = "RATIO", allow_negative_numbers = true, value_parser = non_negative("must be 0 or more: the retries after errors allowed across the run, as a fraction of the requests sent (0.2 is 20%)"))]
     pub retry_budget: f64,
 
-    /// Send only the first N requests (after resume skips), to try a sample.
-    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = within(0, u64::MAX, LINES))]
-    pub limit: Option<u64>,
-    /// Skip the first N lines of the input.
-    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true, value_parser = within(0, u64::MAX, LINES))]
-    pub offset: u64,
-    /// Check every reply's content; a reply that fails is retried as invalid_response.
-    #[arg(long, value_enum, value_name = "json")]
-    pub expect: Option<Expect>,
-    /// The reply's content must be JSON valid against this JSON Schema.
-    #[arg(long, value_name = "FILE")]
-    pub json_schema: Option<PathBuf>,
-    /// Record invalid input lines in ERRORS and go on, instead of exiting 2.
-    #[arg(long)]
-    pub skip_invalid: bool,
-    /// Also re-send the requests found in ERRORS (they leave ERRORS once they succeed).
-    #[arg(long)]
-    pub retry_failed: bool,
-    /// Re-send finished requests whose input line changed since (another model, path or body); each old line is dropped once its new one is written.
-    #[arg(long, conflicts_with = "keep_changed")]
-    pub rerun_changed: bool,
-    /// Keep the old answers of finished requests whose input line changed since.
-    #[arg(long)]
-    pub keep_changed: bool,
-
     /// Prices (USD per million tokens) for providers that report no usage.cost: a JSON or TOML table of model → {prompt, completion, cached?, reasoning?}.
     #[arg(long, value_name = "FILE")]
     pub pricing: Option<PathBuf>,
@@ -184,31 +220,33 @@ pub struct RunArgs {
     /// cached for a day; on by default for OpenRouter. A --pricing file wins over it.
     #[arg(long)]
     pub fetch_prices: bool,
-    /// Stop starting requests once the cost recorded (plus what may be in flight) reaches USD; exit 3, resumable.
-    #[arg(long, value_name = "USD", allow_negative_numbers = true, value_parser = non_negative("must be 0 or more US dollars"))]
-    pub max_cost: Option<f64>,
-    /// Write the final report as JSON to FILE (schema: docs/report.md).
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the first line of standard output is the base URL).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Where files, batches and their progress are kept (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "volley-data")]
+    pub data_dir: PathBuf,
+    /// Environment variable holding the one bearer token every client must send.
+    #[arg(long, value_name = "NAME", conflicts_with = "tokens_file")]
+    pub auth_token_env: Option<String>,
+    /// A file of `tenant token` lines: each token sees only its tenant's files and batches.
     #[arg(long, value_name = "FILE")]
-    pub report: Option<PathBuf>,
-    /// Progress display.
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
-    pub progress: ProgressMode,
+    pub tokens_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Print only warnings and errors.
     #[arg(long, short = 'q')]
     pub quiet: bool,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Write every engine event to FILE as JSON lines.
-    #[arg(long, value_name = "FILE")]
-    pub events: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Keep serving /metrics this many seconds after the run ends, so a scraper gets
-    /// the final figures (Ctrl-C ends the wait).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "metrics_addr", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
-    pub metrics_linger: f64,
+    /// Tests only: a batch's completion window in seconds instead of 24 hours.
+    #[arg(long, hide = true, value_name = "SECS", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
+    pub batch_window: Option<f64>,
 }
 
 #[derive(Debug, Args)]

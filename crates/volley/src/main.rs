@@ -48,6 +48,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => commands::run::run(*args).await,
+            Command::Serve(args) => commands::serve::serve(*args).await,
             Command::Mock(args) => commands::mock::mock(args).await,
             Command::Sort(args) => commands::sort::sort(args),
             Command::Report(args) => commands::report::report(args),

@@ -104,6 +104,17 @@ impl Request {
         }
     }
 
+    /// The path it goes to under the base URL, e.g. `/chat/completions` for a Batch
+    /// line whose url is `/v1/chat/completions`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The model it asks for.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     /// The request's [`Fingerprint`], equal to its job's, without serializing the body.
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of_value(&self.path, &self.body)

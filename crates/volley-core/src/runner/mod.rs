@@ -232,6 +232,66 @@ pub struct Target {
     pub cache_dir: Option<std::path::PathBuf>,
 }
 
+impl Target {
+    /// An engine sending to this provider: its keys' standing read (`key_info`) and its
+    /// models' prices fetched (`fetch_prices`) first, each said as an event.
+    pub async fn connect(
+        self,
+        mut config: EngineConfig,
+        events: EventBus,
+    ) -> Result<Engine, TransportError> {
+        let target = self;
+        let upstream = Upstream::new(
+            UpstreamSpec {
+                lanes: target
+                    .lanes
+                    .unwrap_or_else(|| LaneLayout::for_base_url(&target.base_url)),
+                rpm: target.rpm,
+                tpm: target.tpm,
+                ..UpstreamSpec::new(&target.base_url, target.keys)
+            },
+            config.concurrency,
+        )?;
+        let (transport, keys) = (&upstream.transport, upstream.lanes.keys());
+        if target.key_info {
+            let lookups = keys.iter().map(|k| openrouter::key_info(transport, &k.key));
+            for (k, info) in keys
+                .iter()
+                .zip(futures_util::future::join_all(lookups).await)
+            {
+                events.emit(Event::KeyInfo {
+                    key: k.label.clone(),
+                    info,
+                });
+            }
+        }
+        if target.fetch_prices
+            && let Some(first) = keys.first()
+        {
+            let fetched = openrouter::model_prices(
+                transport,
+                &first.key,
+                &target.base_url,
+                target.cache_dir.as_deref(),
+            )
+            .await;
+            events.emit(Event::ModelPrices {
+                models: fetched.as_ref().map(|(p, _)| p.len()),
+                source: fetched.as_ref().map(|(_, s)| *s),
+            });
+            if let Some((listed, _)) = fetched {
+                // A --pricing file wins over the provider's list, model by model.
+                let merged = match &config.pricing {
+                    Some(file) => listed.overridden_by(file),
+                    None => listed,
+                };
+                config.pricing = Some(Arc::new(merged));
+            }
+        }
+        Ok(Engine::new(config, vec![upstream], events))
+    }
+}
+
 /// Runs a prepared batch as one source of an engine of its own. `source` says how the
 /// batch is run (its cost cap, retry budget, reply check); its store is the run's
 /// files. `events` receives every event of the run; `cancel` stops admitting new
@@ -239,7 +299,7 @@ pub struct Target {
 pub async fn execute(
     started: Started,
     target: Target,
-    mut engine: EngineConfig,
+    engine: EngineConfig,
     source: SourceSpec,
     events: EventBus,
     cancel: CancellationToken,
@@ -252,58 +312,13 @@ pub async fn execute(
         errors_kept,
         ..
     } = started;
-    let upstream = Upstream::new(
-        UpstreamSpec {
-            lanes: target
-                .lanes
-                .unwrap_or_else(|| LaneLayout::for_base_url(&target.base_url)),
-            rpm: target.rpm,
-            tpm: target.tpm,
-            ..UpstreamSpec::new(&target.base_url, target.keys)
-        },
-        engine.concurrency,
-    )?;
-    let (transport, keys) = (&upstream.transport, upstream.lanes.keys());
     events.emit(Event::RunStarted {
         total: scan.to_send,
         already_done: scan.already_done,
-        keys: keys.len(),
+        keys: target.keys.len(),
     });
-    if target.key_info {
-        let lookups = keys.iter().map(|k| openrouter::key_info(transport, &k.key));
-        for (k, info) in keys
-            .iter()
-            .zip(futures_util::future::join_all(lookups).await)
-        {
-            events.emit(Event::KeyInfo {
-                key: k.label.clone(),
-                info,
-            });
-        }
-    }
-    if target.fetch_prices {
-        let fetched = openrouter::model_prices(
-            transport,
-            &keys[0].key,
-            &target.base_url,
-            target.cache_dir.as_deref(),
-        )
-        .await;
-        events.emit(Event::ModelPrices {
-            models: fetched.as_ref().map(|(p, _)| p.len()),
-            source: fetched.as_ref().map(|(_, s)| *s),
-        });
-        if let Some((listed, _)) = fetched {
-            // A --pricing file wins over the provider's list, model by model.
-            let merged = match &engine.pricing {
-                Some(file) => listed.overridden_by(file),
-                None => listed,
-            };
-            engine.pricing = Some(Arc::new(merged));
-        }
-    }
+    let engine = target.connect(engine, events.clone()).await?;
     let store: Arc<dyn Store> = Arc::new(JsonlStore::new(sink.handle()));
-    let engine = Engine::new(engine, vec![upstream], events.clone());
     let source = engine.open(SourceSpec {
         name: scan.label.clone(),
         store,

@@ -118,8 +118,8 @@ impl JsonlStore {
         // The body and request id as the line holds them, borrowed from the reply where
         // they can be.
         let reply = outcome.response.as_ref().map(|r| {
-            let body = body_as_json(&r.body);
-            let request_id = request_id(r, &body);
+            let body = r.body_as_json();
+            let request_id = r.request_id_or(&body);
             (r.status, body, request_id)
         });
         let response = reply
@@ -163,36 +163,40 @@ impl Store for JsonlStore {
     }
 }
 
-/// The reply body as JSON to embed in an output line: the provider's bytes as they
-/// came when they are JSON on one line (borrowed, not copied), else re-encoded (a
-/// multi-line body would break JSONL), else the text as a JSON string.
-fn body_as_json(body: &[u8]) -> Cow<'_, RawValue> {
-    if memchr::memchr2(b'\n', b'\r', body).is_none()
-        && let Ok(raw) = serde_json::from_slice::<&RawValue>(body)
-    {
-        return Cow::Borrowed(raw);
+impl Response {
+    /// The reply body as JSON to embed in an output line: the provider's bytes as they
+    /// came when they are JSON on one line (borrowed, not copied), else re-encoded (a
+    /// multi-line body would break JSONL), else the text as a JSON string.
+    pub fn body_as_json(&self) -> Cow<'_, RawValue> {
+        let body = &self.body[..];
+        if memchr::memchr2(b'\n', b'\r', body).is_none()
+            && let Ok(raw) = serde_json::from_slice::<&RawValue>(body)
+        {
+            return Cow::Borrowed(raw);
+        }
+        let reencoded = serde_json::from_slice::<serde_json::Value>(body)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(body).into_owned()).to_string()
+            });
+        Cow::Owned(RawValue::from_string(reencoded).unwrap_or_else(|_| RawValue::NULL.to_owned()))
     }
-    let reencoded = serde_json::from_slice::<serde_json::Value>(body)
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(body).into_owned()).to_string()
-        });
-    Cow::Owned(RawValue::from_string(reencoded).unwrap_or_else(|_| RawValue::NULL.to_owned()))
-}
 
-/// The provider's request id: the `x-request-id` header, else the body's `id`.
-fn request_id<'a>(response: &'a Response, body: &RawValue) -> Cow<'a, str> {
-    #[derive(serde::Deserialize)]
-    struct WithId {
-        id: Option<String>,
-    }
-    match &response.request_id {
-        Some(id) => Cow::Borrowed(id),
-        None => Cow::Owned(
-            serde_json::from_str::<WithId>(body.get())
-                .ok()
-                .and_then(|b| b.id)
-                .unwrap_or_default(),
-        ),
+    /// The provider's request id: the `x-request-id` header, else the `id` of `body`
+    /// (this reply's body as [`Response::body_as_json`] gives it), else empty.
+    pub fn request_id_or<'a>(&'a self, body: &RawValue) -> Cow<'a, str> {
+        #[derive(serde::Deserialize)]
+        struct WithId {
+            id: Option<String>,
+        }
+        match &self.request_id {
+            Some(id) => Cow::Borrowed(id),
+            None => Cow::Owned(
+                serde_json::from_str::<WithId>(body.get())
+                    .ok()
+                    .and_then(|b| b.id)
+                    .unwrap_or_default(),
+            ),
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod engine;
 pub mod mock;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod sort;

@@ -8,39 +8,28 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use volley_core::accounting::pricing::Pricing;
 use volley_core::defaults;
-use volley_core::engine::retry::RetryPolicy;
-use volley_core::engine::{EngineConfig, SourceSpec, StopReason};
+use volley_core::engine::{SourceSpec, StopReason};
 use volley_core::input::batch::LineDefaults;
 use volley_core::observe::events::{EventBus, EventFile, Observer};
 use volley_core::observe::report::Report;
 use volley_core::observe::stats::RunStats;
-use volley_core::provider::transport::ApiKey;
 use volley_core::provider::validate::ResponseCheck;
 use volley_core::runner::{
-    self, ChangedPolicy, InputSource, Prepared, RunError, RunPlan, Scan, Strays, Target,
+    self, ChangedPolicy, InputSource, Prepared, RunError, RunPlan, Scan, Strays,
 };
 use volley_core::store::OutputFiles;
 use volley_core::store::checkpoint::Tail;
 use volley_core::store::claim::{self, HeldFiles, NamedFile, OutputLock};
-use volley_mock::{MockConfig, MockServer};
+use volley_mock::MockServer;
 
-use crate::cli::{Expect, Lanes, LogFormat, ProgressMode, RunArgs};
+use crate::cli::{Expect, LogFormat, ProgressMode, RunArgs};
+use crate::commands::engine;
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::metrics_endpoint::MetricsEndpoint;
 use crate::progress::{self, EventLog};
 use crate::summary;
-use volley_core::limits::lanes::LaneLayout;
-
-/// The key sent to the built-in mock: never a real one, so `--mock` cannot leak a key.
-const MOCK_KEY: &str = "volley-mock-key";
-
-/// The built-in mock answers like a quick hosted model (0.1–0.3 s), so a demo run
-/// shows its progress the way a real one would.
-const MOCK_LATENCY_MS: u64 = 100;
-const MOCK_JITTER_MS: u64 = 200;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let slot = BarSlot::default();
@@ -62,27 +51,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         (Some(Expect::Json), None) => Some(Arc::new(ResponseCheck::json())),
         (None, None) => None,
     };
-    let pricing = match &args.pricing {
-        Some(path) => Some(Arc::new(Pricing::load(path)?)),
-        None => None,
-    };
-    let keys = if args.mock {
-        vec![ApiKey::new(MOCK_KEY.into()).context("the mock key is a valid header")?]
-    } else {
-        match resolve_keys(&args.api_key_env) {
-            Ok(keys) => keys,
-            Err(message) => {
-                errln!("error: {message}");
-                return Ok(Exit::Usage);
-            }
+    let pricing = engine::pricing(&args.engine)?;
+    let keys = match engine::keys(&args.engine) {
+        Ok(keys) => keys,
+        Err(message) => {
+            errln!("error: {message}");
+            return Ok(Exit::Usage);
         }
     };
-    if args.initial_backoff > args.max_backoff {
-        errln!(
-            "error: --initial-backoff ({}) is larger than --max-backoff ({})",
-            args.initial_backoff,
-            args.max_backoff
-        );
+    if let Err(message) = engine::check(&args.engine) {
+        errln!("error: {message}");
         return Ok(Exit::Usage);
     }
     // Held until the run's files are closed, and taken before RESULTS is read to resume:
@@ -121,7 +99,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         input,
         files: files.clone(),
         defaults: LineDefaults {
-            model: args.model.clone(),
+            model: args.engine.model.clone(),
         },
         offset: args.offset,
         limit: args.limit,
@@ -134,7 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         } else {
             ChangedPolicy::Refuse
         },
-        tpm: args.tpm,
+        tpm: args.engine.tpm,
     };
     let prepared = match runner::prepare(plan) {
         Ok(p) => p,
@@ -220,23 +198,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         tracing::warn!("{}", nothing_to_send(args.offset, scan));
     }
 
-    let mock = if args.mock {
-        let config = MockConfig {
-            latency_ms: MOCK_LATENCY_MS,
-            jitter_ms: MOCK_JITTER_MS,
-            ..MockConfig::default()
-        };
-        let server = MockServer::start(config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .context("cannot start the built-in mock")?;
-        tracing::info!("built-in mock serving {}", server.base_url());
-        Some(server)
+    let mock = if args.engine.mock {
+        Some(engine::start_mock().await?)
     } else {
         None
     };
     let base_url = mock
         .as_ref()
-        .map_or_else(|| args.base_url.clone(), MockServer::base_url);
+        .map_or_else(|| args.engine.base_url.clone(), MockServer::base_url);
 
     let mut observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
     if let Some(f) = &event_file {
@@ -268,45 +237,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     let grace = defaults::SHUTDOWN_GRACE;
     tokio::spawn(watch_signals(cancel.clone(), grace));
 
-    let engine = EngineConfig {
-        concurrency: args.concurrency,
-        retry: RetryPolicy {
-            max_retries: args.max_retries,
-            max_empty_retries: args.max_empty_retries,
-            initial_backoff: Duration::from_secs_f64(args.initial_backoff),
-            max_backoff: Duration::from_secs_f64(args.max_backoff),
-            max_wait: Duration::from_secs_f64(args.max_wait),
-        },
-        timeout: Duration::from_secs_f64(args.timeout),
-        grace,
-        // With a limit of its own the run is paced; without one it finds the provider's.
-        adaptive: args.rpm.is_none() && args.tpm.is_none(),
-        pricing,
-        // A test hook, compiled into debug builds only (see `EngineConfig`).
-        debug_panic_on: if cfg!(debug_assertions) {
-            std::env::var("VOLLEY_DEBUG_PANIC_ON").ok().map(Into::into)
-        } else {
-            None
-        },
-    };
-    let openrouter = volley_core::provider::openrouter::is_openrouter(&base_url);
-    let target = Target {
-        base_url,
-        keys,
-        rpm: args.rpm,
-        tpm: args.tpm,
-        lanes: args.lanes.map(|l| match l {
-            Lanes::Key => LaneLayout::PerKey,
-            Lanes::KeyModel => LaneLayout::PerKeyModel,
-            Lanes::Account => LaneLayout::PerAccount,
-        }),
-        key_info: args.key_info || openrouter,
-        fetch_prices: args.fetch_prices || openrouter,
-        cache_dir: cache_dir(),
-    };
+    let engine = engine::config(&args.engine, pricing, grace);
+    let target = engine::target(&args.engine, base_url, keys);
     let source = SourceSpec {
         max_cost: args.max_cost,
-        retry_budget_ratio: args.retry_budget,
+        retry_budget_ratio: args.engine.retry_budget,
         check,
         ..SourceSpec::new("")
     };
@@ -578,7 +513,7 @@ fn run_files<'a>(
     }
     for (label, path) in [
         ("--json-schema", &args.json_schema),
-        ("--pricing", &args.pricing),
+        ("--pricing", &args.engine.pricing),
     ] {
         named.extend(path.as_deref().map(|p| NamedFile::read(label, p)));
     }
@@ -611,42 +546,6 @@ fn strip_results(path: &Path) -> PathBuf {
         Some(stem) => PathBuf::from(format!("{stem}.jsonl")),
         None => path.to_path_buf(),
     }
-}
-
-/// `$XDG_CACHE_HOME/volley`, else `~/.cache/volley`: where the model list is kept.
-fn cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("volley"))
-}
-
-/// Reads the keys from the environment, naming only the variables in errors.
-fn resolve_keys(names: &[String]) -> Result<Vec<ApiKey>, String> {
-    let key_from = |name: &str| -> Result<ApiKey, String> {
-        let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let value = value.ok_or_else(|| format!("the variable {name} is not set or empty"))?;
-        ApiKey::new(value)
-            .ok_or_else(|| format!("the variable {name} holds characters a key cannot have"))
-    };
-    if names.is_empty() {
-        let found = defaults::API_KEY_ENVS
-            .iter()
-            .find(|n| std::env::var(n).is_ok_and(|v| !v.trim().is_empty()));
-        return match found {
-            Some(name) => key_from(name).map(|k| vec![k]),
-            None => Err(format!(
-                "no API key: set {} (or {}), name another variable with --api-key-env NAME, or try --mock",
-                defaults::API_KEY_ENVS[0],
-                defaults::API_KEY_ENVS[1]
-            )),
-        };
-    }
-    names
-        .iter()
-        .map(|n| key_from(n).map_err(|e| format!("--api-key-env {n}: {e}")))
-        .collect()
 }
 
 #[cfg(test)]

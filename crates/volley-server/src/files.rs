@@ -1,0 +1,372 @@
+//! The Files API: `POST /v1/files` (a batch input, streamed to disk and validated),
+//! `GET /v1/files`, `GET /v1/files/{id}`, `GET /v1/files/{id}/content`,
+//! `DELETE /v1/files/{id}`. A tenant sees only its own files.
+
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::App;
+use crate::auth::Tenant;
+use crate::error::ApiError;
+use crate::idempotency::{self, Claim};
+use crate::ids::{self, Kind};
+use crate::objects;
+use crate::rows::{FileRow, now};
+use crate::upload::{Receiver, Refused, too_large};
+
+/// Where file contents live: `DATA_DIR/files/<id>.jsonl`, named only by ids the
+/// gateway made (checked by [`ids::is_valid`] before any path is built).
+#[derive(Debug, Clone)]
+pub struct FileDir(PathBuf);
+
+impl FileDir {
+    pub fn new(dir: PathBuf) -> FileDir {
+        FileDir(dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path of a file's content; `None` for an id the gateway cannot have made.
+    pub fn path_of(&self, id: &str) -> Option<PathBuf> {
+        ids::is_valid(Kind::File, id).then(|| self.0.join(format!("{id}.jsonl")))
+    }
+
+    /// Removes what a crash left: uploads not finished, and contents whose file the
+    /// store does not know (an output written just before a kill, say).
+    pub fn sweep(&self, known: &std::collections::HashSet<String>) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.0)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stale = match name.strip_suffix(".jsonl") {
+                Some(id) if ids::is_valid(Kind::File, id) => !known.contains(id),
+                _ => name.starts_with(".upload-") || name.starts_with(".output-"),
+            };
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The longest `purpose` or filename taken, in bytes.
+const MAX_FIELD: usize = 1024;
+
+/// `POST /v1/files`.
+pub async fn create(
+    State(app): State<App>,
+    axum::Extension(tenant): axum::Extension<Tenant>,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    let headers = request.headers().clone();
+    let limits = app.config.limits;
+    // Refused before a byte of it is read: the client said how much it sends.
+    if let Some(length) = content_length(&headers)
+        && length > limits.max_upload + MULTIPART_SLACK
+    {
+        return Err(refused(too_large(limits.max_upload)));
+    }
+    let key = idempotency::key(&headers)?;
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::invalid(format!("expected a multipart/form-data upload: {e}")))?;
+    let mut purpose: Option<String> = None;
+    let mut received = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") => {
+                let filename = field
+                    .file_name()
+                    .map(|n| n.chars().take(MAX_FIELD).collect::<String>())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "upload.jsonl".into());
+                let mut receiver = Receiver::start(
+                    app.files.dir(),
+                    &filename,
+                    limits,
+                    app.config.defaults.clone(),
+                );
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    receiver.feed(chunk).await.map_err(refused)?;
+                }
+                received = Some((filename, receiver.finish().await));
+            }
+            Some("purpose") => {
+                purpose = Some(small_text(&mut field, "purpose").await?);
+            }
+            // `expires_after[…]` and anything else: read and let be (files are kept
+            // until deleted).
+            _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+        }
+    }
+    let Some((filename, received)) = received else {
+        return Err(ApiError::invalid_param(
+            "file",
+            "no file: send the JSONL as the multipart field \"file\"",
+        ));
+    };
+    match purpose.as_deref() {
+        Some("batch") => {}
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "purpose",
+                format!(
+                    "purpose {other:?} is not taken: volley serve keeps batch input files only (purpose \"batch\")"
+                ),
+            ));
+        }
+        None => return Err(ApiError::invalid_param("purpose", "purpose is required")),
+    }
+    let received = received.map_err(refused)?;
+    let id = ids::new(Kind::File);
+    let row = FileRow {
+        id: id.clone(),
+        tenant: tenant.0.to_string(),
+        filename,
+        purpose: "batch".into(),
+        bytes: received.bytes as i64,
+        created_at: now(),
+        lines: received.requests as i64,
+        summary: received.summary,
+    };
+    let path = app
+        .files
+        .path_of(&id)
+        .ok_or_else(|| ApiError::Internal("a new file id is not valid".into()))?;
+    let temp = received.temp;
+    tokio::task::spawn_blocking(move || temp.persist(&path).map_err(|e| e.error))
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot keep the upload: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("cannot keep the upload: {e}")))?;
+    let request = format!(
+        "POST /v1/files purpose=batch filename={} content={:016x}",
+        row.filename, received.content_hash
+    );
+    let tenant_name = row.tenant.clone();
+    let stored = app
+        .db
+        .write(move |conn| match &key {
+            Some(key) => idempotency::claim(conn, &tenant_name, key, &request, |conn| {
+                row.insert(conn)?;
+                Ok(row.id.clone())
+            }),
+            None => row.insert(conn).map(|()| Ok(Claim::Made(row.id.clone()))),
+        })
+        .await;
+    let claim = match stored {
+        Ok(Ok(claim)) => claim,
+        Ok(Err(e)) => {
+            app.files.remove(&id).await;
+            return Err(e);
+        }
+        Err(e) => {
+            app.files.remove(&id).await;
+            return Err(e.into());
+        }
+    };
+    let id = match claim {
+        Claim::Made(id) => id,
+        Claim::Replayed(first) => {
+            app.files.remove(&id).await;
+            first
+        }
+    };
+    let row = app.file(&tenant, &id).await?;
+    Ok(Json(objects::file(&row)))
+}
+
+/// Room for the multipart framing around a file of the largest size: a
+/// Content-Length up to this much over the limit may still hold a file within it.
+const MULTIPART_SLACK: u64 = 64 * 1024;
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn refused(r: Refused) -> ApiError {
+    match r {
+        Refused::Invalid(message) => ApiError::Invalid {
+            message,
+            param: Some("file"),
+            code: Some("invalid_file"),
+        },
+        Refused::TooLarge(message) => ApiError::TooLarge(message),
+        Refused::Disk(message) => ApiError::Internal(message),
+    }
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    // Over the body limit axum sets on the route: the upload limit.
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::TooLarge(e.body_text());
+    }
+    ApiError::invalid(format!("the upload could not be read: {}", e.body_text()))
+}
+
+/// A short text field, read with a cap so a huge one cannot fill memory.
+async fn small_text(
+    field: &mut axum::extract::multipart::Field<'_>,
+    name: &'static str,
+) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if bytes.len() + chunk.len() > MAX_FIELD {
+            return Err(ApiError::invalid_param(name, format!("{name} is too long")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::invalid_param(name, format!("{name} is not UTF-8")))
+}
+
+impl FileDir {
+    /// Removes a file's content, if it is there.
+    pub async fn remove(&self, id: &str) {
+        if let Some(path) = self.path_of(id) {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+    order: Option<String>,
+    purpose: Option<String>,
+}
+
+/// `GET /v1/files`: newest first unless `order=asc`, `limit` 1 to 10,000.
+pub async fn list(
+    State(app): State<App>,
+    axum::Extension(tenant): axum::Extension<Tenant>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let limit = match q.limit {
+        None => 10_000,
+        Some(n @ 1..=10_000) => n as usize,
+        Some(_) => return Err(ApiError::invalid_param("limit", "limit must be 1 to 10000")),
+    };
+    let newest_first = match q.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "order",
+                "order must be asc or desc",
+            ));
+        }
+    };
+    let tenant = tenant.0.to_string();
+    let mut rows = app
+        .db
+        .read(move |conn| {
+            FileRow::list(
+                conn,
+                &tenant,
+                q.after.as_deref(),
+                limit,
+                newest_first,
+                q.purpose.as_deref(),
+            )
+        })
+        .await?;
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    Ok(Json(objects::page(
+        rows.iter().map(objects::file).collect(),
+        has_more,
+    )))
+}
+
+/// `GET /v1/files/{id}`.
+pub async fn retrieve(
+    State(app): State<App>,
+    axum::Extension(tenant): axum::Extension<Tenant>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(objects::file(&app.file(&tenant, &id).await?)))
+}
+
+/// `GET /v1/files/{id}/content`: the bytes as stored, streamed.
+pub async fn content(
+    State(app): State<App>,
+    axum::Extension(tenant): axum::Extension<Tenant>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let row = app.file(&tenant, &id).await?;
+    let path = app
+        .files
+        .path_of(&row.id)
+        .ok_or_else(|| ApiError::not_found("file", &id))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        tracing::error!("file {}: its content is gone: {e}", row.id);
+        ApiError::Internal(format!("the content of {} cannot be read", row.id))
+    })?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, row.bytes.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `DELETE /v1/files/{id}`. The input of a batch that is still running is kept until
+/// the batch ends (a 409): the batch would be lost on a restart without it.
+pub async fn delete(
+    State(app): State<App>,
+    axum::Extension(tenant): axum::Extension<Tenant>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !ids::is_valid(Kind::File, &id) {
+        return Err(ApiError::not_found("file", &id));
+    }
+    let (tenant_name, file_id) = (tenant.0.to_string(), id.clone());
+    let deleted = app
+        .db
+        .write(move |conn| {
+            let busy: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
+                "SELECT id FROM batches WHERE input_file_id = ?1 AND tenant = ?2
+                   AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling') LIMIT 1",
+                rusqlite::params![file_id, tenant_name],
+                |r| r.get(0),
+            ))?;
+            if let Some(batch) = busy {
+                return Ok(Err(batch));
+            }
+            FileRow::delete(conn, &tenant_name, &file_id).map(Ok)
+        })
+        .await?;
+    match deleted {
+        Err(batch) => Err(ApiError::Conflict(format!(
+            "file {id} is the input of batch {batch}, which has not ended: cancel it or wait until it ends"
+        ))),
+        Ok(false) => Err(ApiError::not_found("file", &id)),
+        Ok(true) => {
+            app.files.remove(&id).await;
+            Ok(Json(
+                serde_json::json!({"id": id, "object": "file", "deleted": true}),
+            ))
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! volley's gateway (SPEC §9): OpenAI's Batch API (files and batches) in front of any
+//! OpenAI-compatible upstream, and a proxy that gives every client one shared limit.
+//!
+//! The gateway is a router over one shared [`App`]: the engine (whose keys, limits and
+//! ledger every batch and proxied request share), the SQLite store, the files on disk,
+//! the running batches and the tokens. Each API group has its own module; one error
+//! type ([`error::ApiError`]) answers in OpenAI's error shape. This crate knows no
+//! command line: the `volley` binary builds a [`GatewayConfig`] and an engine and calls
+//! [`Gateway::open`].
+
+pub mod auth;
+mod batches;
+mod db;
+pub mod error;
+mod execution;
+mod files;
+mod idempotency;
+mod ids;
+mod objects;
+mod rows;
+pub mod upload;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use volley_core::engine::Engine;
+use volley_core::input::batch::LineDefaults;
+
+use crate::auth::{Auth, Tenant};
+use crate::db::{Db, DbError};
+use crate::error::ApiError;
+use crate::execution::Batches;
+use crate::files::FileDir;
+use crate::rows::{BatchRow, FileRow};
+
+/// How the gateway behaves; built by the binary from its flags.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where the store and the files live.
+    pub data_dir: PathBuf,
+    pub auth: Auth,
+    /// `--model`: for input lines that name none.
+    pub defaults: LineDefaults,
+    /// A batch's completion window: 24 hours (tests shorten it).
+    pub completion_window: Duration,
+    pub limits: upload::Limits,
+}
+
+impl GatewayConfig {
+    pub fn new(data_dir: PathBuf) -> GatewayConfig {
+        GatewayConfig {
+            data_dir,
+            auth: Auth::open(),
+            defaults: LineDefaults::default(),
+            completion_window: Duration::from_secs(24 * 3600),
+            limits: upload::Limits::default(),
+        }
+    }
+}
+
+/// Why the gateway could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the store in {path}: {source}")]
+    Store { path: String, source: DbError },
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+pub struct AppInner {
+    pub config: GatewayConfig,
+    pub engine: Engine,
+    db: Db,
+    files: FileDir,
+    batches: Batches,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.inner
+    }
+}
+
+impl App {
+    /// A tenant's file; another tenant's, or an id the gateway cannot have made, is
+    /// not found.
+    async fn file(&self, tenant: &Tenant, id: &str) -> Result<FileRow, ApiError> {
+        if !ids::is_valid(ids::Kind::File, id) {
+            return Err(ApiError::not_found("file", id));
+        }
+        let (tenant_name, file_id) = (tenant.0.to_string(), id.to_string());
+        self.db
+            .read(move |c| FileRow::get(c, &tenant_name, &file_id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("file", id))
+    }
+
+    /// A tenant's batch, likewise.
+    async fn batch(&self, tenant: &Tenant, id: &str) -> Result<BatchRow, ApiError> {
+        if !ids::is_valid(ids::Kind::Batch, id) {
+            return Err(ApiError::not_found("batch", id));
+        }
+        let (tenant_name, batch_id) = (tenant.0.to_string(), id.to_string());
+        self.db
+            .read(move |c| BatchRow::get(c, &tenant_name, &batch_id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("batch", id))
+    }
+
+    async fn batch_any(&self, id: &str) -> Result<Option<BatchRow>, ApiError> {
+        let id = id.to_string();
+        Ok(self.db.read(move |c| BatchRow::get_any(c, &id)).await?)
+    }
+}
+
+/// An open gateway: serve its [`Gateway::router`], then [`Gateway::shutdown`] it.
+pub struct Gateway {
+    app: App,
+}
+
+impl Gateway {
+    /// Opens the store in the data directory, clears what a crash left, and takes up
+    /// the batches an earlier process left unfinished.
+    pub async fn open(config: GatewayConfig, engine: Engine) -> Result<Gateway, GatewayError> {
+        let dir_error = |source| GatewayError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        };
+        let files_dir = config.data_dir.join("files");
+        std::fs::create_dir_all(&files_dir).map_err(dir_error)?;
+        let db_path = config.data_dir.join("volley.sqlite");
+        let store_error = |source| GatewayError::Store {
+            path: db_path.display().to_string(),
+            source,
+        };
+        let db = Db::open(&db_path).map_err(store_error)?;
+        let files = FileDir::new(files_dir);
+        let known = db.read(FileRow::all_ids).await.map_err(store_error)?;
+        let swept = files.sweep(&known).map_err(dir_error)?;
+        if swept > 0 {
+            tracing::info!("removed {swept} file(s) a crash left unfinished");
+        }
+        let _ = db
+            .write(|c| rows::IdempotencyRow::expire(c, idempotency::KEPT_SECS))
+            .await;
+        let batches = Batches::new(
+            engine.clone(),
+            db.clone(),
+            files.clone(),
+            config.defaults.clone(),
+        );
+        let resumed = batches.resume_all().await.map_err(store_error)?;
+        if resumed > 0 {
+            tracing::info!("taking up {resumed} unfinished batch(es)");
+        }
+        Ok(Gateway {
+            app: App {
+                inner: Arc::new(AppInner {
+                    config,
+                    engine,
+                    db,
+                    files,
+                    batches,
+                }),
+            },
+        })
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        let app = self.app.clone();
+        let limits = app.config.limits;
+        let v1 = Router::new()
+            .route(
+                "/files",
+                post(files::create)
+                    .layer(DefaultBodyLimit::max(
+                        (limits.max_upload + 1024 * 1024) as usize,
+                    ))
+                    .get(files::list),
+            )
+            .route("/files/{id}", get(files::retrieve).delete(files::delete))
+            .route("/files/{id}/content", get(files::content))
+            .route("/batches", post(batches::create).get(batches::list))
+            .route("/batches/{id}", get(batches::retrieve))
+            .route("/batches/{id}/cancel", post(batches::cancel))
+            .route("/batches/{id}/output", get(batches::output))
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                app.config.auth.clone(),
+                auth::require_token,
+            ));
+        Router::new()
+            .route("/healthz", get(healthz))
+            .nest("/v1", v1)
+            .with_state(app)
+    }
+
+    /// Serves on `listener` until `stop` resolves.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+    }
+
+    /// Stops the batches where they are (the next start takes them up) and waits for
+    /// their tasks. The caller shuts the engine down first, so requests in flight get
+    /// its grace period.
+    pub async fn shutdown(&self) {
+        self.app.batches.shutdown().await;
+        if let Err(e) = self.app.db.flush().await {
+            tracing::error!("store: {e}");
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound {
+        what: "route",
+        id: uri.path().chars().take(128).collect(),
+    }
+}

@@ -1,0 +1,128 @@
+//! `volley serve`: flags → an engine and a gateway on it, served until Ctrl-C or
+//! SIGTERM; then requests in flight get the grace period, and unfinished batches are
+//! left for the next start to take up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use volley_core::defaults;
+use volley_core::input::batch::LineDefaults;
+use volley_core::observe::events::{EventBus, Observer};
+use volley_core::observe::stats::RunStats;
+use volley_server::auth::Auth;
+use volley_server::{Gateway, GatewayConfig};
+
+use crate::cli::ServeArgs;
+use crate::commands::engine;
+use crate::exit::Exit;
+use crate::logging::{self, BarSlot};
+use crate::progress::EventLog;
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
+    logging::init(args.log_format, args.quiet, BarSlot::default());
+    if let Err(message) = engine::check(&args.engine) {
+        errln!("error: {message}");
+        return Ok(Exit::Usage);
+    }
+    let keys = match engine::keys(&args.engine) {
+        Ok(keys) => keys,
+        Err(message) => {
+            errln!("error: {message}");
+            return Ok(Exit::Usage);
+        }
+    };
+    let auth = match (&args.auth_token_env, &args.tokens_file) {
+        (Some(name), _) => {
+            let token = std::env::var(name).ok().filter(|t| !t.trim().is_empty());
+            let Some(token) = token else {
+                errln!("error: --auth-token-env {name}: the variable is not set or empty");
+                return Ok(Exit::Usage);
+            };
+            match Auth::token(token.trim()) {
+                Ok(auth) => auth,
+                Err(e) => {
+                    errln!("error: --auth-token-env {name}: {e}");
+                    return Ok(Exit::Usage);
+                }
+            }
+        }
+        (None, Some(path)) => match Auth::tokens_file(path) {
+            Ok(auth) => auth,
+            Err(e) => {
+                errln!("error: --tokens-file: {e}");
+                return Ok(Exit::Usage);
+            }
+        },
+        (None, None) => Auth::open(),
+    };
+    if auth.is_open() && !args.addr.ip().is_loopback() {
+        tracing::warn!(
+            "serving {} without a token: anyone who can reach it can spend your keys; pass --auth-token-env or --tokens-file",
+            args.addr
+        );
+    }
+    let pricing = engine::pricing(&args.engine)?;
+    let mock = if args.engine.mock {
+        Some(engine::start_mock().await?)
+    } else {
+        None
+    };
+    let base_url = mock
+        .as_ref()
+        .map_or_else(|| args.engine.base_url.clone(), |m| m.base_url());
+    let grace = defaults::SHUTDOWN_GRACE;
+    let stats = Arc::new(RunStats::new());
+    let observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
+    let engine = engine::target(&args.engine, base_url, keys)
+        .connect(
+            engine::config(&args.engine, pricing, grace),
+            EventBus::new(observers),
+        )
+        .await?;
+    let mut config = GatewayConfig::new(args.data_dir.clone());
+    config.auth = auth;
+    config.defaults = LineDefaults {
+        model: args.engine.model.clone(),
+    };
+    if let Some(secs) = args.batch_window {
+        config.completion_window = Duration::from_secs_f64(secs);
+    }
+    let gateway = Gateway::open(config, engine.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("--addr {}: cannot listen", args.addr))?;
+    let addr = listener.local_addr().context("--addr")?;
+    // The first line of stdout is the base URL, for scripts and tests to read.
+    outln!("http://{addr}/v1");
+    tracing::info!(
+        "volley serve: OpenAI's Batch API at http://{addr}/v1 (data in {}); Ctrl-C stops it",
+        args.data_dir.display()
+    );
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            crate::commands::mock::shutdown_signal().await;
+            tracing::warn!(
+                "stopping: requests in flight get {} to finish; unfinished batches go on at the next start",
+                crate::summary::human_duration(grace)
+            );
+            stop.cancel();
+            crate::commands::mock::shutdown_signal().await;
+            tracing::warn!("exiting now; unfinished batches go on at the next start");
+            std::process::exit(Exit::Stopped as i32);
+        });
+    }
+    let served = gateway
+        .serve(listener, stop.clone().cancelled_owned())
+        .await;
+    engine.shutdown(grace).await;
+    gateway.shutdown().await;
+    if let Some(mock) = mock {
+        mock.shutdown().await;
+    }
+    served.context("the server failed")?;
+    Ok(Exit::Success)
+}
