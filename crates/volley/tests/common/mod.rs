@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod gateway;
+
 /// The env var tests put their fake key in.
 pub const KEY_ENV: &str = "VOLLEY_TEST_KEY";
 

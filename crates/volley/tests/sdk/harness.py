@@ -27,7 +27,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 VOLLEY_BIN = os.environ.get("VOLLEY_BIN", "/work/main/target/debug/volley")
@@ -116,9 +116,9 @@ def http(
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            reply = Reply(resp.status, dict(resp.headers.items()), resp.read())
+            reply = Reply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
     except urllib.error.HTTPError as e:
-        reply = Reply(e.code, dict(e.headers.items()) if e.headers else {}, e.read() or b"")
+        reply = Reply(e.code, {k.lower(): v for k, v in e.headers.items()} if e.headers else {}, e.read() or b"")
     RESPONSE_LOG.append((f"{method} {url}", reply.body))
     return reply
 
