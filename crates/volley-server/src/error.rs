@@ -3,7 +3,7 @@
 //! official SDKs raise the exception a client expects for each status.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// What went wrong with a request to the gateway; each variant is one HTTP status.
@@ -116,6 +116,14 @@ impl IntoResponse for ApiError {
             }
         });
         let mut response = (self.status(), Json(body)).into_response();
+        // A conflict stays a conflict however often it is sent: the official SDKs
+        // retry a 409 unless told not to.
+        if let ApiError::Conflict(_) = &self {
+            response.headers_mut().insert(
+                HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            );
+        }
         if let ApiError::RateLimited {
             retry_after_secs, ..
         } = &self

@@ -208,6 +208,7 @@ impl Gateway {
         Router::new()
             .route("/healthz", get(healthz))
             .nest("/v1", v1)
+            .layer(axum::middleware::from_fn(close_after_refusal))
             .with_state(app)
     }
 
@@ -235,6 +236,32 @@ impl Gateway {
             tracing::error!("store: {e}");
         }
     }
+}
+
+/// An error answered to a request with a body may have left the body unread (a 401
+/// before an upload, a 413 on its Content-Length): the connection cannot carry another
+/// request, so the reply says `Connection: close` rather than let a client's pool
+/// reuse a connection the server is about to drop.
+async fn close_after_refusal(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let has_body = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || request
+            .headers()
+            .contains_key(http::header::TRANSFER_ENCODING);
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 async fn healthz() -> &'static str {
