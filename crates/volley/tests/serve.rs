@@ -552,3 +552,80 @@ fn a_batch_stops_at_its_cost_cap() {
     );
     r.expect(400, "a cap that is not a number");
 }
+
+/// Sends a 2 GB upload (`chunked`: without a Content-Length) from a thread of its own
+/// until the server stops reading, and returns the server's reply.
+fn upload_2gb(serve: &ServeProc, chunked: bool) -> common::gateway::Reply {
+    use std::io::Write;
+    const TOTAL: u64 = 2 << 30;
+    let mut conn = std::net::TcpStream::connect(&serve.addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(120))).ok();
+    let (part_head, _) = common::gateway::multipart_parts("huge.jsonl", "batch");
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {}", TOTAL + part_head.len() as u64)
+    };
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: {}\r\nContent-Type: multipart/form-data; boundary={}\r\n{framing}\r\n\r\n",
+        serve.addr,
+        common::gateway::BOUNDARY
+    );
+    let mut writer = conn.try_clone().expect("clone");
+    let sender = std::thread::spawn(move || {
+        // Valid lines, so the server checks them as it goes, until it stops reading.
+        let line = batch_lines(1).replace("req-0", "req-x");
+        let mut block = Vec::with_capacity(1 << 20);
+        while block.len() + line.len() < 1 << 20 {
+            block.extend_from_slice(line.as_bytes());
+        }
+        let send = |w: &mut std::net::TcpStream, bytes: &[u8]| -> std::io::Result<()> {
+            if chunked {
+                write!(w, "{:x}\r\n", bytes.len())?;
+                w.write_all(bytes)?;
+                w.write_all(b"\r\n")
+            } else {
+                w.write_all(bytes)
+            }
+        };
+        writer.write_all(head.as_bytes())?;
+        send(&mut writer, &part_head)?;
+        let mut sent = 0u64;
+        while sent < TOTAL {
+            send(&mut writer, &block)?;
+            sent += block.len() as u64;
+        }
+        std::io::Result::Ok(sent)
+    });
+    let reply = common::gateway::read_reply(&mut conn);
+    drop(conn);
+    let _ = sender.join();
+    reply
+}
+
+#[test]
+fn a_2gb_upload_is_a_413_with_or_without_a_content_length_and_memory_stays_flat() {
+    let ws = Workspace::new();
+    let mock = MockProc::start(&[]);
+    let serve = ServeProc::start(&ws.path("data"), &mock.base_url, &[]);
+    for chunked in [false, true] {
+        let reply = upload_2gb(&serve, chunked);
+        assert_eq!(reply.status, 413, "chunked: {chunked}: {}", reply.text());
+        assert!(reply.error_message().contains("512 MB"), "{}", reply.text());
+        assert_eq!(reply.header("connection"), Some("close"));
+    }
+    let peak = serve.peak_rss();
+    assert!(
+        peak > 0 && peak < 100 << 20,
+        "the server's peak RSS was {} MB",
+        peak >> 20
+    );
+    // Nothing of either upload was kept.
+    assert_eq!(serve.get("/v1/files").json()["data"], json!([]));
+    let leftovers: Vec<_> = std::fs::read_dir(ws.path("data").join("files"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
