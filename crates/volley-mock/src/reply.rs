@@ -51,6 +51,46 @@ impl ChatReply {
     }
 }
 
+/// A chat reply as OpenRouter streams it: a processing comment, the content in a few
+/// deltas, the finish, a last chunk with `usage` and no choices, then `[DONE]`.
+pub fn stream_chunks(reply: &Value) -> Vec<bytes::Bytes> {
+    let chunk = |choices: Value, usage: Option<&Value>| {
+        let mut c = json!({
+            "id": reply["id"],
+            "object": "chat.completion.chunk",
+            "created": reply["created"],
+            "model": reply["model"],
+            "choices": choices,
+        });
+        if let Some(usage) = usage {
+            c["usage"] = usage.clone();
+        }
+        bytes::Bytes::from(format!("data: {c}\n\n"))
+    };
+    let content = reply["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    let mut out = vec![bytes::Bytes::from_static(b": OPENROUTER PROCESSING\n\n")];
+    let words: Vec<&str> = content.split_inclusive(' ').collect();
+    for (i, part) in words.chunks(3).enumerate() {
+        let mut delta = json!({"content": part.concat()});
+        if i == 0 {
+            delta["role"] = json!("assistant");
+        }
+        out.push(chunk(
+            json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+            None,
+        ));
+    }
+    out.push(chunk(
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        None,
+    ));
+    out.push(chunk(json!([]), reply.get("usage")));
+    out.push(bytes::Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
 /// Plans the reply to a chat request whose `messages` is `messages`.
 pub fn chat(request: &Value, messages: &[Value], n: u64, created: u64) -> ChatReply {
     let prompt_tokens = messages

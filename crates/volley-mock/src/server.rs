@@ -182,6 +182,8 @@ struct Arrival<'a> {
     shared: &'a Shared,
     n: u64,
     key: Option<String>,
+    /// The request asked for `stream: true`: a success is sent as server-sent events.
+    stream: bool,
 }
 
 impl<'a> Arrival<'a> {
@@ -189,7 +191,12 @@ impl<'a> Arrival<'a> {
         let n = shared.next.fetch_add(1, Ordering::Relaxed);
         let key = bearer(headers).map(str::to_owned);
         shared.ledger().count_request(key.as_deref());
-        Arrival { shared, n, key }
+        Arrival {
+            shared,
+            n,
+            key,
+            stream: false,
+        }
     }
 
     /// OpenRouter's two 402s: spent credits (final for the key), or too much in flight
@@ -349,6 +356,19 @@ impl<'a> Arrival<'a> {
             }
         }
         match fault {
+            Fault::None if self.stream => {
+                let mut response = Response::new(Body::from_stream(futures_util::stream::iter(
+                    reply::stream_chunks(&body)
+                        .into_iter()
+                        .map(Ok::<_, std::convert::Infallible>),
+                )));
+                response.headers_mut().insert(
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                response.headers_mut().extend(headers);
+                response
+            }
             Fault::None => json_response(StatusCode::OK, &body, headers),
             Fault::Fail(status) => {
                 let code =
@@ -489,11 +509,12 @@ fn unix_now() -> u64 {
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let arrival = Arrival::new(&shared, &headers);
+    let mut arrival = Arrival::new(&shared, &headers);
     let request = match arrival.json(&body) {
         Ok(request) => request,
         Err(refusal) => return *refusal,
     };
+    arrival.stream = request.get("stream") == Some(&Value::Bool(true));
     let Some(messages) = request
         .get("messages")
         .and_then(Value::as_array)

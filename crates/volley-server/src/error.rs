@@ -34,6 +34,9 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// 502: the upstream gave no usable reply.
+    #[error("{0}")]
+    BadGateway(String),
     /// 500: the gateway's store or disk failed; the message says what, never a secret.
     #[error("{0}")]
     Internal(String),
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -91,6 +95,7 @@ impl ApiError {
                 Some("file_too_large"),
             ),
             ApiError::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
+            ApiError::BadGateway(_) => ("server_error", None, Some("upstream_error")),
             ApiError::Internal(_) => ("server_error", None, None),
             ApiError::Unavailable(_) => ("server_error", None, Some("unavailable")),
         }

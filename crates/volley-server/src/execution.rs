@@ -18,6 +18,7 @@ use volley_core::engine::{Engine, SourceSpec, StopReason};
 use volley_core::input::batch::{LineDefaults, parse_line, peek_custom_id};
 use volley_core::input::job::Job;
 use volley_core::input::lines::Lines;
+use volley_core::observe::sources::StatsBySource;
 use volley_core::store::{Outcome, Store};
 
 use crate::db::{Db, DbError};
@@ -36,6 +37,8 @@ struct Inner {
     db: Db,
     files: FileDir,
     defaults: LineDefaults,
+    /// Figures by source: a batch's leave once it stops (the store keeps them).
+    stats: Arc<StatsBySource>,
     /// Batches started and not yet finalized, with how each was asked to end.
     running: Mutex<HashMap<String, Running>>,
     tasks: TaskTracker,
@@ -55,13 +58,20 @@ struct Running {
 const CHUNK: usize = 64;
 
 impl Batches {
-    pub fn new(engine: Engine, db: Db, files: FileDir, defaults: LineDefaults) -> Batches {
+    pub fn new(
+        engine: Engine,
+        db: Db,
+        files: FileDir,
+        defaults: LineDefaults,
+        stats: Arc<StatsBySource>,
+    ) -> Batches {
         Batches {
             inner: Arc::new(Inner {
                 engine,
                 db,
                 files,
                 defaults,
+                stats,
                 running: Mutex::default(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
@@ -212,6 +222,7 @@ impl Inner {
         let stop = source.finish().await;
         window.abort();
         let asked = self.asked(&id);
+        self.stats.forget(source.id());
         drop(source);
         let ending = match (asked, stop) {
             (Some(ending), _) => ending,

@@ -16,7 +16,9 @@ mod execution;
 mod files;
 mod idempotency;
 mod ids;
+mod metrics;
 mod objects;
+mod proxy;
 mod rows;
 pub mod upload;
 
@@ -30,6 +32,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use volley_core::engine::Engine;
 use volley_core::input::batch::LineDefaults;
+use volley_core::observe::sources::StatsBySource;
 
 use crate::auth::{Auth, Tenant};
 use crate::db::{Db, DbError};
@@ -49,6 +52,8 @@ pub struct GatewayConfig {
     /// A batch's completion window: 24 hours (tests shorten it).
     pub completion_window: Duration,
     pub limits: upload::Limits,
+    /// How long a proxied request may wait for its turn before it is answered 429.
+    pub proxy_max_wait: Duration,
 }
 
 impl GatewayConfig {
@@ -59,6 +64,7 @@ impl GatewayConfig {
             defaults: LineDefaults::default(),
             completion_window: Duration::from_secs(24 * 3600),
             limits: upload::Limits::default(),
+            proxy_max_wait: Duration::from_secs(60),
         }
     }
 }
@@ -84,9 +90,12 @@ pub struct App {
 pub struct AppInner {
     pub config: GatewayConfig,
     pub engine: Engine,
+    /// Figures of every source, fed by the engine's events.
+    pub stats: Arc<StatsBySource>,
     db: Db,
     files: FileDir,
     batches: Batches,
+    proxy: proxy::Proxy,
 }
 
 impl std::ops::Deref for App {
@@ -136,7 +145,13 @@ pub struct Gateway {
 impl Gateway {
     /// Opens the store in the data directory, clears what a crash left, and takes up
     /// the batches an earlier process left unfinished.
-    pub async fn open(config: GatewayConfig, engine: Engine) -> Result<Gateway, GatewayError> {
+    /// `stats` must observe `engine`'s events: `/metrics` reads it, and each finished
+    /// batch's figures leave it (the store keeps them).
+    pub async fn open(
+        config: GatewayConfig,
+        engine: Engine,
+        stats: Arc<StatsBySource>,
+    ) -> Result<Gateway, GatewayError> {
         let dir_error = |source| GatewayError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
@@ -163,16 +178,20 @@ impl Gateway {
             db.clone(),
             files.clone(),
             config.defaults.clone(),
+            stats.clone(),
         );
         let resumed = batches.resume_all().await.map_err(store_error)?;
         if resumed > 0 {
             tracing::info!("taking up {resumed} unfinished batch(es)");
         }
+        let proxy = proxy::Proxy::new(engine.clone(), config.proxy_max_wait);
         Ok(Gateway {
             app: App {
                 inner: Arc::new(AppInner {
+                    proxy,
                     config,
                     engine,
+                    stats,
                     db,
                     files,
                     batches,
@@ -200,6 +219,8 @@ impl Gateway {
             .route("/batches/{id}", get(batches::retrieve))
             .route("/batches/{id}/cancel", post(batches::cancel))
             .route("/batches/{id}/output", get(batches::output))
+            .route("/models", get(proxy::models))
+            .route("/{*path}", post(proxy::forward).fallback(not_found))
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(
                 app.config.auth.clone(),
@@ -207,6 +228,7 @@ impl Gateway {
             ));
         Router::new()
             .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics::scrape))
             .nest("/v1", v1)
             .layer(axum::middleware::from_fn(close_after_refusal))
             .with_state(app)

@@ -635,3 +635,40 @@ impl IdempotencyRow {
         )
     }
 }
+
+/// A tenant's batches of one status, summed.
+#[derive(Debug, Clone)]
+pub struct TenantBatches {
+    pub tenant: String,
+    pub status: String,
+    pub batches: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost: f64,
+}
+
+impl TenantBatches {
+    /// Every tenant's batches, summed by status.
+    pub fn all(conn: &Connection) -> rusqlite::Result<Vec<TenantBatches>> {
+        let mut stmt = conn.prepare(
+            "SELECT tenant, status, COUNT(*), SUM(completed), SUM(failed), SUM(input_tokens),
+                    SUM(output_tokens), SUM(cost)
+             FROM batches GROUP BY tenant, status ORDER BY tenant, status",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TenantBatches {
+                tenant: r.get(0)?,
+                status: r.get(1)?,
+                batches: r.get(2)?,
+                completed: r.get(3)?,
+                failed: r.get(4)?,
+                input_tokens: r.get(5)?,
+                output_tokens: r.get(6)?,
+                cost: r.get(7)?,
+            })
+        })?;
+        rows.collect()
+    }
+}

@@ -238,6 +238,9 @@ pub struct ServeArgs {
     pub tokens_file: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// A proxied request that cannot start within this many seconds (the shared limit is busy) is answered 429 with Retry-After.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, allow_negative_numbers = true, value_parser = seconds(SECONDS))]
+    pub proxy_max_wait: f64,
     /// Print only warnings and errors.
     #[arg(long, short = 'q')]
     pub quiet: bool,

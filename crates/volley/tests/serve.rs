@@ -120,6 +120,35 @@ fn a_batch_runs_to_completion_with_every_custom_id_once() {
         .map(|f| f["purpose"].as_str().unwrap())
         .collect();
     assert_eq!(purposes, ["batch_output", "batch"]);
+
+    // The tenant's figures, from the store.
+    let figure = |name: &str, labels: &[(&str, &str)]| {
+        serve
+            .metric(name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?}"))
+    };
+    let tenant = [("tenant", "default"), ("via", "batch")];
+    assert_eq!(
+        figure(
+            "volley_tenant_requests_total",
+            &[tenant[0], tenant[1], ("outcome", "succeeded")]
+        ),
+        100.0
+    );
+    assert_eq!(
+        figure(
+            "volley_tenant_tokens_total",
+            &[tenant[0], tenant[1], ("kind", "prompt")]
+        ),
+        prompt_tokens as f64
+    );
+    assert_eq!(
+        figure(
+            "volley_tenant_batches",
+            &[("tenant", "default"), ("status", "completed")]
+        ),
+        1.0
+    );
     serve.assert_no_key_anywhere();
 }
 

@@ -32,10 +32,11 @@ use crate::input::job::Job;
 use crate::limits::headers;
 use crate::limits::lanes::{BookError, Booking, LanePool};
 use crate::observe::events::Event;
+use crate::provider::classify::TransportFailure;
 use crate::provider::classify::{
     Classified, Endpoint, Reason, Verdict, classify_failure, classify_reply,
 };
-use crate::provider::transport::Reply;
+use crate::provider::transport::{Reply, Sent};
 use crate::store::{Failure, Outcome, Response, unix_now};
 
 /// Why a request could not take its turn.
@@ -57,6 +58,13 @@ impl Blocked {
                 "no key is left for model {} on this upstream (see the keys and lanes retired above); re-run with --retry-failed once its quota is back",
                 job.model.as_deref().unwrap_or("(none)")
             ),
+        )
+    }
+
+    fn queue_timeout() -> Blocked {
+        Blocked::Fails(
+            Reason::QueueTimeout,
+            "it waited longer than its client allows for its turn under the shared limit".into(),
         )
     }
 
@@ -123,8 +131,17 @@ impl Shared {
             return self.finish(source, done, Some((Reason::InvalidInput, why)));
         };
         let lanes = &upstream.lanes;
+        // A client waiting on the request gives it until `start_by` to start.
+        let start_by = job.waiting.as_ref().and_then(|w| w.start_by);
         loop {
-            let (slot, mut booking) = match self.take_turn(source, lanes, &job, priority).await {
+            let turn = self.take_turn(source, lanes, &job, priority);
+            let taken = match start_by.filter(|_| attempts == 0) {
+                Some(deadline) => tokio::time::timeout_at(deadline, turn)
+                    .await
+                    .unwrap_or_else(|_| Err(Blocked::queue_timeout())),
+                None => turn.await,
+            };
+            let (slot, mut booking) = match taken {
                 Ok(taken) => taken,
                 Err(Blocked::Halted) => return None,
                 Err(Blocked::Fails(reason, why)) => {
@@ -172,30 +189,51 @@ impl Shared {
                     job.custom_id
                 );
             }
-            let result = upstream
-                .transport
-                .send(
-                    &job.path,
-                    job.body.clone(),
-                    &lanes.keys()[sender].key,
-                    self.config.timeout,
-                )
-                .await;
-            let latency = sent.elapsed();
-
-            let (mut outcome, reply) = match result.map(|r| upstream.redact(r)) {
-                Ok(reply) => (
-                    classify_reply(
+            let key_used = &lanes.keys()[sender].key;
+            let streamed = job.waiting.as_deref().filter(|w| w.wants_stream());
+            let result = match streamed {
+                None => upstream
+                    .transport
+                    .send(&job.path, job.body.clone(), key_used, self.config.timeout)
+                    .await
+                    .map(Sent::Whole),
+                Some(_) => {
+                    upstream
+                        .transport
+                        .send_streamed(&job.path, job.body.clone(), key_used, self.config.timeout)
+                        .await
+                }
+            };
+            let (mut outcome, reply) = match result {
+                Ok(Sent::Whole(reply)) => {
+                    let reply = upstream.redact(reply);
+                    let outcome = classify_reply(
                         endpoint,
                         reply.status,
                         &reply.headers,
                         &reply.body,
                         source.check.as_deref(),
-                    ),
-                    Some(reply),
-                ),
+                    );
+                    (outcome, Some(reply))
+                }
+                // Streamed to the client as it comes: its verdict is final.
+                Ok(Sent::Stream(stream)) => {
+                    let head = Reply {
+                        status: stream.status,
+                        headers: stream.headers.clone(),
+                        body: bytes::Bytes::new(),
+                    };
+                    let outcome = match streamed {
+                        Some(waiting) => waiting.pump(stream, self.config.timeout).await,
+                        None => classify_failure(&TransportFailure::Connection(
+                            "an unexpected stream".into(),
+                        )),
+                    };
+                    (outcome, Some(head))
+                }
                 Err(failure) => (classify_failure(&failure), None),
             };
+            let latency = sent.elapsed();
             let refusal = booking.refusal();
             let held = Attempt {
                 lanes,

@@ -402,11 +402,17 @@ impl Shared {
         // request's task, but if something does, the request must not vanish. It is
         // left out of the store (so a re-run sends it), named in the log, and its
         // source cannot end as complete.
+        // A client that waits on the request and goes away (drops its ticket) takes the
+        // request with it: whatever it holds — a booking not yet sent, an attempt on
+        // the wire — is dropped and given back.
+        let watched = job.waiting.is_some();
         let run = std::panic::AssertUnwindSafe(self.attempt_until_done(&source, job));
+        let mut ticket = ticket;
         let ended = tokio::select! {
             biased;
             // The grace period after a stop is over: dropped unfinished.
             _ = source.kill.cancelled() => return,
+            _ = ticket.closed(), if watched => return,
             ended = futures_util::FutureExt::catch_unwind(run) => ended,
         };
         match ended {

@@ -101,6 +101,7 @@ impl Request {
             model: Some(Arc::from(self.model)),
             upstream: 0,
             tokens: Arc::default(),
+            waiting: None,
         }
     }
 
@@ -371,7 +372,10 @@ mod tests {
             parse_line("[1]", 1, &d),
             Err(LineProblem::NotAnObject("an array"))
         ));
-        assert_eq!(parse_line(r#"{"foo":1}"#, 1, &d), Err(LineProblem::NoBody));
+        assert_eq!(
+            parse_line(r#"{"foo":1}"#, 1, &d).unwrap_err(),
+            LineProblem::NoBody
+        );
         let missing_body = parse_line(r#"{"custom_id":"a","url":"/v1/chat/completions"}"#, 1, &d);
         assert!(matches!(
             missing_body,
@@ -399,7 +403,7 @@ mod tests {
             Err(LineProblem::BadField { field: "url", .. })
         ));
         let no_model = parse_line(r#"{"prompt":"x"}"#, 1, &LineDefaults::default());
-        assert_eq!(no_model, Err(LineProblem::NoModel));
+        assert_eq!(no_model.unwrap_err(), LineProblem::NoModel);
         let empty = parse_line(r#"{"model":"m","messages":[]}"#, 1, &d);
         assert!(matches!(
             empty,

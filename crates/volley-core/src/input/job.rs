@@ -8,7 +8,7 @@ use crate::input::ids::StableHash;
 use crate::provider::tokens;
 
 /// A request parsed from one input line. Cheap to clone: the body is shared.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Job {
     /// The caller's identifier, unique in the input; results are keyed by it.
     pub custom_id: Arc<str>,
@@ -29,6 +29,9 @@ pub struct Job {
     /// The token estimate, computed on first use: tokenizing costs CPU, and only runs
     /// that meet a tokens-per-minute limit need it.
     pub tokens: Arc<OnceLock<u64>>,
+    /// A client waiting on it (the gateway's proxy), `None` for a batch line: the
+    /// request then must start in time, is dropped when its ticket is, and may stream.
+    pub waiting: Option<Arc<crate::engine::waiting::Waiting>>,
 }
 
 impl Job {

@@ -236,18 +236,29 @@ fn usage(out: &mut Exposition, s: &Snapshot) {
     }
 }
 
-/// The text being built.
-#[derive(Default)]
-struct Exposition(String);
+/// Prometheus text being written: families and their samples, labels escaped. Public
+/// so that a gateway's own figures are written the same way.
+#[derive(Debug, Default)]
+pub struct Exposition(String);
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    /// Starts after `text` (another exposition, rendered).
+    pub fn after(text: String) -> Exposition {
+        Exposition(text)
+    }
+
+    /// The text so far.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         // Writing to a String cannot fail.
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');

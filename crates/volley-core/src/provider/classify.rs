@@ -41,6 +41,8 @@ pub enum Reason {
     RetriesExhausted,
     InvalidInput,
     ExceedsRateLimit,
+    /// A request a client waits on could not start within the client's patience.
+    QueueTimeout,
 }
 
 impl Reason {
@@ -66,6 +68,7 @@ impl Reason {
             Reason::RetriesExhausted => "retries_exhausted",
             Reason::InvalidInput => "invalid_input",
             Reason::ExceedsRateLimit => "exceeds_rate_limit",
+            Reason::QueueTimeout => "queue_timeout",
         }
     }
 }
@@ -367,7 +370,7 @@ fn content_text(content: &Value) -> Cow<'_, str> {
 }
 
 /// An error object inside a 200 body: classified by its code as if it were the status.
-fn classify_inner_error(error: &Value) -> Classified {
+pub(crate) fn classify_inner_error(error: &Value) -> Classified {
     let status = match error.get("code") {
         Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
         Some(Value::String(s)) if s == "rate_limit_exceeded" => Some(429),

@@ -86,6 +86,33 @@ impl Reply {
     }
 }
 
+/// What [`Transport::send_streamed`] got back.
+pub enum Sent {
+    /// A reply read whole: an error, or a reply that is not a stream.
+    Whole(Reply),
+    /// A 2xx stream of server-sent events, its body still to come.
+    Stream(StreamReply),
+}
+
+/// A streamed reply whose status and headers have come, and whose body is arriving.
+pub struct StreamReply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: BodyStream,
+}
+
+/// The chunks of a reply's body as they arrive.
+pub struct BodyStream(
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, TransportFailure>> + Send>>,
+);
+
+impl BodyStream {
+    /// The next chunk; `None` once the body has ended.
+    pub async fn next(&mut self) -> Option<Result<Bytes, TransportFailure>> {
+        futures_util::StreamExt::next(&mut self.0).await
+    }
+}
+
 /// Why a transport could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -230,6 +257,96 @@ impl Transport {
         let uri = self.uri(path)?;
         self.exchange(http::Method::POST, uri, headers, body, timeout)
             .await
+    }
+
+    /// POSTs `body` like [`Transport::send`], but a 2xx reply that is a stream of
+    /// server-sent events is handed over as it arrives instead of read whole: the
+    /// status and headers within `timeout`, then the body chunk by chunk. Any other
+    /// reply is read whole, as `send` reads it.
+    pub async fn send_streamed(
+        &self,
+        path: &str,
+        body: Bytes,
+        key: &ApiKey,
+        timeout: Duration,
+    ) -> Result<Sent, TransportFailure> {
+        let mut headers = self.extra.clone();
+        headers.insert(http::header::AUTHORIZATION, key.header.clone());
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let uri = self.uri(path)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let opened = async {
+            match &self.wire {
+                Wire::Direct(client) => {
+                    let mut request = http::Request::new(http_body_util::Full::new(body));
+                    *request.method_mut() = http::Method::POST;
+                    *request.uri_mut() = uri;
+                    *request.headers_mut() = headers;
+                    let response = client.request(request).await.map_err(describe)?;
+                    let (parts, incoming) = response.into_parts();
+                    let stream = futures_util::TryStreamExt::map_err(
+                        http_body_util::BodyDataStream::new(incoming),
+                        describe,
+                    );
+                    Ok((
+                        parts.status.as_u16(),
+                        parts.headers,
+                        BodyStream(Box::pin(stream)),
+                    ))
+                }
+                Wire::Proxied(client) => {
+                    let url = reqwest::Url::parse(&uri.to_string()).map_err(|e| {
+                        TransportFailure::Connection(format!("invalid URL {uri}: {e}"))
+                    })?;
+                    let response = client
+                        .post(url)
+                        .headers(headers)
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(describe_reqwest)?;
+                    let status = response.status().as_u16();
+                    let headers = response.headers().clone();
+                    let stream = futures_util::TryStreamExt::map_err(
+                        response.bytes_stream(),
+                        describe_reqwest,
+                    );
+                    Ok((status, headers, BodyStream(Box::pin(stream))))
+                }
+            }
+        };
+        let (status, headers, mut body) = tokio::time::timeout_at(deadline, opened)
+            .await
+            .map_err(|_| TransportFailure::Timeout)??;
+        let is_stream = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if (200..300).contains(&status) && is_stream {
+            return Ok(Sent::Stream(StreamReply {
+                status,
+                headers,
+                body,
+            }));
+        }
+        let whole = async {
+            let mut all = Vec::new();
+            while let Some(chunk) = body.next().await {
+                all.extend_from_slice(&chunk?);
+            }
+            Ok(Bytes::from(all))
+        };
+        let body = tokio::time::timeout_at(deadline, whole)
+            .await
+            .map_err(|_| TransportFailure::Timeout)??;
+        Ok(Sent::Whole(Reply {
+            status,
+            headers,
+            body,
+        }))
     }
 
     /// GETs `base_url + path` as JSON: for side requests such as OpenRouter's key info.

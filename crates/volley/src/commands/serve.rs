@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use volley_core::defaults;
 use volley_core::input::batch::LineDefaults;
 use volley_core::observe::events::{EventBus, Observer};
-use volley_core::observe::stats::RunStats;
+use volley_core::observe::sources::StatsBySource;
 use volley_server::auth::Auth;
 use volley_server::{Gateway, GatewayConfig};
 
@@ -73,7 +73,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         .as_ref()
         .map_or_else(|| args.engine.base_url.clone(), |m| m.base_url());
     let grace = defaults::SHUTDOWN_GRACE;
-    let stats = Arc::new(RunStats::new());
+    let stats = Arc::new(StatsBySource::new());
     let observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
     let engine = engine::target(&args.engine, base_url, keys)
         .connect(
@@ -86,10 +86,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     config.defaults = LineDefaults {
         model: args.engine.model.clone(),
     };
+    config.proxy_max_wait = Duration::from_secs_f64(args.proxy_max_wait);
     if let Some(secs) = args.batch_window {
         config.completion_window = Duration::from_secs_f64(secs);
     }
-    let gateway = Gateway::open(config, engine.clone()).await?;
+    let gateway = Gateway::open(config, engine.clone(), stats).await?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("--addr {}: cannot listen", args.addr))?;

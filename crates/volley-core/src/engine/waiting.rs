@@ -1,0 +1,140 @@
+//! A request a client is waiting on (the gateway's proxy): it must start within the
+//! client's patience, it is dropped the moment the client goes away (its ticket
+//! dropped), and a streamed reply is handed to the client chunk by chunk as it comes,
+//! while the engine still reads its usage for the ledger.
+//!
+//! Retries happen only before the first byte reaches the client: a reply that is an
+//! error, or not a stream, is read whole and judged like any other; once a stream's
+//! head has gone to the client, the attempt is the answer, whatever it turns out to be.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::provider::classify::TransportFailure;
+use crate::provider::classify::{Classified, Reason};
+use crate::provider::sse::{SseWatch, classified_fail};
+use crate::provider::transport::StreamReply;
+
+/// Chunks of a stream buffered between the provider and a slow client.
+const STREAM_BUFFER: usize = 32;
+
+/// What the engine knows of a client waiting on a request.
+#[derive(Debug)]
+pub struct Waiting {
+    /// The latest instant its first attempt may start; later, it fails as
+    /// `queue_timeout` (the client would rather hear so than wait on).
+    pub start_by: Option<Instant>,
+    tap: Option<StreamTap>,
+}
+
+#[derive(Debug)]
+struct StreamTap {
+    head: Mutex<Option<oneshot::Sender<StreamHead>>>,
+    chunks: mpsc::Sender<Bytes>,
+}
+
+/// The status and headers of a streamed reply, sent to the client before its body.
+#[derive(Debug)]
+pub struct StreamHead {
+    pub status: u16,
+    pub headers: HeaderMap,
+}
+
+/// The client's end of a streamed request: the head comes once the provider has
+/// answered with a stream, then the chunks. If the request ends without streaming (an
+/// error, a reply that is no stream), the head never comes and its ticket says why.
+#[derive(Debug)]
+pub struct StreamReceiver {
+    pub head: oneshot::Receiver<StreamHead>,
+    pub chunks: mpsc::Receiver<Bytes>,
+}
+
+impl Waiting {
+    /// A client that waits for a whole reply.
+    pub fn new(start_by: Option<Instant>) -> Waiting {
+        Waiting {
+            start_by,
+            tap: None,
+        }
+    }
+
+    /// A client that wants a streamed reply as it comes.
+    pub fn streamed(start_by: Option<Instant>) -> (Waiting, StreamReceiver) {
+        let (head_tx, head) = oneshot::channel();
+        let (chunks_tx, chunks) = mpsc::channel(STREAM_BUFFER);
+        let waiting = Waiting {
+            start_by,
+            tap: Some(StreamTap {
+                head: Mutex::new(Some(head_tx)),
+                chunks: chunks_tx,
+            }),
+        };
+        (waiting, StreamReceiver { head, chunks })
+    }
+
+    /// Whether a streamed reply goes to the client as it comes.
+    pub fn wants_stream(&self) -> bool {
+        self.tap.is_some()
+    }
+
+    /// Passes a streamed reply to the client, reading its usage and errors on the way;
+    /// each chunk must come within `idle`. The verdict is final: the client has the
+    /// bytes.
+    pub(crate) async fn pump(&self, mut reply: StreamReply, idle: Duration) -> Classified {
+        let Some(tap) = &self.tap else {
+            return classified_fail(Reason::ClientError, "no client to stream to".into());
+        };
+        let head = tap.head.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let head_sent = head.is_some_and(|head| {
+            head.send(StreamHead {
+                status: reply.status,
+                headers: std::mem::take(&mut reply.headers),
+            })
+            .is_ok()
+        });
+        if !head_sent {
+            return gone();
+        }
+        let mut watch = SseWatch::new();
+        loop {
+            let chunk = match tokio::time::timeout(idle, reply.body.next()).await {
+                Err(_) => {
+                    return classified_fail(
+                        Reason::Timeout,
+                        format!(
+                            "the stream sent nothing for {:.0} s after it started",
+                            idle.as_secs_f64()
+                        ),
+                    );
+                }
+                Ok(None) => return watch.finish(),
+                Ok(Some(Err(TransportFailure::Timeout))) => {
+                    return classified_fail(Reason::Timeout, "the stream timed out".into());
+                }
+                Ok(Some(Err(TransportFailure::Connection(why)))) => {
+                    return classified_fail(
+                        Reason::Connection,
+                        format!("the stream broke off: {why}"),
+                    );
+                }
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            watch.feed(&chunk);
+            if tap.chunks.send(chunk).await.is_err() {
+                return gone();
+            }
+        }
+    }
+}
+
+fn gone() -> Classified {
+    classified_fail(
+        Reason::ClientError,
+        "the client went away while the reply streamed".into(),
+    )
+}

@@ -1,0 +1,204 @@
+//! `volley serve`'s proxy: many clients, one shared limit, streams passed through,
+//! clients that leave take their requests with them, and a queue with a patience.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::gateway::{ServeProc, http};
+use common::{MockProc, Workspace};
+use serde_json::{Value, json};
+
+fn chat(serve: &ServeProc, content: &str) -> common::gateway::Reply {
+    serve.post(
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role": "user", "content": content}]}),
+    )
+}
+
+#[test]
+fn four_client_processes_share_one_limit_without_failures() {
+    let ws = Workspace::new();
+    // 100 requests per 2 s window: the four clients together want far more.
+    let mock = MockProc::start(&["--rpm", "100", "--window", "2"]);
+    let serve = ServeProc::start(&ws.path("data"), &mock.base_url, &["--concurrency", "64"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/proxy_client.py");
+    let started = Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new("python3")
+                .args([script, &serve.base_url, "60", "8", &format!("client{i}")])
+                .env_remove("OPENAI_API_KEY")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("python3 runs (scripts/test installs the openai package)")
+        })
+        .collect();
+    let mut ok = 0;
+    for client in clients {
+        let out = client.wait_with_output().expect("client ends");
+        assert!(
+            out.status.success(),
+            "a client failed: {}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            serve.log()
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).expect("summary");
+        assert_eq!(summary["failed"], 0, "{summary}");
+        assert!(
+            summary["stream"]["chunks"].as_u64().unwrap() >= 3,
+            "{summary}"
+        );
+        assert!(
+            summary["stream"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("stream for client"),
+            "{summary}"
+        );
+        assert!(
+            summary["stream"]["usage"].as_u64().unwrap() > 0,
+            "{summary}"
+        );
+        ok += summary["ok"].as_u64().unwrap();
+    }
+    assert_eq!(ok, 240);
+    let stats = mock.stats();
+    let requests = stats["requests"].as_u64().unwrap();
+    let limited = stats["by_status"]["429"].as_u64().unwrap_or(0);
+    assert!(
+        limited * 100 <= requests,
+        "the mock answered {limited} of {requests} requests with 429: {stats}"
+    );
+    // 244 requests at 50 a second cannot take less than about 4 s.
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "faster than the limit allows: {:?}",
+        started.elapsed()
+    );
+    serve.assert_no_key_anywhere();
+}
+
+#[test]
+fn a_client_that_goes_away_takes_its_upstream_attempt_with_it() {
+    let ws = Workspace::new();
+    let mock = MockProc::start(&["--latency-ms", "2000"]);
+    let serve = ServeProc::start(&ws.path("data"), &mock.base_url, &["--concurrency", "1"]);
+    // A: sent upstream, then its client hangs up.
+    let addr = serve.addr.clone();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "a"}]}).to_string();
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // B: with one connection slot, it starts only once A's attempt is given up.
+    let started = Instant::now();
+    let r = chat(&serve, "b");
+    r.expect(200, "B");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(3500) && took >= Duration::from_millis(1900),
+        "B took {took:?}: A's attempt was not dropped with its client"
+    );
+}
+
+#[test]
+fn a_request_that_cannot_start_in_time_gets_a_429_with_retry_after() {
+    let ws = Workspace::new();
+    let mock = MockProc::start(&["--latency-ms", "3000"]);
+    let serve = ServeProc::start(
+        &ws.path("data"),
+        &mock.base_url,
+        &["--concurrency", "1", "--proxy-max-wait", "0.5"],
+    );
+    let addr = serve.addr.clone();
+    let first = std::thread::spawn(move || {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "slow"}]});
+        http(
+            &addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type".into(), "application/json".into())],
+            Some(body.to_string().as_bytes()),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let r = chat(&serve, "queued");
+    r.expect(429, "a request past --proxy-max-wait");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(r.error_message().contains("--proxy-max-wait"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    first.join().unwrap().expect(200, "the first request");
+}
+
+#[test]
+fn proxied_errors_pass_through_and_the_client_token_never_goes_upstream() {
+    let ws = Workspace::new();
+    let mock = MockProc::start(&[]);
+    let serve = ServeProc::start(
+        &ws.path("data"),
+        &mock.base_url,
+        &["--auth-token-env", "GATEWAY_TOKEN"],
+    );
+    let r = chat(&serve, "hello");
+    r.expect(200, "a proxied completion");
+    assert_eq!(r.json()["object"], "chat.completion");
+    assert!(r.header("x-request-id").is_some());
+    // The mock saw the pool's key, not the gateway's token.
+    let stats = mock.stats();
+    let keys: Vec<&String> = stats["by_key"].as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 1, "{stats}");
+    assert!(keys[0].ends_with("1234"), "{stats}");
+    // A 400 from the upstream comes back as it was, not retried.
+    let r = serve.post(
+        "/v1/chat/completions",
+        &json!({"model": "m", "messages": []}),
+    );
+    r.expect(400, "the upstream's 400");
+    r.error_message();
+    // Not JSON: the gateway's own 400.
+    let r = http(
+        &serve.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[(
+            "authorization".into(),
+            format!("Bearer {}", common::gateway::GATEWAY_TOKEN),
+        )],
+        Some(b"not json"),
+    );
+    r.expect(400, "a body that is not JSON");
+    // The upstream's model list, through the gateway.
+    let r = serve.get("/v1/models");
+    r.expect(200, "models");
+    assert_eq!(r.json()["object"], "list");
+    // The proxied calls count for the tenant: one success, one failure (the 400).
+    let figure = |outcome: &str| {
+        serve.metric(
+            "volley_tenant_requests_total",
+            &[
+                ("tenant", "default"),
+                ("via", "proxy"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(figure("succeeded"), Some(1.0));
+    assert_eq!(figure("failed"), Some(1.0));
+    serve.assert_no_key_anywhere();
+}
