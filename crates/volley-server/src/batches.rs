@@ -269,8 +269,21 @@ pub async fn cancel(
     State(app): State<App>,
     axum::Extension(tenant): axum::Extension<Tenant>,
     UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let batch = app.batch(&tenant, &id).await?;
+    // A cancel is the same whenever it is repeated; its key only must not have served
+    // another request.
+    if let Some(key) = idempotency::key(&headers)? {
+        let (tenant_name, request, batch_id) = (
+            tenant.0.to_string(),
+            format!("POST /v1/batches/{id}/cancel"),
+            batch.id.clone(),
+        );
+        app.db
+            .write(move |c| idempotency::claim(c, &tenant_name, &key, &request, |_| Ok(batch_id)))
+            .await??;
+    }
     match batch.status {
         Status::Validating | Status::InProgress => {
             let id = batch.id.clone();

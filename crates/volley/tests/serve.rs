@@ -403,6 +403,41 @@ fn an_idempotency_key_returns_the_same_batch_and_refuses_another_body() {
     let b = upload(batch_lines(2).as_bytes());
     assert_eq!(a.json()["id"], b.json()["id"]);
     upload(batch_lines(3).as_bytes()).expect(409, "another file with the same key");
+
+    // A cancel's key: repeated, the same answer; a key of another request, a 409.
+    let batch_id = second.json()["id"].as_str().unwrap().to_string();
+    let cancel = |key: &str| {
+        http(
+            &serve.addr,
+            "POST",
+            &format!("/v1/batches/{batch_id}/cancel"),
+            &[
+                ("authorization".into(), format!("Bearer {GATEWAY_TOKEN}")),
+                ("idempotency-key".into(), key.into()),
+            ],
+            None,
+        )
+    };
+    let reused = cancel("key-1");
+    reused.expect(409, "a create's key used for a cancel");
+    assert!(
+        reused.error_message().contains("Idempotency-Key"),
+        "{}",
+        reused.text()
+    );
+    let (once, twice) = (cancel("cancel-1"), cancel("cancel-1"));
+    assert_eq!(
+        once.status,
+        twice.status,
+        "{} / {}",
+        once.text(),
+        twice.text()
+    );
+    assert!(
+        !twice.text().contains("Idempotency-Key"),
+        "{}",
+        twice.text()
+    );
 }
 
 #[test]
