@@ -25,6 +25,10 @@ pub enum ApiError {
     /// 409: an Idempotency-Key reused with another body, or a state that forbids it.
     #[error("{0}")]
     Conflict(String),
+    /// 409: a proxied call with this Idempotency-Key is still running; a retry a
+    /// moment later gets its reply.
+    #[error("{0}")]
+    InProgress(String),
     /// 413: an upload larger than the gateway takes.
     #[error("{0}")]
     TooLarge(String),
@@ -74,7 +78,7 @@ impl ApiError {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::InProgress(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -89,6 +93,7 @@ impl ApiError {
             ApiError::Unauthorized => ("invalid_request_error", None, Some("invalid_api_key")),
             ApiError::NotFound { .. } => ("invalid_request_error", None, Some("not_found")),
             ApiError::Conflict(_) => ("invalid_request_error", None, Some("conflict")),
+            ApiError::InProgress(_) => ("invalid_request_error", None, Some("in_progress")),
             ApiError::TooLarge(_) => (
                 "invalid_request_error",
                 Some("file"),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{OriginalUri, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 use volley_core::engine::waiting::{StreamReceiver, Waiting};
@@ -26,6 +26,8 @@ use volley_core::store::Outcome;
 use crate::App;
 use crate::auth::Tenant;
 use crate::error::ApiError;
+use crate::idempotency::{self, Claim};
+use crate::rows::{IdempotencyRow, PROXY_CALL, ProxyReply};
 
 /// How long the upstream's model list is served from memory.
 const MODELS_FRESH: Duration = Duration::from_secs(300);
@@ -84,6 +86,7 @@ pub async fn forward(
     State(app): State<App>,
     axum::Extension(tenant): axum::Extension<Tenant>,
     OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let proxy = &app.proxy;
@@ -106,6 +109,13 @@ pub async fn forward(
         .and_then(|m| m.as_str())
         .map(Arc::<str>::from);
     let stream = peek.stream.as_ref().and_then(|s| s.as_bool()) == Some(true);
+    let keyed = match idempotency::key(&headers)? {
+        None => None,
+        Some(key) => match KeyedCall::claim(&app, &tenant, key, &path, &body).await? {
+            Claimed::Replay(reply) => return Ok(reply),
+            Claimed::New(call) => Some(call),
+        },
+    };
     let start_by = Instant::now() + proxy.max_wait;
     let (waiting, receiver) = if stream {
         let (waiting, receiver) = Waiting::streamed(Some(start_by));
@@ -138,9 +148,96 @@ pub async fn forward(
         Ok(Ok(ticket)) => ticket,
     };
     match receiver {
-        None => whole(ticket.await, proxy.max_wait),
-        Some(receiver) => streamed(ticket, receiver, proxy.max_wait).await,
+        None => whole(ticket.await, proxy.max_wait, keyed).await,
+        Some(receiver) => streamed(ticket, receiver, proxy.max_wait, keyed).await,
     }
+}
+
+/// A proxied call with an Idempotency-Key, running: its reply is kept for a retry
+/// to replay. Dropped without one (the call failed inside the gateway, or its client
+/// left mid-stream), the key is forgotten, so a retry runs the call again.
+struct KeyedCall {
+    app: App,
+    tenant: String,
+    key: String,
+    kept: bool,
+}
+
+enum Claimed {
+    /// The key was used before for this call: its reply.
+    Replay(Response),
+    New(KeyedCall),
+}
+
+/// The most of a streamed reply kept for a replay: a longer stream is passed on but not
+/// kept, and its key forgotten.
+const MAX_KEPT_STREAM: usize = 16 << 20;
+
+impl KeyedCall {
+    async fn claim(
+        app: &App,
+        tenant: &Tenant,
+        key: String,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Claimed, ApiError> {
+        let mut hash = volley_core::input::ids::StableHash::new();
+        hash.update(body);
+        let request = format!("POST /v1{path} {:016x}", hash.finish());
+        let (tenant_name, k) = (tenant.0.to_string(), key.clone());
+        let claim = app
+            .db
+            .write(move |c| {
+                idempotency::claim(c, &tenant_name, &k, &request, |_| Ok(PROXY_CALL.into()))
+            })
+            .await??;
+        let tenant_name = tenant.0.to_string();
+        if let Claim::Replayed(_) = claim {
+            let (t, k) = (tenant_name, key);
+            return match app.db.read(move |c| ProxyReply::get(c, &t, &k)).await? {
+                Some(reply) => Ok(Claimed::Replay(replay(reply))),
+                None => Err(ApiError::InProgress(
+                    "a call with this Idempotency-Key is still running; retry in a moment for its reply".into(),
+                )),
+            };
+        }
+        Ok(Claimed::New(KeyedCall {
+            app: app.clone(),
+            tenant: tenant_name,
+            key,
+            kept: false,
+        }))
+    }
+
+    /// Keeps the reply for replays, before the client has it: a retry that comes after
+    /// the reply finds it.
+    async fn keep(mut self, reply: ProxyReply) {
+        let (t, k) = (self.tenant.clone(), self.key.clone());
+        match self.app.db.write(move |c| reply.put(c, &t, &k)).await {
+            Ok(()) => self.kept = true,
+            Err(e) => tracing::error!("store: a proxied reply could not be kept: {e}"),
+        }
+    }
+}
+
+impl Drop for KeyedCall {
+    fn drop(&mut self) {
+        if !self.kept {
+            let (t, k) = (self.tenant.clone(), self.key.clone());
+            self.app
+                .db
+                .write_detached(move |c| IdempotencyRow::forget(c, &t, &k));
+        }
+    }
+}
+
+fn replay(reply: ProxyReply) -> Response {
+    let mut response = Body::from(reply.body).into_response();
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    if let Ok(value) = HeaderValue::from_str(&reply.content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
 }
 
 /// A streamed request's reply: the stream as it comes, once the provider answered
@@ -149,6 +246,7 @@ async fn streamed(
     ticket: Ticket,
     receiver: StreamReceiver,
     max_wait: Duration,
+    keyed: Option<KeyedCall>,
 ) -> Result<Response, ApiError> {
     let StreamReceiver { head, mut chunks } = receiver;
     // Boxed, so it can be polled here and then moved into the body.
@@ -156,18 +254,47 @@ async fn streamed(
     let head = tokio::select! {
         biased;
         head = head => head.ok(),
-        ended = &mut ticket => return whole(ended, max_wait),
+        ended = &mut ticket => return whole(ended, max_wait, keyed).await,
     };
     let Some(head) = head else {
-        return whole(ticket.await, max_wait);
+        return whole(ticket.await, max_wait, keyed).await;
     };
+    let content_type = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/event-stream")
+        .to_string();
     // The ticket rides with the body: a client that goes away drops both, and the
-    // engine drops the request with them.
+    // engine drops the request with them. A keyed call's stream is kept as it passes,
+    // and stored once it has ended whole.
     let mut ticket = Some(ticket);
+    let mut keyed = keyed.map(|call| (call, Vec::new()));
+    let status = head.status;
     let body = futures_util::stream::poll_fn(move |cx| {
         let polled = chunks.poll_recv(cx);
-        if let std::task::Poll::Ready(None) = polled {
-            ticket.take();
+        match &polled {
+            std::task::Poll::Ready(Some(chunk)) => {
+                if let Some((_, kept)) = &mut keyed {
+                    if kept.len() + chunk.len() <= MAX_KEPT_STREAM {
+                        kept.extend_from_slice(chunk);
+                    } else {
+                        keyed = None;
+                    }
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                ticket.take();
+                if let Some((call, body)) = keyed.take() {
+                    let reply = ProxyReply {
+                        status,
+                        content_type: content_type.clone(),
+                        body,
+                    };
+                    tokio::spawn(call.keep(reply));
+                }
+            }
+            std::task::Poll::Pending => {}
         }
         polled.map(|chunk| chunk.map(Ok::<_, std::convert::Infallible>))
     });
@@ -186,9 +313,10 @@ async fn streamed(
 
 /// A whole reply: the provider's last response as it came (an error status too), or
 /// an OpenAI-shaped error when there was none.
-fn whole(
+async fn whole(
     ended: Result<Outcome, volley_core::engine::Unfinished>,
     max_wait: Duration,
+    keyed: Option<KeyedCall>,
 ) -> Result<Response, ApiError> {
     let outcome = ended.map_err(|_| {
         ApiError::Unavailable("the request was left unfinished: the gateway is stopping".into())
@@ -200,6 +328,14 @@ fn whole(
     }
     match outcome.response {
         Some(r) => {
+            if let Some(call) = keyed {
+                let reply = ProxyReply {
+                    status: r.status,
+                    content_type: "application/json".into(),
+                    body: r.body.to_vec(),
+                };
+                call.keep(reply).await;
+            }
             let mut response = Body::from(r.body).into_response();
             *response.status_mut() =
                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);

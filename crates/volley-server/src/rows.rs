@@ -70,6 +70,14 @@ pub fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
             object_id TEXT NOT NULL,
             created_at INTEGER NOT NULL,
             PRIMARY KEY (tenant, key)
+        );
+        CREATE TABLE IF NOT EXISTS proxy_replies (
+            tenant TEXT NOT NULL,
+            key TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            body BLOB NOT NULL,
+            PRIMARY KEY (tenant, key)
         );",
     )
 }
@@ -627,12 +635,73 @@ impl IdempotencyRow {
         Ok(())
     }
 
-    /// Forgets keys older than `ttl_secs`.
+    /// Forgets keys older than `ttl_secs`, and the keys of proxied calls that never
+    /// got a reply to keep (their process stopped first): a retry runs them again.
     pub fn expire(conn: &Connection, ttl_secs: i64) -> rusqlite::Result<usize> {
-        conn.execute(
+        let old = conn.execute(
             "DELETE FROM idempotency WHERE created_at <= ?1",
             params![now() - ttl_secs],
+        )?;
+        conn.execute(
+            "DELETE FROM proxy_replies WHERE NOT EXISTS (SELECT 1 FROM idempotency i
+               WHERE i.tenant = proxy_replies.tenant AND i.key = proxy_replies.key)",
+            [],
+        )?;
+        let unanswered = conn.execute(
+            &format!(
+                "DELETE FROM idempotency WHERE object_id = '{PROXY_CALL}' AND NOT EXISTS
+                   (SELECT 1 FROM proxy_replies r WHERE r.tenant = idempotency.tenant AND r.key = idempotency.key)"
+            ),
+            [],
+        )?;
+        Ok(old + unanswered)
+    }
+
+    /// Forgets one key (a proxied call that ended with nothing worth replaying).
+    pub fn forget(conn: &Connection, tenant: &str, key: &str) -> rusqlite::Result<()> {
+        conn.execute(
+            "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2",
+            params![tenant, key],
+        )?;
+        Ok(())
+    }
+}
+
+/// The object id an idempotency key of a proxied call records: its reply is in
+/// `proxy_replies`.
+pub const PROXY_CALL: &str = "proxy-call";
+
+/// The reply a proxied call with an idempotency key got, kept to be replayed.
+#[derive(Debug, Clone)]
+pub struct ProxyReply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl ProxyReply {
+    pub fn get(conn: &Connection, tenant: &str, key: &str) -> rusqlite::Result<Option<ProxyReply>> {
+        conn.query_row(
+            "SELECT status, content_type, body FROM proxy_replies WHERE tenant = ?1 AND key = ?2",
+            params![tenant, key],
+            |r| {
+                Ok(ProxyReply {
+                    status: r.get(0)?,
+                    content_type: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            },
         )
+        .optional()
+    }
+
+    pub fn put(&self, conn: &Connection, tenant: &str, key: &str) -> rusqlite::Result<()> {
+        conn.execute(
+            "INSERT OR REPLACE INTO proxy_replies (tenant, key, status, content_type, body)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![tenant, key, self.status, self.content_type, self.body],
+        )?;
+        Ok(())
     }
 }
 

@@ -202,3 +202,62 @@ fn proxied_errors_pass_through_and_the_client_token_never_goes_upstream() {
     assert_eq!(figure("failed"), Some(1.0));
     serve.assert_no_key_anywhere();
 }
+
+#[test]
+fn a_proxied_call_repeated_with_its_idempotency_key_is_answered_from_the_first() {
+    let ws = Workspace::new();
+    let mock = MockProc::start(&[]);
+    let serve = ServeProc::start(&ws.path("data"), &mock.base_url, &[]);
+    let call = |key: &str, body: &Value| {
+        http(
+            &serve.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type".into(), "application/json".into()),
+                ("idempotency-key".into(), key.into()),
+            ],
+            Some(body.to_string().as_bytes()),
+        )
+    };
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "once"}]});
+    let first = call("k-1", &body);
+    first.expect(200, "the first call");
+    let again = call("k-1", &body);
+    again.expect(200, "the same call again");
+    // The mock numbers its replies: the same id is the same reply, not a second call.
+    assert_eq!(first.json()["id"], again.json()["id"]);
+    assert_eq!(mock.stats()["requests"], 1);
+    let other = json!({"model": "m", "messages": [{"role": "user", "content": "another"}]});
+    let r = call("k-1", &other);
+    r.expect(409, "the key with another body");
+    assert!(r.error_message().contains("Idempotency-Key"));
+
+    // A stream is kept as it passed, and replayed as one.
+    let streamed =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "s"}]});
+    let first = call("k-2", &streamed);
+    first.expect(200, "a streamed call");
+    assert!(first.text().contains("data: [DONE]"), "{}", first.text());
+    std::thread::sleep(Duration::from_millis(200));
+    let again = call("k-2", &streamed);
+    again.expect(200, "the streamed call again");
+    assert_eq!(again.header("content-type"), Some("text/event-stream"));
+    assert_eq!(first.text(), again.text());
+    assert_eq!(mock.stats()["requests"], 2);
+    // Across a restart too: the replies are in the store.
+    drop(serve);
+    let serve = ServeProc::start(&ws.path("data"), &mock.base_url, &[]);
+    let r = http(
+        &serve.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("content-type".into(), "application/json".into()),
+            ("idempotency-key".into(), "k-1".into()),
+        ],
+        Some(body.to_string().as_bytes()),
+    );
+    r.expect(200, "after a restart");
+    assert_eq!(mock.stats()["requests"], 2);
+}
