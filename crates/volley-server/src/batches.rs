@@ -250,16 +250,11 @@ pub async fn list(
         Some(_) => return Err(ApiError::invalid_param("limit", "limit must be 1 to 100")),
     };
     let tenant = tenant.0.to_string();
-    let mut rows = app
+    let rows = app
         .db
         .read(move |conn| BatchRow::list(conn, &tenant, q.after.as_deref(), limit))
         .await?;
-    let has_more = rows.len() > limit;
-    rows.truncate(limit);
-    Ok(Json(objects::page(
-        rows.iter().map(objects::batch).collect(),
-        has_more,
-    )))
+    Ok(Json(objects::page_of(rows, limit, objects::batch)))
 }
 
 /// `POST /v1/batches/{id}/cancel`: the batch stops sending at once and becomes

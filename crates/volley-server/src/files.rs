@@ -275,7 +275,7 @@ pub async fn list(
         }
     };
     let tenant = tenant.0.to_string();
-    let mut rows = app
+    let rows = app
         .db
         .read(move |conn| {
             FileRow::list(
@@ -288,12 +288,7 @@ pub async fn list(
             )
         })
         .await?;
-    let has_more = rows.len() > limit;
-    rows.truncate(limit);
-    Ok(Json(objects::page(
-        rows.iter().map(objects::file).collect(),
-        has_more,
-    )))
+    Ok(Json(objects::page_of(rows, limit, objects::file)))
 }
 
 /// `GET /v1/files/{id}`.

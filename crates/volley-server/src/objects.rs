@@ -72,9 +72,16 @@ pub fn batch(b: &BatchRow) -> Value {
     })
 }
 
+/// A page of `limit` objects from `rows`, which holds one more when there are more.
+pub fn page_of<T>(mut rows: Vec<T>, limit: usize, object: impl Fn(&T) -> Value) -> Value {
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    page(rows.iter().map(object).collect(), has_more)
+}
+
 /// A page of a list, as OpenAI pages them: `has_more` is always sent, or the SDK's
 /// auto-paging never stops.
-pub fn page(data: Vec<Value>, has_more: bool) -> Value {
+fn page(data: Vec<Value>, has_more: bool) -> Value {
     let id = |v: Option<&Value>| v.and_then(|v| v.get("id")).cloned();
     json!({
         "object": "list",

@@ -240,6 +240,17 @@ impl Transport {
         &self.base_url
     }
 
+    /// The headers of a POST with `key`: the extra ones, the key's, a JSON body.
+    fn post_headers(&self, key: &ApiKey) -> http::HeaderMap {
+        let mut headers = self.extra.clone();
+        headers.insert(http::header::AUTHORIZATION, key.header.clone());
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        headers
+    }
+
     /// POSTs `body` to `base_url + path` and reads the whole reply, all within `timeout`.
     pub async fn send(
         &self,
@@ -248,12 +259,7 @@ impl Transport {
         key: &ApiKey,
         timeout: Duration,
     ) -> Result<Reply, TransportFailure> {
-        let mut headers = self.extra.clone();
-        headers.insert(http::header::AUTHORIZATION, key.header.clone());
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
+        let headers = self.post_headers(key);
         let uri = self.uri(path)?;
         self.exchange(http::Method::POST, uri, headers, body, timeout)
             .await
@@ -270,12 +276,7 @@ impl Transport {
         key: &ApiKey,
         timeout: Duration,
     ) -> Result<Sent, TransportFailure> {
-        let mut headers = self.extra.clone();
-        headers.insert(http::header::AUTHORIZATION, key.header.clone());
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
+        let headers = self.post_headers(key);
         let uri = self.uri(path)?;
         let deadline = tokio::time::Instant::now() + timeout;
         let opened = async {

@@ -54,8 +54,19 @@ pub fn pricing(args: &EngineArgs) -> anyhow::Result<Option<Arc<Pricing>>> {
     })
 }
 
+/// Where requests go: the built-in mock (started on a free loopback port) with
+/// `--mock`, else `--base-url`. The mock, if any, is the caller's to shut down.
+pub async fn upstream(args: &EngineArgs) -> anyhow::Result<(Option<MockServer>, String)> {
+    if !args.mock {
+        return Ok((None, args.base_url.clone()));
+    }
+    let mock = start_mock().await?;
+    let url = mock.base_url();
+    Ok((Some(mock), url))
+}
+
 /// The built-in mock on a free loopback port (`--mock`).
-pub async fn start_mock() -> anyhow::Result<MockServer> {
+async fn start_mock() -> anyhow::Result<MockServer> {
     let config = MockConfig {
         latency_ms: MOCK_LATENCY_MS,
         jitter_ms: MOCK_JITTER_MS,

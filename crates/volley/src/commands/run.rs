@@ -21,7 +21,6 @@ use volley_core::runner::{
 use volley_core::store::OutputFiles;
 use volley_core::store::checkpoint::Tail;
 use volley_core::store::claim::{self, HeldFiles, NamedFile, OutputLock};
-use volley_mock::MockServer;
 
 use crate::cli::{Expect, LogFormat, ProgressMode, RunArgs};
 use crate::commands::engine;
@@ -198,14 +197,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         tracing::warn!("{}", nothing_to_send(args.offset, scan));
     }
 
-    let mock = if args.engine.mock {
-        Some(engine::start_mock().await?)
-    } else {
-        None
-    };
-    let base_url = mock
-        .as_ref()
-        .map_or_else(|| args.engine.base_url.clone(), MockServer::base_url);
+    let (mock, base_url) = engine::upstream(&args.engine).await?;
 
     let mut observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
     if let Some(f) = &event_file {

@@ -64,14 +64,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         );
     }
     let pricing = engine::pricing(&args.engine)?;
-    let mock = if args.engine.mock {
-        Some(engine::start_mock().await?)
-    } else {
-        None
-    };
-    let base_url = mock
-        .as_ref()
-        .map_or_else(|| args.engine.base_url.clone(), |m| m.base_url());
+    let (mock, base_url) = engine::upstream(&args.engine).await?;
     let grace = defaults::SHUTDOWN_GRACE;
     let stats = Arc::new(StatsBySource::new());
     let observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
