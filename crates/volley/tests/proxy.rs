@@ -20,7 +20,9 @@ fn chat(serve: &ServeProc, content: &str) -> common::gateway::Reply {
 #[test]
 fn four_client_processes_share_one_limit_without_failures() {
     let ws = Workspace::new();
-    // 100 requests per 2 s window: the four clients together want far more.
+    // 100 requests per 2 s window: the four clients together want far more. (The
+    // mock's headers say 100 as OpenAI's say a per-minute limit, so the gateway paces
+    // more slowly than the window allows: the test is of the 429s and failures.)
     let mock = MockProc::start(&["--rpm", "100", "--window", "2"]);
     let serve = ServeProc::start(&ws.path("data"), &mock.base_url, &["--concurrency", "64"]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/proxy_client.py");
