@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::idempotency::{self, Claim};
 use crate::ids::{self, Kind};
 use crate::objects;
-use crate::rows::{BatchErrorItem, BatchRow, Ending, Status, now};
+use crate::rows::{BatchErrorItem, BatchRow, Ending, FileRow, Status, now};
 
 /// The endpoints a batch may target (OpenAI's text ones).
 pub const ENDPOINTS: [&str; 5] = [
@@ -154,7 +154,8 @@ pub async fn create(
         metadata,
         model: file.summary.model.clone(),
         max_cost,
-        total: file.lines,
+        // A batch refused at validation ran nothing: OpenAI counts it 0.
+        total: if failed { 0 } else { file.lines },
         completed: 0,
         failed: 0,
         input_tokens: 0,
@@ -169,12 +170,22 @@ pub async fn create(
     let to_run = row.clone();
     let claim = app
         .db
-        .write(move |conn| match &key {
-            Some(key) => idempotency::claim(conn, &tenant_name, key, &fingerprint, |conn| {
-                row.insert(conn)?;
-                Ok(row.id.clone())
-            }),
-            None => row.insert(conn).map(|()| Ok(Claim::Made(row.id.clone()))),
+        .write(move |conn| {
+            // Checked again in the write that creates the batch: a delete that came
+            // in between must not leave a batch without its input.
+            if FileRow::get(conn, &tenant_name, &row.input_file_id)?.is_none() {
+                return Ok(Err(ApiError::invalid_param(
+                    "input_file_id",
+                    format!("no such file: {}", row.input_file_id),
+                )));
+            }
+            match &key {
+                Some(key) => idempotency::claim(conn, &tenant_name, key, &fingerprint, |conn| {
+                    row.insert(conn)?;
+                    Ok(row.id.clone())
+                }),
+                None => row.insert(conn).map(|()| Ok(Claim::Made(row.id.clone()))),
+            }
         })
         .await??;
     let id = match claim {
@@ -280,10 +291,9 @@ pub async fn cancel(
             .await??;
     }
     match batch.status {
-        Status::Validating | Status::InProgress => {
+        Status::Validating | Status::InProgress | Status::Cancelling => {
             let id = batch.id.clone();
-            let cancelling = app
-                .db
+            app.db
                 .write(move |c| {
                     let changed = c.execute(
                         "UPDATE batches SET status = 'cancelling', cancelling_at = ?2
@@ -293,18 +303,18 @@ pub async fn cancel(
                     if changed == 1 {
                         BatchRow::set_ending(c, &id, &Ending::Cancelled)?;
                     }
-                    Ok(changed == 1)
+                    Ok(())
                 })
                 .await?;
-            if cancelling && !app.batches.end(&batch.id, Ending::Cancelled) {
-                // Not running in this process (it was between a restart and its
-                // start): starting it finalizes it as cancelled.
-                if let Some(row) = app.batch_any(&batch.id).await? {
-                    app.batches.start(row);
-                }
+            // From its row as it now is: a cancel repeated on a batch stuck in
+            // `cancelling` (its process stopped first) ends it too.
+            if let Some(row) = app.batch_any(&batch.id).await?
+                && row.status == Status::Cancelling
+            {
+                app.batches.cancel(row);
             }
         }
-        Status::Cancelling | Status::Cancelled => {}
+        Status::Cancelled => {}
         status => {
             return Err(ApiError::Conflict(format!(
                 "batch {id} is {}: only a batch that is validating or in progress can be cancelled",

@@ -31,9 +31,10 @@ impl From<rusqlite::Error> for DbError {
     }
 }
 
-/// One unit of work for the writer: run inside the group's transaction, then told
-/// whether the group committed.
-type Work = Box<dyn FnOnce(&Connection) -> Committed + Send>;
+/// One unit of work for the writer: run inside the group's transaction (given the
+/// connection), or not run at all when no transaction could begin (given `None`), then
+/// told whether the group committed.
+type Work = Box<dyn FnOnce(Option<&Connection>) -> Committed + Send>;
 /// Called once the group a write ran in has committed (or failed to).
 type Committed = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 
@@ -87,9 +88,9 @@ impl Db {
     ) -> Result<T, DbError> {
         let (tx, rx) = oneshot::channel();
         let work: Work = Box::new(move |conn| {
-            let result = in_savepoint(conn, f);
+            let result = conn.map(|conn| in_savepoint(conn, f));
             Box::new(move |committed: Result<(), DbError>| {
-                let _ = tx.send(committed.and(result));
+                let _ = tx.send(committed.and_then(|()| result.unwrap_or(Err(DbError::Closed))));
             })
         });
         self.writer.send(work).map_err(|_| DbError::Closed)?;
@@ -103,7 +104,7 @@ impl Db {
         f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> bool {
         let work: Work = Box::new(move |conn| {
-            if let Err(e) = in_savepoint(conn, f) {
+            if let Some(Err(e)) = conn.map(|conn| in_savepoint(conn, f)) {
                 tracing::error!("store: a record could not be written: {e}");
             }
             Box::new(|committed: Result<(), DbError>| {
@@ -158,25 +159,49 @@ fn in_savepoint<T>(
     }
 }
 
+/// How long the writer keeps trying to begin a transaction while something else holds
+/// the database (another process, a backup tool) before it fails what is queued.
+const BEGIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The writer: takes what is queued, runs it in one transaction, commits, tells each
-/// caller; ends when every handle is gone.
+/// caller; ends when every handle is gone. Nothing runs outside a transaction: while
+/// one cannot begin, the queue waits; if it never can, what is queued fails unrun.
 fn write_loop(conn: Connection, rx: mpsc::Receiver<Work>) {
     while let Ok(first) = rx.recv() {
-        let mut done: Vec<Committed> = Vec::new();
-        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(DbError::from);
-        done.push(first(&conn));
+        let began = begin(&conn);
+        let run = began.is_ok().then_some(&conn);
+        let mut done: Vec<Committed> = vec![first(run)];
         while done.len() < GROUP {
             match rx.try_recv() {
-                Ok(work) => done.push(work(&conn)),
+                Ok(work) => done.push(work(run)),
                 Err(_) => break,
             }
         }
         let committed = began.and_then(|()| conn.execute_batch("COMMIT").map_err(DbError::from));
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+            if let Err(e) = &committed {
+                tracing::error!("store: a group of writes failed: {e}");
+            }
         }
         for tell in done {
             tell(committed.clone());
+        }
+    }
+}
+
+/// Begins a write transaction, waiting out a database another process has locked
+/// (each try waits the connection's busy timeout).
+fn begin(conn: &Connection) -> Result<(), DbError> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => return Ok(()),
+            Err(e) if started.elapsed() < BEGIN_PATIENCE => {
+                tracing::warn!("store: waiting to write: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -208,5 +233,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, [1]);
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_a_lock_another_process_holds_and_then_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let db = Db::open(&path).unwrap();
+        db.write(|c| c.execute_batch("CREATE TABLE t(x INTEGER)"))
+            .await
+            .unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let write = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(|c| c.execute("INSERT INTO t VALUES (7)", []))
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!write.is_finished(), "it wrote through another's lock");
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(write.await.unwrap().unwrap(), 1);
+        let n: i64 = db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
     }
 }

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// moment later gets its reply.
     #[error("{0}")]
     InProgress(String),
+    /// 408: the client stopped sending.
+    #[error("{0}")]
+    Timeout(String),
     /// 413: an upload larger than the gateway takes.
     #[error("{0}")]
     TooLarge(String),
@@ -79,6 +82,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::InProgress(_) => StatusCode::CONFLICT,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -94,6 +98,7 @@ impl ApiError {
             ApiError::NotFound { .. } => ("invalid_request_error", None, Some("not_found")),
             ApiError::Conflict(_) => ("invalid_request_error", None, Some("conflict")),
             ApiError::InProgress(_) => ("invalid_request_error", None, Some("in_progress")),
+            ApiError::Timeout(_) => ("invalid_request_error", None, Some("timeout")),
             ApiError::TooLarge(_) => (
                 "invalid_request_error",
                 Some("file"),

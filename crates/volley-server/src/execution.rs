@@ -36,7 +36,6 @@ struct Inner {
     engine: Engine,
     db: Db,
     files: FileDir,
-    defaults: LineDefaults,
     /// Figures by source: a batch's leave once it stops (the store keeps them).
     stats: Arc<StatsBySource>,
     /// Batches started and not yet finalized, with how each was asked to end.
@@ -57,20 +56,17 @@ struct Running {
 /// Lines read ahead of the engine per hand-over.
 const CHUNK: usize = 64;
 
+/// The first and the longest pause before a batch whose store failed is tried again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MOST: Duration = Duration::from_secs(60);
+
 impl Batches {
-    pub fn new(
-        engine: Engine,
-        db: Db,
-        files: FileDir,
-        defaults: LineDefaults,
-        stats: Arc<StatsBySource>,
-    ) -> Batches {
+    pub fn new(engine: Engine, db: Db, files: FileDir, stats: Arc<StatsBySource>) -> Batches {
         Batches {
             inner: Arc::new(Inner {
                 engine,
                 db,
                 files,
-                defaults,
                 stats,
                 running: Mutex::default(),
                 tasks: TaskTracker::new(),
@@ -89,6 +85,23 @@ impl Batches {
         running.insert(batch.id.clone(), Running::default());
         drop(running);
         self.inner.tasks.spawn(inner.clone().run(batch));
+    }
+
+    /// Ends a batch as cancelled, from its row as it now is: a running one stops
+    /// sending (its requests in flight finish); one not running here (between a
+    /// restart and its start, or after a failed start) is started, which finalizes it.
+    pub fn cancel(&self, batch: BatchRow) {
+        if !self.end(&batch.id, Ending::Cancelled) && !self.is_running(&batch.id) {
+            self.start(batch);
+        }
+    }
+
+    fn is_running(&self, batch_id: &str) -> bool {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(batch_id)
     }
 
     /// Asks a running batch to end as `ending`: it stops sending, its requests in
@@ -129,10 +142,34 @@ impl Batches {
 }
 
 impl Inner {
-    async fn run(self: Arc<Self>, batch: BatchRow) {
+    /// Drives a batch to its end; a store error on the way is tried again, with
+    /// backoff, until it works or the gateway stops (every step can be done again).
+    async fn run(self: Arc<Self>, mut batch: BatchRow) {
         let id = batch.id.clone();
-        if let Err(e) = self.clone().drive(batch).await {
-            tracing::error!("batch {id}: {e}; it is taken up again at the next start");
+        let mut pause = RETRY_FIRST;
+        loop {
+            let Err(e) = self.clone().drive(batch.clone()).await else {
+                break;
+            };
+            if self.shutdown.is_cancelled() {
+                tracing::error!("batch {id}: {e}; it is taken up again at the next start");
+                break;
+            }
+            tracing::error!("batch {id}: {e}; trying again in {} s", pause.as_secs());
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(RETRY_MOST);
+            let reread = {
+                let id = id.clone();
+                self.db.read(move |c| BatchRow::get_any(c, &id)).await
+            };
+            match reread {
+                Ok(Some(row)) => batch = row,
+                Ok(None) => break,
+                Err(_) => {}
+            }
         }
         self.running
             .lock()
@@ -183,6 +220,7 @@ impl Inner {
         let max_cost = batch.max_cost.map(|cap| (cap - batch.cost).max(0.0));
         let source = self.engine.open(SourceSpec {
             max_cost,
+            max_cost_name: "metadata.max_cost_usd",
             store: Arc::new(BatchStore {
                 db: self.db.clone(),
                 batch_id: Arc::from(id.as_str()),
@@ -198,9 +236,19 @@ impl Inner {
             }
             entry.source = Some(source.clone());
         }
-        let Some(path) = self.files.path_of(&batch.input_file_id) else {
+        let input = {
+            let file_id = batch.input_file_id.clone();
+            self.db.read(move |c| FileRow::get_any(c, &file_id)).await?
+        };
+        let path = self.files.path_of(&batch.input_file_id);
+        let (Some(input), Some(path)) = (input, path.filter(|p| p.exists())) else {
             source.cancel();
             return self.finalize(&batch, missing_input(&batch)).await;
+        };
+        // Parsed with the defaults it was checked with at upload, whatever this
+        // process was started with.
+        let defaults = LineDefaults {
+            model: input.summary.default_model.clone(),
         };
         let window = {
             let (inner, id) = (self.clone(), id.clone());
@@ -211,14 +259,7 @@ impl Inner {
                 handle.end(&id, Ending::Expired);
             })
         };
-        let sent = feed(
-            self.engine.clone(),
-            source.clone(),
-            path,
-            self.defaults.clone(),
-            done,
-        )
-        .await;
+        let sent = feed(self.engine.clone(), source.clone(), path, defaults, done).await;
         let stop = source.finish().await;
         window.abort();
         let asked = self.asked(&id);
@@ -255,6 +296,23 @@ impl Inner {
     /// Each step can be done again after a crash.
     async fn finalize(&self, batch: &BatchRow, ending: Ending) -> Result<(), DbError> {
         let id = batch.id.clone();
+        // The window ended after the last request had: the batch completed.
+        let ending = if ending == Ending::Expired {
+            let id = id.clone();
+            let done = self
+                .db
+                .read(move |c| {
+                    c.query_row(
+                        "SELECT completed + failed >= total FROM batches WHERE id = ?1",
+                        rusqlite::params![id],
+                        |r| r.get::<_, bool>(0),
+                    )
+                })
+                .await?;
+            if done { Ending::Completed } else { ending }
+        } else {
+            ending
+        };
         let ending_status = if ending == Ending::Cancelled {
             Status::Cancelling
         } else {
@@ -341,8 +399,28 @@ impl Inner {
         };
         let unsent = tokio::task::spawn_blocking(move || unsent_ids(&path, &done))
             .await
-            .map_err(|e| DbError::Sqlite(Arc::from(e.to_string())))?
-            .unwrap_or_default();
+            .map_err(|e| DbError::Sqlite(Arc::from(e.to_string())))?;
+        let unsent = match unsent {
+            Ok(unsent) => unsent,
+            Err(e) => {
+                // They cannot be named, but they count: completed + failed = total.
+                tracing::error!(
+                    "batch {}: its input cannot be read ({e}): the requests not sent are counted as failed without error lines",
+                    batch.id
+                );
+                let id = batch.id.clone();
+                return self
+                    .db
+                    .write(move |c| {
+                        c.execute(
+                            "UPDATE batches SET failed = total - completed WHERE id = ?1",
+                            rusqlite::params![id],
+                        )
+                        .map(drop)
+                    })
+                    .await;
+            }
+        };
         let (id, code, message) = (
             batch.id.clone(),
             ending.unsent_code(),

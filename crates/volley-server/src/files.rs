@@ -3,6 +3,8 @@
 //! `DELETE /v1/files/{id}`. A tenant sees only its own files.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::Json;
 use axum::body::Body;
@@ -78,12 +80,26 @@ pub async fn create(
         return Err(refused(too_large(limits.max_upload)));
     }
     let key = idempotency::key(&headers)?;
+    // Each upload holds a thread that writes and checks it: a bounded number at once.
+    let _slot = app
+        .uploads
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::RateLimited {
+            message: "too many uploads at once; retry in a moment".into(),
+            retry_after_secs: 1,
+        })?;
+    let framing = Arc::new(AtomicI64::new(FRAMING_ALLOWANCE));
+    let request = with_framing_budget(request, framing.clone());
     let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|e| ApiError::invalid(format!("expected a multipart/form-data upload: {e}")))?;
     let mut purpose: Option<String> = None;
     let mut received = None;
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(mut field) = stalled(multipart.next_field())
+        .await?
+        .map_err(multipart_error)?
+    {
         match field.name() {
             Some("file") => {
                 let filename = field
@@ -97,17 +113,24 @@ pub async fn create(
                     limits,
                     app.config.defaults.clone(),
                 );
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                while let Some(chunk) = stalled(field.chunk()).await?.map_err(multipart_error)? {
+                    framing.fetch_add(chunk.len() as i64, Ordering::Relaxed);
                     receiver.feed(chunk).await.map_err(refused)?;
                 }
                 received = Some((filename, receiver.finish().await));
             }
             Some("purpose") => {
-                purpose = Some(small_text(&mut field, "purpose").await?);
+                let text = small_text(&mut field, "purpose").await?;
+                framing.fetch_add(text.len() as i64, Ordering::Relaxed);
+                purpose = Some(text);
             }
             // `expires_after[…]` and anything else: read and let be (files are kept
             // until deleted).
-            _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+            _ => {
+                while let Some(chunk) = stalled(field.chunk()).await?.map_err(multipart_error)? {
+                    framing.fetch_add(chunk.len() as i64, Ordering::Relaxed);
+                }
+            }
         }
     }
     let Some((filename, received)) = received else {
@@ -186,6 +209,42 @@ pub async fn create(
     Ok(Json(objects::file(&row)))
 }
 
+/// Bytes of multipart framing (part headers, boundaries, what the parser reads ahead)
+/// an upload may have read beyond the field data handed on: a part header that never
+/// ends is refused once it passes this, rather than buffered whole.
+const FRAMING_ALLOWANCE: i64 = 4 << 20;
+
+/// How long an upload may send nothing before it is given up.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The request with its body counted against `budget`, which the handler refills by
+/// each byte of field data it takes: only framing is left to drain it.
+fn with_framing_budget(request: Request, budget: Arc<AtomicI64>) -> Request {
+    let (parts, body) = request.into_parts();
+    let counted = futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        let len = chunk.len() as i64;
+        if budget.fetch_sub(len, Ordering::Relaxed) - len < 0 {
+            return Err(std::io::Error::other(format!(
+                "the multipart framing (a part's headers) runs past {} MB",
+                FRAMING_ALLOWANCE >> 20
+            )));
+        }
+        Ok(chunk)
+    });
+    Request::from_parts(parts, Body::from_stream(counted))
+}
+
+/// A step of reading the upload, given up when the client sends nothing for a while.
+async fn stalled<T>(step: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+    tokio::time::timeout(UPLOAD_IDLE, step).await.map_err(|_| {
+        ApiError::Timeout(format!(
+            "the upload sent nothing for {} s",
+            UPLOAD_IDLE.as_secs()
+        ))
+    })
+}
+
 /// Room for the multipart framing around a file of the largest size: a
 /// Content-Length up to this much over the limit may still hold a file within it.
 const MULTIPART_SLACK: u64 = 64 * 1024;
@@ -216,7 +275,18 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::TooLarge(e.body_text());
     }
-    ApiError::invalid(format!("the upload could not be read: {}", e.body_text()))
+    // The cause (our framing budget, a dropped connection) is deeper in the chain.
+    let mut why = e.body_text();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !why.contains(&text) {
+            why.push_str(": ");
+            why.push_str(&text);
+        }
+        source = cause.source();
+    }
+    ApiError::invalid(format!("the upload could not be read: {why}"))
 }
 
 /// A short text field, read with a cap so a huge one cannot fill memory.
@@ -225,7 +295,7 @@ async fn small_text(
     name: &'static str,
 ) -> Result<String, ApiError> {
     let mut bytes = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = stalled(field.chunk()).await?.map_err(multipart_error)? {
         if bytes.len() + chunk.len() > MAX_FIELD {
             return Err(ApiError::invalid_param(name, format!("{name} is too long")));
         }

@@ -79,7 +79,16 @@ pub enum GatewayError {
     },
     #[error("the store in {path}: {source}")]
     Store { path: String, source: DbError },
+    /// Another gateway serves this data directory: two would run its batches twice.
+    #[error("data directory: {0}")]
+    Locked(#[from] volley_core::store::claim::ClaimError),
 }
+
+/// Uploads received at once: each holds a thread that writes and checks it.
+const MAX_UPLOADS: usize = 32;
+
+/// How often idempotency keys past their day are forgotten.
+const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -96,6 +105,12 @@ pub struct AppInner {
     files: FileDir,
     batches: Batches,
     proxy: proxy::Proxy,
+    /// Uploads being received.
+    uploads: Arc<tokio::sync::Semaphore>,
+    /// Held while the gateway runs: one gateway per data directory.
+    _lock: volley_core::store::claim::OutputLock,
+    /// Forgets old idempotency keys now and then.
+    expiry: tokio::task::JoinHandle<()>,
 }
 
 impl std::ops::Deref for App {
@@ -159,6 +174,9 @@ impl Gateway {
         let files_dir = config.data_dir.join("files");
         std::fs::create_dir_all(&files_dir).map_err(dir_error)?;
         let db_path = config.data_dir.join("volley.sqlite");
+        // Before anything is read or swept: another gateway's uploads in progress
+        // would look like a crash's leftovers.
+        let lock = volley_core::store::claim::OutputLock::acquire(&db_path)?;
         let store_error = |source| GatewayError::Store {
             path: db_path.display().to_string(),
             source,
@@ -170,16 +188,21 @@ impl Gateway {
         if swept > 0 {
             tracing::info!("removed {swept} file(s) a crash left unfinished");
         }
-        let _ = db
-            .write(|c| rows::IdempotencyRow::expire(c, idempotency::KEPT_SECS))
-            .await;
-        let batches = Batches::new(
-            engine.clone(),
-            db.clone(),
-            files.clone(),
-            config.defaults.clone(),
-            stats.clone(),
-        );
+        let expiry = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = db
+                        .write(|c| rows::IdempotencyRow::expire(c, idempotency::KEPT_SECS))
+                        .await
+                    {
+                        tracing::error!("store: old idempotency keys: {e}");
+                    }
+                    tokio::time::sleep(EXPIRE_EVERY).await;
+                }
+            })
+        };
+        let batches = Batches::new(engine.clone(), db.clone(), files.clone(), stats.clone());
         let resumed = batches.resume_all().await.map_err(store_error)?;
         if resumed > 0 {
             tracing::info!("taking up {resumed} unfinished batch(es)");
@@ -195,6 +218,9 @@ impl Gateway {
                     db,
                     files,
                     batches,
+                    uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+                    _lock: lock,
+                    expiry,
                 }),
             },
         })
@@ -221,15 +247,19 @@ impl Gateway {
             .route("/batches/{id}/output", get(batches::output))
             .route("/models", get(proxy::models))
             .route("/{*path}", post(proxy::forward).fallback(not_found))
-            .fallback(not_found)
+            .fallback(not_found);
+        // Everything but the health check needs a token, when the gateway has any:
+        // metrics name tenants and batches.
+        let guarded = Router::new()
+            .route("/metrics", get(metrics::scrape))
+            .nest("/v1", v1)
             .layer(axum::middleware::from_fn_with_state(
                 app.config.auth.clone(),
                 auth::require_token,
             ));
         Router::new()
             .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics::scrape))
-            .nest("/v1", v1)
+            .merge(guarded)
             .layer(axum::middleware::from_fn(close_after_refusal))
             .with_state(app)
     }
@@ -254,6 +284,7 @@ impl Gateway {
     /// its grace period.
     pub async fn shutdown(&self) {
         self.app.batches.shutdown().await;
+        self.app.expiry.abort();
         if let Err(e) = self.app.db.flush().await {
             tracing::error!("store: {e}");
         }

@@ -16,7 +16,8 @@ pub fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
             bytes INTEGER NOT NULL,
             created_at INTEGER NOT NULL,
             lines INTEGER NOT NULL,
-            summary TEXT NOT NULL
+            summary TEXT NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0
         );
         CREATE INDEX IF NOT EXISTS files_by_tenant ON files(tenant, seq);
         CREATE TABLE IF NOT EXISTS batches (
@@ -107,6 +108,17 @@ pub struct FileSummary {
     pub urls: Vec<(String, u64)>,
     /// The model of its first request.
     pub model: Option<String>,
+    /// `--model` when it was checked: lines that name no model are sent with it.
+    #[serde(default)]
+    pub default_model: Option<String>,
+    /// More distinct urls than [`FileSummary::URLS_KEPT`] were seen (only the first
+    /// are kept: a batch targets one endpoint, so such a file fails anyway).
+    #[serde(default)]
+    pub more_urls: bool,
+}
+
+impl FileSummary {
+    pub const URLS_KEPT: usize = 16;
 }
 
 /// A stored file.
@@ -164,7 +176,7 @@ impl FileRow {
     pub fn get(conn: &Connection, tenant: &str, id: &str) -> rusqlite::Result<Option<FileRow>> {
         conn.query_row(
             &format!(
-                "SELECT {} FROM files WHERE id = ?1 AND tenant = ?2",
+                "SELECT {} FROM files WHERE id = ?1 AND tenant = ?2 AND deleted = 0",
                 Self::COLUMNS
             ),
             params![id, tenant],
@@ -173,8 +185,22 @@ impl FileRow {
         .optional()
     }
 
-    /// A page of a tenant's files after `after` (an id), in `order`; one more than
-    /// `limit` is read, to know whether there are more.
+    /// The file, whatever its tenant: for the gateway's own work on it.
+    pub fn get_any(conn: &Connection, id: &str) -> rusqlite::Result<Option<FileRow>> {
+        conn.query_row(
+            &format!(
+                "SELECT {} FROM files WHERE id = ?1 AND deleted = 0",
+                Self::COLUMNS
+            ),
+            params![id],
+            Self::from_row,
+        )
+        .optional()
+    }
+
+    /// A page of a tenant's files after `after` (an id, which may since have been
+    /// deleted: a deleted file keeps its place), in `order`; one more than `limit` is
+    /// read, to know whether there are more.
     pub fn list(
         conn: &Connection,
         tenant: &str,
@@ -189,7 +215,7 @@ impl FileRow {
             (">", "ASC")
         };
         let sql = format!(
-            "SELECT {} FROM files WHERE tenant = ?1
+            "SELECT {} FROM files WHERE tenant = ?1 AND deleted = 0
                AND (?2 IS NULL OR seq {cmp} COALESCE((SELECT seq FROM files WHERE id = ?2 AND tenant = ?1), -1))
                AND (?3 IS NULL OR purpose = ?3)
              ORDER BY seq {order} LIMIT ?4",
@@ -203,16 +229,19 @@ impl FileRow {
         rows.collect()
     }
 
+    /// Marks a file deleted; its row stays, so a list paged after it goes on from
+    /// its place.
     pub fn delete(conn: &Connection, tenant: &str, id: &str) -> rusqlite::Result<bool> {
         Ok(conn.execute(
-            "DELETE FROM files WHERE id = ?1 AND tenant = ?2",
+            "UPDATE files SET deleted = 1 WHERE id = ?1 AND tenant = ?2 AND deleted = 0",
             params![id, tenant],
         )? == 1)
     }
 
-    /// Every file id, whatever the tenant: to clear files on disk the store forgot.
+    /// Every file id not deleted, whatever the tenant: to clear files on disk the
+    /// store does not keep.
     pub fn all_ids(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
-        let mut stmt = conn.prepare("SELECT id FROM files")?;
+        let mut stmt = conn.prepare("SELECT id FROM files WHERE deleted = 0")?;
         let ids = stmt.query_map([], |r| r.get(0))?;
         ids.collect()
     }

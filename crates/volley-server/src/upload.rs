@@ -157,7 +157,9 @@ struct Check {
     line: u64,
     requests: u64,
     bytes: u64,
-    ids: HashSet<String>,
+    /// The custom_ids seen, as two independent 64-bit hashes each: a long id costs
+    /// no more memory than a short one.
+    ids: HashSet<(u64, u64)>,
     summary: FileSummary,
     hash: StableHash,
     /// The first reason the file is refused; from then on nothing is written or checked.
@@ -187,6 +189,13 @@ impl Check {
             hash: StableHash::new(),
             problem: None,
         }
+        .with_default_model()
+    }
+
+    /// The summary says which `--model` filled lines that name none.
+    fn with_default_model(mut self) -> Check {
+        self.summary.default_model = self.defaults.model.clone();
+        self
     }
 
     fn refuse(&mut self, problem: String) {
@@ -300,7 +309,7 @@ impl Check {
                 return self.refuse(problem);
             }
         };
-        if !self.ids.insert(request.custom_id.clone()) {
+        if !self.ids.insert(id_hashes(&request.custom_id)) {
             let problem = format!(
                 "{}: line {}: custom_id {:?} is used by an earlier line; each request needs its own",
                 self.label, self.line, request.custom_id
@@ -309,12 +318,27 @@ impl Check {
         }
         let url = format!("/v1{}", request.path());
         if !self.summary.urls.iter().any(|(u, _)| *u == url) {
-            self.summary.urls.push((url, self.line));
+            if self.summary.urls.len() < FileSummary::URLS_KEPT {
+                self.summary.urls.push((url, self.line));
+            } else {
+                self.summary.more_urls = true;
+            }
         }
         if self.summary.model.is_none() {
             self.summary.model = Some(request.model().to_string());
         }
     }
+}
+
+/// A custom_id as two independent hashes: two ids are taken for one only if both
+/// agree, a chance of about 2^-128.
+fn id_hashes(id: &str) -> (u64, u64) {
+    let mut first = StableHash::new();
+    first.update(id.as_bytes());
+    let mut second = StableHash::new();
+    second.update(b"\x01custom_id\x01");
+    second.update(id.as_bytes());
+    (first.finish(), second.finish())
 }
 
 #[cfg(test)]

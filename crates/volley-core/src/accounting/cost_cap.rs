@@ -31,6 +31,8 @@ impl Spent {
 /// The cap and what has been spent against it.
 #[derive(Debug)]
 pub struct CostBudget {
+    /// What the user set the cap as, for the message when it is reached.
+    name: &'static str,
     cap: Option<f64>,
     spent: Arc<Mutex<Spent>>,
     unknown_reported: AtomicBool,
@@ -72,7 +74,14 @@ impl Drop for CostReservation {
 
 impl CostBudget {
     pub fn new(cap: Option<f64>) -> CostBudget {
+        CostBudget::named(cap, "--max-cost")
+    }
+
+    /// A cap the user set as `name` (a flag, a batch's metadata key): the message of a
+    /// reached cap names it, so the user knows what to raise.
+    pub fn named(cap: Option<f64>, name: &'static str) -> CostBudget {
         CostBudget {
+            name,
             cap,
             spent: Arc::new(Mutex::new(Spent::default())),
             unknown_reported: AtomicBool::new(false),
@@ -114,9 +123,10 @@ impl CostBudget {
         let cap = self.cap?;
         (spent.committed() >= cap).then(|| {
             format!(
-                "cost cap reached: ${:.4} spent, ${:.4} more may be in flight, --max-cost ${cap:.4}",
+                "cost cap reached: ${:.4} spent, ${:.4} more may be in flight, {} ${cap:.4}",
                 spent.total,
-                spent.committed() - spent.total
+                spent.committed() - spent.total,
+                self.name
             )
         })
     }

@@ -139,7 +139,7 @@ impl Engine {
             kill: shared.kill.child_token(),
             halted: Mutex::new(None),
             closed: Default::default(),
-            cost: CostBudget::new(spec.max_cost),
+            cost: CostBudget::named(spec.max_cost, spec.max_cost_name),
             budget: RetryBudget::new(spec.retry_budget_ratio),
             check: spec.check,
             store: spec.store,

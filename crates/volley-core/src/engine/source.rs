@@ -48,6 +48,8 @@ pub struct SourceSpec {
     pub priority: u8,
     /// Stop sending once this many USD are spent (`--max-cost`, a batch's cap).
     pub max_cost: Option<f64>,
+    /// What the user set `max_cost` as, named when it is reached.
+    pub max_cost_name: &'static str,
     /// Retries after errors allowed, as a fraction of this source's requests.
     pub retry_budget_ratio: f64,
     /// What a successful reply must be (`--expect json`, `--json-schema`).
@@ -64,6 +66,7 @@ impl SourceSpec {
             name: name.into(),
             priority: BATCH_PRIORITY,
             max_cost: None,
+            max_cost_name: "--max-cost",
             retry_budget_ratio: defaults::RETRY_BUDGET_RATIO,
             check: None,
             store: Arc::new(NoStore),
