@@ -165,7 +165,11 @@ pub async fn require_token(State(auth): State<Auth>, mut request: Request, next:
     let presented = request
         .headers()
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| {
+            // The scheme's name is case-insensitive (RFC 7235).
+            let v = v.as_bytes();
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+        })
         .map(<[u8]>::trim_ascii);
     match auth.tenant_of(presented) {
         Some(tenant) => {

@@ -33,8 +33,12 @@ pub enum ApiError {
     #[error("{0}")]
     Timeout(String),
     /// 413: an upload larger than the gateway takes.
-    #[error("{0}")]
-    TooLarge(String),
+    #[error("{message}")]
+    TooLarge {
+        message: String,
+        /// The field that was too large: `file` for an upload, none for a body.
+        param: Option<&'static str>,
+    },
     /// 429: a proxied request waited longer than `--proxy-max-wait` for its turn.
     #[error("{message}")]
     RateLimited {
@@ -83,7 +87,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::InProgress(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,11 +103,9 @@ impl ApiError {
             ApiError::Conflict(_) => ("invalid_request_error", None, Some("conflict")),
             ApiError::InProgress(_) => ("invalid_request_error", None, Some("in_progress")),
             ApiError::Timeout(_) => ("invalid_request_error", None, Some("timeout")),
-            ApiError::TooLarge(_) => (
-                "invalid_request_error",
-                Some("file"),
-                Some("file_too_large"),
-            ),
+            ApiError::TooLarge { param, .. } => {
+                ("invalid_request_error", *param, Some("too_large"))
+            }
             ApiError::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             ApiError::BadGateway(_) => ("server_error", None, Some("upstream_error")),
             ApiError::Internal(_) => ("server_error", None, None),

@@ -265,7 +265,10 @@ fn refused(r: Refused) -> ApiError {
             param: Some("file"),
             code: Some("invalid_file"),
         },
-        Refused::TooLarge(message) => ApiError::TooLarge(message),
+        Refused::TooLarge(message) => ApiError::TooLarge {
+            message,
+            param: Some("file"),
+        },
         Refused::Disk(message) => ApiError::Internal(message),
     }
 }
@@ -273,7 +276,10 @@ fn refused(r: Refused) -> ApiError {
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     // Over the body limit axum sets on the route: the upload limit.
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::TooLarge(e.body_text());
+        return ApiError::TooLarge {
+            message: e.body_text(),
+            param: Some("file"),
+        };
     }
     // The cause (our framing budget, a dropped connection) is deeper in the chain.
     let mut why = e.body_text();

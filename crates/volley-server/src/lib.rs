@@ -246,7 +246,12 @@ impl Gateway {
             .route("/batches/{id}/cancel", post(batches::cancel))
             .route("/batches/{id}/output", get(batches::output))
             .route("/models", get(proxy::models))
-            .route("/{*path}", post(proxy::forward).fallback(not_found))
+            .route(
+                "/{*path}",
+                post(proxy::forward)
+                    .layer(DefaultBodyLimit::max(proxy::MAX_BODY))
+                    .fallback(not_found),
+            )
             .fallback(not_found);
         // Everything but the health check needs a token, when the gateway has any:
         // metrics name tenants and batches.
@@ -317,8 +322,18 @@ async fn close_after_refusal(
     response
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, or a 503 saying why the engine can send nothing more (every key left the
+/// pool): a load balancer should stop sending to it.
+async fn healthz(
+    axum::extract::State(app): axum::extract::State<App>,
+) -> (http::StatusCode, String) {
+    match app.engine.halted() {
+        None => (http::StatusCode::OK, "ok\n".into()),
+        Some(why) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("halted: {why}\n"),
+        ),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

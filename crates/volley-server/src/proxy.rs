@@ -29,6 +29,9 @@ use crate::error::ApiError;
 use crate::idempotency::{self, Claim};
 use crate::rows::{IdempotencyRow, PROXY_CALL, ProxyReply};
 
+/// The largest body passed on: a chat request with a few large images inline.
+pub const MAX_BODY: usize = 64 << 20;
+
 /// How long the upstream's model list is served from memory.
 const MODELS_FRESH: Duration = Duration::from_secs(300);
 
@@ -87,15 +90,23 @@ pub async fn forward(
     axum::Extension(tenant): axum::Extension<Tenant>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+            message: format!(
+                "the request body is larger than {} MB, the most the gateway passes on",
+                MAX_BODY >> 20
+            ),
+            param: None,
+        },
+        _ => ApiError::invalid(format!(
+            "the request body could not be read: {}",
+            e.body_text()
+        )),
+    })?;
     let proxy = &app.proxy;
-    let path = uri
-        .path_and_query()
-        .map_or(uri.path(), |p| p.as_str())
-        .strip_prefix("/v1")
-        .unwrap_or("/")
-        .to_string();
+    let path = proxied_path(&uri)?;
     #[derive(serde::Deserialize)]
     struct Peek {
         model: Option<serde_json::Value>,
@@ -240,6 +251,33 @@ fn replay(reply: ProxyReply) -> Response {
     response
 }
 
+/// The path under the upstream's base URL a proxied POST goes to: `/v1/chat/completions`
+/// → `/chat/completions`. Only plain segments pass (letters, digits, `-`, `_`, `.`,
+/// `:`; never `.` or `..`, never empty, nothing percent-encoded), so no path can climb
+/// out of the base URL; and never the gateway's own `files` and `batches`, which must
+/// not reach the upstream account's batch API with the pool's key.
+fn proxied_path(uri: &axum::http::Uri) -> Result<String, ApiError> {
+    let not_found = || ApiError::not_found("route", uri.path());
+    let rest = uri.path().strip_prefix("/v1/").ok_or_else(not_found)?;
+    let plain = |segment: &str| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    };
+    let mut segments = rest.split('/');
+    let first = segments.next().unwrap_or_default();
+    if !plain(first) || matches!(first, "files" | "batches") || !segments.all(plain) {
+        return Err(not_found());
+    }
+    Ok(match uri.query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    })
+}
+
 /// A streamed request's reply: the stream as it comes, once the provider answered
 /// with one; else whatever ended it (an error, a reply that was no stream).
 async fn streamed(
@@ -274,7 +312,7 @@ async fn streamed(
     let body = futures_util::stream::poll_fn(move |cx| {
         let polled = chunks.poll_recv(cx);
         match &polled {
-            std::task::Poll::Ready(Some(chunk)) => {
+            std::task::Poll::Ready(Some(Ok(chunk))) => {
                 if let Some((_, kept)) = &mut keyed {
                     if kept.len() + chunk.len() <= MAX_KEPT_STREAM {
                         kept.extend_from_slice(chunk);
@@ -283,20 +321,27 @@ async fn streamed(
                     }
                 }
             }
+            // Cut off: nothing to replay.
+            std::task::Poll::Ready(Some(Err(_))) => keyed = None,
             std::task::Poll::Ready(None) => {
-                ticket.take();
-                if let Some((call, body)) = keyed.take() {
+                let ticket = ticket.take();
+                if let (Some((call, body)), Some(ticket)) = (keyed.take(), ticket) {
+                    // Kept only once the engine has judged the stream whole and good.
                     let reply = ProxyReply {
                         status,
                         content_type: content_type.clone(),
                         body,
                     };
-                    tokio::spawn(call.keep(reply));
+                    tokio::spawn(async move {
+                        if ticket.await.is_ok_and(|o| o.error.is_none()) {
+                            call.keep(reply).await;
+                        }
+                    });
                 }
             }
             std::task::Poll::Pending => {}
         }
-        polled.map(|chunk| chunk.map(Ok::<_, std::convert::Infallible>))
+        polled
     });
     let mut response = Body::from_stream(body).into_response();
     *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK);
@@ -331,18 +376,25 @@ async fn whole(
             if let Some(call) = keyed {
                 let reply = ProxyReply {
                     status: r.status,
-                    content_type: "application/json".into(),
+                    content_type: r
+                        .content_type
+                        .clone()
+                        .unwrap_or_else(|| "application/json".into()),
                     body: r.body.to_vec(),
                 };
                 call.keep(reply).await;
             }
+            let content_type = r
+                .content_type
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+                .unwrap_or(HeaderValue::from_static("application/json"));
             let mut response = Body::from(r.body).into_response();
             *response.status_mut() =
                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
             if let Some(id) = r.request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
                 response.headers_mut().insert("x-request-id", id);
             }
@@ -396,7 +448,14 @@ pub async fn models(State(app): State<App>) -> Result<Response, ApiError> {
         .get_json("/models", &key.key, Duration::from_secs(30))
         .await
         .map_err(|e| ApiError::BadGateway(format!("the upstream's model list: {e:?}")))?;
-    let body = Bytes::from(list.to_string());
+    // Cleaned of the pool's secrets, as every reply is.
+    let body = upstream
+        .redact(volley_core::provider::transport::Reply {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: Bytes::from(list.to_string()),
+        })
+        .body;
     *cached = Some((Instant::now(), body.clone()));
     Ok(json_bytes(body))
 }
@@ -408,4 +467,37 @@ fn json_bytes(body: Bytes) -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_paths_outside_the_gateways_own_are_proxied() {
+        let path = |p: &str| proxied_path(&p.parse().unwrap()).ok();
+        assert_eq!(
+            path("/v1/chat/completions").as_deref(),
+            Some("/chat/completions")
+        );
+        assert_eq!(
+            path("/v1/embeddings?x=1").as_deref(),
+            Some("/embeddings?x=1")
+        );
+        assert_eq!(path("/v1/models/a:b").as_deref(), Some("/models/a:b"));
+        for bad in [
+            "/v1/../admin/x",
+            "/v1/%2e%2e/%2e%2e/admin",
+            "/v1/files/",
+            "/v1/files/x/content",
+            "/v1/batches/batch_x/cancel/",
+            "/v1/files/../batches",
+            "/v1/chat//completions",
+            "/v1/./chat",
+            "/v1/",
+            "/v2/chat/completions",
+        ] {
+            assert_eq!(path(bad), None, "{bad}");
+        }
+    }
 }

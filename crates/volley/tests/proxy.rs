@@ -112,6 +112,8 @@ fn a_client_that_goes_away_takes_its_upstream_attempt_with_it() {
         took < Duration::from_millis(3500) && took >= Duration::from_millis(1900),
         "B took {took:?}: A's attempt was not dropped with its client"
     );
+    // A's attempt ended too, as far as the figures go.
+    assert_eq!(serve.metric("volley_requests_in_flight", &[]), Some(0.0));
 }
 
 #[test]
@@ -262,4 +264,102 @@ fn a_proxied_call_repeated_with_its_idempotency_key_is_answered_from_the_first()
     );
     r.expect(200, "after a restart");
     assert_eq!(mock.stats()["requests"], 2);
+}
+
+#[test]
+fn a_stream_cut_off_upstream_is_cut_off_for_the_client_and_never_replayed() {
+    use std::io::{Read, Write};
+    // An upstream that streams one event (echoing the key, as a careless provider
+    // might) and then drops the connection mid-body.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("http://{}/v1", listener.local_addr().unwrap());
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            common::read_request(&mut stream);
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let event = format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"key {}\"}}}}]}}\n\n",
+                common::TEST_KEY
+            );
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+                event.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            // Dropped without the last chunk: a cut stream.
+        }
+    });
+    let ws = Workspace::new();
+    let serve = ServeProc::start(&ws.path("data"), &upstream, &[]);
+    let call = || {
+        let mut s = std::net::TcpStream::connect(&serve.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        let body =
+            json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]})
+                .to_string();
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nIdempotency-Key: cut-1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    let first = call();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("data: "), "{first}");
+    assert!(
+        !first.ends_with("0\r\n\r\n"),
+        "a cut stream ended as a whole one: {first:?}"
+    );
+    common::assert_no_key("the streamed reply", &first);
+    assert!(first.contains("key#1"), "{first}");
+    std::thread::sleep(Duration::from_millis(300));
+    // Not kept for its key: the same call runs again.
+    let _ = call();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    serve.assert_no_key_anywhere();
+}
+
+#[test]
+fn a_401_or_402_for_one_proxied_call_takes_no_key_out_of_the_pool() {
+    let upstream = common::FnServer::start(|body| {
+        let text = String::from_utf8_lossy(body);
+        if text.contains("poison") {
+            common::RawReply {
+                status: 401,
+                headers: Vec::new(),
+                body: br#"{"error":{"code":401,"message":"not allowed on this route"}}"#.to_vec(),
+            }
+        } else {
+            common::RawReply {
+                status: 200,
+                headers: Vec::new(),
+                body: common::completion("fine").to_string().into_bytes(),
+            }
+        }
+    });
+    let ws = Workspace::new();
+    let serve = ServeProc::start(&ws.path("data"), &upstream.base_url, &[]);
+    chat(&serve, "poison").expect(401, "the upstream's 401, passed on");
+    http(&serve.addr, "GET", "/healthz", &[], None).expect(200, "still healthy");
+    chat(&serve, "hello").expect(200, "the next call");
+    // Paths that are not plain, or the gateway's own, never reach the upstream.
+    let before = upstream.requests();
+    for path in [
+        "/v1/../admin/x",
+        "/v1/%2e%2e/admin",
+        "/v1/files/",
+        "/v1/batches/batch_x/cancel/",
+    ] {
+        let r = serve.post(path, &json!({"model": "m"}));
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
+    assert_eq!(upstream.requests(), before);
 }

@@ -31,6 +31,9 @@ struct State {
 #[derive(Debug)]
 pub struct Concurrency {
     semaphore: Arc<Semaphore>,
+    /// When set, requests that are not urgent wait here in line, one at a time on the
+    /// semaphore, so an urgent one (a client waiting) is at most one behind.
+    in_line: Option<tokio::sync::Mutex<()>>,
     ceiling: usize,
     adaptive: bool,
     state: Arc<Mutex<State>>,
@@ -62,6 +65,7 @@ impl Concurrency {
         let ceiling = ceiling.max(1);
         Concurrency {
             semaphore: Arc::new(Semaphore::new(ceiling)),
+            in_line: None,
             ceiling,
             adaptive,
             state: Arc::new(Mutex::new(State {
@@ -82,8 +86,19 @@ impl Concurrency {
         self.state().limit
     }
 
+    /// Urgent requests (`acquire(true)`) go ahead of the others for slots. The others
+    /// then pay a hand-off each, so an engine without urgent requests leaves it off.
+    pub fn with_urgent_first(mut self) -> Concurrency {
+        self.in_line = Some(tokio::sync::Mutex::new(()));
+        self
+    }
+
     /// Waits for a slot. `None` only if the gate was closed.
-    pub async fn acquire(&self) -> Option<Slot> {
+    pub async fn acquire(&self, urgent: bool) -> Option<Slot> {
+        let _turn = match (&self.in_line, urgent) {
+            (Some(line), false) => Some(line.lock().await),
+            _ => None,
+        };
         let permit = self.semaphore.clone().acquire_owned().await.ok()?;
         Some(Slot {
             permit: Some(permit),
@@ -167,9 +182,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_urgent_request_waits_behind_one_other_at_most() {
+        let c = Arc::new(Concurrency::new(1, false).with_urgent_first());
+        let held = c.acquire(false).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for (name, urgent) in [("a", false), ("b", false), ("c", false), ("urgent", true)] {
+            let (c, order) = (c.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let slot = c.acquire(urgent).await.unwrap();
+                order.lock().unwrap().push(name);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(slot);
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(held);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["a", "urgent", "b", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn slots_in_flight_are_retired_as_they_come_back() {
         let c = Concurrency::new(4, true);
-        let slots: Vec<Slot> = futures_util::future::join_all((0..4).map(|_| c.acquire()))
+        let slots: Vec<Slot> = futures_util::future::join_all((0..4).map(|_| c.acquire(false)))
             .await
             .into_iter()
             .flatten()

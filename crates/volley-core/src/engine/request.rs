@@ -182,6 +182,16 @@ impl Shared {
             );
             let sent = Instant::now();
             let started = *started.get_or_insert(sent);
+            let mut ends = AttemptEnds {
+                shared: self,
+                source: source.id,
+                custom_id: &job.custom_id,
+                attempt: attempts,
+                key: &key,
+                model: &job.model,
+                sent,
+                armed: true,
+            };
             booking.sent();
             if self.config.debug_panic_on.as_deref() == Some(&*job.custom_id) {
                 panic!(
@@ -205,6 +215,15 @@ impl Shared {
                 }
             };
             let (mut outcome, reply) = match result {
+                // A client's call to an endpoint volley knows no shape of (speech,
+                // images, …): any 2xx is its answer, whatever the body.
+                Ok(Sent::Whole(reply))
+                    if job.waiting.is_some()
+                        && endpoint == Endpoint::Other
+                        && (200..300).contains(&reply.status) =>
+                {
+                    (Classified::passed_through(), Some(upstream.redact(reply)))
+                }
                 Ok(Sent::Whole(reply)) => {
                     let reply = upstream.redact(reply);
                     let outcome = classify_reply(
@@ -224,7 +243,10 @@ impl Shared {
                         body: bytes::Bytes::new(),
                     };
                     let outcome = match streamed {
-                        Some(waiting) => waiting.pump(stream, self.config.timeout).await,
+                        Some(waiting) => {
+                            let redact = upstream.stream_redactor();
+                            waiting.pump(stream, self.config.timeout, redact).await
+                        }
                         None => classify_failure(&TransportFailure::Connection(
                             "an unexpected stream".into(),
                         )),
@@ -251,6 +273,7 @@ impl Shared {
             if let Some(u) = &outcome.usage {
                 usage.add(u);
             }
+            ends.armed = false;
             self.events.emit_from(
                 source.id,
                 Event::AttemptFinished {
@@ -277,6 +300,11 @@ impl Shared {
             let retry = match outcome.verdict {
                 Verdict::Success => return self.finish(source, done, None),
                 Verdict::Fail => {
+                    return self.finish(source, done, Some((reason, message(&outcome))));
+                }
+                // A request a client chose (the proxy's: any path, any body) cannot take
+                // a key out of everyone's pool: it fails with the provider's answer.
+                Verdict::RetireKey if job.waiting.is_some() => {
                     return self.finish(source, done, Some((reason, message(&outcome))));
                 }
                 Verdict::RetireKey => {
@@ -445,7 +473,7 @@ impl Shared {
         let slot = tokio::select! {
             biased;
             _ = source.stop.cancelled() => return Err(Blocked::Halted),
-            slot = self.wire.acquire() => slot.ok_or(Blocked::Halted)?,
+            slot = self.wire.acquire(job.waiting.is_some()) => slot.ok_or(Blocked::Halted)?,
         };
         loop {
             if source.stop.is_cancelled() {
@@ -521,6 +549,14 @@ impl Shared {
             response: done.reply.map(|reply| Response {
                 status: reply.status,
                 request_id: reply.request_id().map(str::to_string),
+                // Only a client waiting on the reply needs it: a batch's lines are JSON.
+                content_type: done
+                    .job
+                    .waiting
+                    .as_ref()
+                    .and(reply.headers.get(http::header::CONTENT_TYPE))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
                 body: reply.body.clone(),
             }),
             error: error.as_ref().map(|(reason, message)| Failure {
@@ -566,6 +602,41 @@ struct Attempt<'a> {
     booking: Booking,
     slot: Slot,
     reservation: CostReservation,
+}
+
+/// Says an attempt ended even when its request is dropped in the middle of it (a
+/// client that left, a stop's grace period over): observers that count attempts in
+/// flight must see each one end.
+struct AttemptEnds<'a> {
+    shared: &'a Shared,
+    source: crate::engine::SourceId,
+    custom_id: &'a Arc<str>,
+    attempt: u32,
+    key: &'a Arc<str>,
+    model: &'a Option<Arc<str>>,
+    sent: Instant,
+    /// Cleared once the attempt's own end is reported.
+    armed: bool,
+}
+
+impl Drop for AttemptEnds<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.events.emit_from(
+                self.source,
+                Event::AttemptFinished {
+                    custom_id: self.custom_id.clone(),
+                    attempt: self.attempt,
+                    key: self.key.clone(),
+                    status: None,
+                    outcome: "abandoned",
+                    latency: self.sent.elapsed(),
+                    usage: None,
+                    model: self.model.clone(),
+                },
+            );
+        }
+    }
 }
 
 /// What is known about a request when it ends.

@@ -48,6 +48,10 @@ pub struct EngineConfig {
     pub adaptive: bool,
     /// Prices for replies that carry no `usage.cost` (`--pricing`).
     pub pricing: Option<Arc<Pricing>>,
+    /// Requests clients wait on (the gateway's proxy) take connection slots ahead of
+    /// batch requests. Each batch attempt then pays a hand-off, so an engine no client
+    /// waits on (`volley run`) leaves it off.
+    pub clients_first: bool,
     /// Tests only: the custom_id of a request whose task panics just before it sends,
     /// to prove that a panicking task loses no request. The binary sets it from
     /// `VOLLEY_DEBUG_PANIC_ON` in debug builds only.
@@ -64,6 +68,7 @@ impl Default for EngineConfig {
             grace: defaults::SHUTDOWN_GRACE,
             adaptive: false,
             pricing: None,
+            clients_first: false,
             debug_panic_on: None,
         }
     }
@@ -101,7 +106,14 @@ impl Engine {
         let places = config.concurrency.max(1) * defaults::ADMISSION_FACTOR;
         Engine {
             shared: Arc::new(Shared {
-                wire: Concurrency::new(config.concurrency, config.adaptive),
+                wire: {
+                    let wire = Concurrency::new(config.concurrency, config.adaptive);
+                    if config.clients_first {
+                        wire.with_urgent_first()
+                    } else {
+                        wire
+                    }
+                },
                 admission: Admission::new(places),
                 config,
                 upstreams,
@@ -208,6 +220,15 @@ impl Engine {
         }
         shared.kill.cancel();
         shared.running.idle().await;
+    }
+
+    /// Why the engine stopped sending on its own (no key left), if it did.
+    pub fn halted(&self) -> Option<String> {
+        self.shared
+            .halted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Requests of every source admitted and not yet ended.
@@ -405,15 +426,28 @@ impl Shared {
         // A client that waits on the request and goes away (drops its ticket) takes the
         // request with it: whatever it holds — a booking not yet sent, an attempt on
         // the wire — is dropped and given back.
-        let watched = job.waiting.is_some();
+        // Mid-stream, the stream's pump notices the client leave and settles what was
+        // streamed (its usage) itself.
+        let waiting = job.waiting.clone();
         let run = std::panic::AssertUnwindSafe(self.attempt_until_done(&source, job));
+        let run = futures_util::FutureExt::catch_unwind(run);
+        tokio::pin!(run);
         let mut ticket = ticket;
-        let ended = tokio::select! {
-            biased;
-            // The grace period after a stop is over: dropped unfinished.
-            _ = source.kill.cancelled() => return,
-            _ = ticket.closed(), if watched => return,
-            ended = futures_util::FutureExt::catch_unwind(run) => ended,
+        let mut client_left = false;
+        let ended = loop {
+            tokio::select! {
+                biased;
+                // The grace period after a stop is over: dropped unfinished.
+                _ = source.kill.cancelled() => return,
+                _ = ticket.closed(), if waiting.is_some() && !client_left => {
+                    if waiting.as_ref().is_some_and(|w| w.is_streaming()) {
+                        client_left = true;
+                        continue;
+                    }
+                    return;
+                }
+                ended = &mut run => break ended,
+            }
         };
         match ended {
             Ok(Some(outcome)) => {

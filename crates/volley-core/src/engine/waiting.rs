@@ -8,6 +8,7 @@
 //! head has gone to the client, the attempt is the answer, whatever it turns out to be.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,12 +31,20 @@ pub struct Waiting {
     /// `queue_timeout` (the client would rather hear so than wait on).
     pub start_by: Option<Instant>,
     tap: Option<StreamTap>,
+    /// Set once a stream's head has gone to the client: from then on the attempt is
+    /// the answer, and a client that leaves is noticed by the pump, which settles what
+    /// was streamed (its usage), rather than by dropping the request unsettled.
+    streaming: AtomicBool,
 }
+
+/// A chunk of a streamed body, or why the stream broke off: passed on as an error, so
+/// the client sees a cut stream as cut, not as a short complete one.
+pub type StreamChunk = Result<Bytes, std::io::Error>;
 
 #[derive(Debug)]
 struct StreamTap {
     head: Mutex<Option<oneshot::Sender<StreamHead>>>,
-    chunks: mpsc::Sender<Bytes>,
+    chunks: mpsc::Sender<StreamChunk>,
 }
 
 /// The status and headers of a streamed reply, sent to the client before its body.
@@ -51,7 +60,7 @@ pub struct StreamHead {
 #[derive(Debug)]
 pub struct StreamReceiver {
     pub head: oneshot::Receiver<StreamHead>,
-    pub chunks: mpsc::Receiver<Bytes>,
+    pub chunks: mpsc::Receiver<StreamChunk>,
 }
 
 impl Waiting {
@@ -60,6 +69,7 @@ impl Waiting {
         Waiting {
             start_by,
             tap: None,
+            streaming: AtomicBool::new(false),
         }
     }
 
@@ -73,6 +83,7 @@ impl Waiting {
                 head: Mutex::new(Some(head_tx)),
                 chunks: chunks_tx,
             }),
+            streaming: AtomicBool::new(false),
         };
         (waiting, StreamReceiver { head, chunks })
     }
@@ -82,14 +93,26 @@ impl Waiting {
         self.tap.is_some()
     }
 
+    /// Whether a stream's head has gone to the client.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::SeqCst)
+    }
+
     /// Passes a streamed reply to the client, reading its usage and errors on the way;
-    /// each chunk must come within `idle`. The verdict is final: the client has the
-    /// bytes.
-    pub(crate) async fn pump(&self, mut reply: StreamReply, idle: Duration) -> Classified {
+    /// each chunk must come from the provider, and be taken by the client, within
+    /// `idle`. The verdict is final: the client has the bytes. `redact` cleans each
+    /// chunk of the upstream's secrets before it goes on.
+    pub(crate) async fn pump(
+        &self,
+        mut reply: StreamReply,
+        idle: Duration,
+        mut redact: impl FnMut(Bytes, bool) -> Bytes,
+    ) -> Classified {
         let Some(tap) = &self.tap else {
             return classified_fail(Reason::ClientError, "no client to stream to".into());
         };
         let head = tap.head.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.streaming.store(true, Ordering::SeqCst);
         let head_sent = head.is_some_and(|head| {
             head.send(StreamHead {
                 status: reply.status,
@@ -98,43 +121,61 @@ impl Waiting {
             .is_ok()
         });
         if !head_sent {
-            return gone();
+            return gone(SseWatch::new());
         }
         let mut watch = SseWatch::new();
         loop {
-            let chunk = match tokio::time::timeout(idle, reply.body.next()).await {
-                Err(_) => {
-                    return classified_fail(
-                        Reason::Timeout,
-                        format!(
-                            "the stream sent nothing for {:.0} s after it started",
-                            idle.as_secs_f64()
-                        ),
-                    );
+            let next = tokio::select! {
+                next = tokio::time::timeout(idle, reply.body.next()) => next,
+                // The client left while the provider was quiet.
+                _ = tap.chunks.closed() => return gone(watch),
+            };
+            let broke = match next {
+                Err(_) => classified_fail(
+                    Reason::Timeout,
+                    format!(
+                        "the stream sent nothing for {:.0} s after it started",
+                        idle.as_secs_f64()
+                    ),
+                ),
+                Ok(None) => {
+                    let tail = redact(Bytes::new(), true);
+                    if !tail.is_empty() && tap.chunks.send_timeout(Ok(tail), idle).await.is_err() {
+                        return gone(watch);
+                    }
+                    return watch.finish();
                 }
-                Ok(None) => return watch.finish(),
                 Ok(Some(Err(TransportFailure::Timeout))) => {
-                    return classified_fail(Reason::Timeout, "the stream timed out".into());
+                    classified_fail(Reason::Timeout, "the stream timed out".into())
                 }
                 Ok(Some(Err(TransportFailure::Connection(why)))) => {
-                    return classified_fail(
-                        Reason::Connection,
-                        format!("the stream broke off: {why}"),
-                    );
+                    classified_fail(Reason::Connection, format!("the stream broke off: {why}"))
                 }
-                Ok(Some(Ok(chunk))) => chunk,
+                Ok(Some(Ok(chunk))) => {
+                    watch.feed(&chunk);
+                    let chunk = redact(chunk, false);
+                    // A client that takes nothing for `idle` holds a connection slot
+                    // no longer.
+                    if tap.chunks.send_timeout(Ok(chunk), idle).await.is_err() {
+                        return gone(watch);
+                    }
+                    continue;
+                }
             };
-            watch.feed(&chunk);
-            if tap.chunks.send(chunk).await.is_err() {
-                return gone();
-            }
+            let why = broke.message.clone().unwrap_or_default();
+            let _ = tap
+                .chunks
+                .send_timeout(Err(std::io::Error::other(why)), idle)
+                .await;
+            return watch.broken(broke);
         }
     }
 }
 
-fn gone() -> Classified {
-    classified_fail(
+/// The client left mid-stream: a failure, with whatever usage had come by then.
+fn gone(watch: SseWatch) -> Classified {
+    watch.broken(classified_fail(
         Reason::ClientError,
         "the client went away while the reply streamed".into(),
-    )
+    ))
 }

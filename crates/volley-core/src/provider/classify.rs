@@ -109,6 +109,11 @@ pub struct Classified {
 }
 
 impl Classified {
+    /// A success judged by status alone: a reply passed on to a client as it came.
+    pub fn passed_through() -> Classified {
+        Classified::new(Verdict::Success, None, None)
+    }
+
     fn new(verdict: Verdict, reason: Option<Reason>, message: Option<String>) -> Classified {
         Classified {
             verdict,
@@ -412,6 +417,9 @@ fn classify_error_status(status: u16, json: &Value) -> Classified {
         429 => (Verdict::RateLimited, Reason::RateLimited),
         401 => (Verdict::RetireKey, Reason::Unauthorized),
         402 if in_flight_budget(metadata) => (Verdict::RateLimited, Reason::RateLimited),
+        // "requires more credits, or fewer max_tokens … can only afford N": this
+        // request is too dear for what is left, not the key spent.
+        402 if unaffordable(&message) => (Verdict::Fail, Reason::CreditsExhausted),
         402 => (Verdict::RetireKey, Reason::CreditsExhausted),
         403 => (Verdict::Fail, Reason::Moderation),
         400 => (Verdict::Fail, Reason::BadRequest),
@@ -441,6 +449,12 @@ fn quota_spent(code: &str, message: &str) -> bool {
         || m.contains("quota")
 }
 
+/// OpenRouter's 402 for one request that costs more than the credit left would cover.
+fn unaffordable(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("fewer max_tokens") || m.contains("can only afford")
+}
+
 /// OpenRouter's 402 from an in-flight spending budget: a wait, not spent credits.
 fn in_flight_budget(metadata: Option<&Value>) -> bool {
     metadata
@@ -466,6 +480,22 @@ fn moderation_message(message: &str, metadata: Option<&Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_402_for_one_dear_request_fails_it_without_retiring_the_key() {
+        let body = Bytes::from_static(
+            br#"{"error":{"code":402,"message":"This request requires more credits, or fewer max_tokens. You requested up to 4096 tokens, but can only afford 812."}}"#,
+        );
+        let c = classify_reply(Endpoint::Chat, 402, &HeaderMap::new(), &body, None);
+        assert_eq!(
+            (c.verdict, c.reason),
+            (Verdict::Fail, Some(Reason::CreditsExhausted))
+        );
+        let spent =
+            Bytes::from_static(br#"{"error":{"code":402,"message":"Insufficient credits"}}"#);
+        let c = classify_reply(Endpoint::Chat, 402, &HeaderMap::new(), &spent, None);
+        assert_eq!(c.verdict, Verdict::RetireKey);
+    }
     use http::HeaderValue;
     use serde_json::json;
 

@@ -81,13 +81,37 @@ impl SseWatch {
         let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
             return;
         };
-        if let Some(usage) = Usage::from_body(&chunk) {
+        // The Responses API's events: usage inside `response.completed`, failures as
+        // `response.failed` (the error inside its response) or an `error` event.
+        let kind = chunk.get("type").and_then(Value::as_str);
+        let usage = match kind {
+            Some("response.completed" | "response.incomplete" | "response.failed") => chunk
+                .get("response")
+                .and_then(|r| r.get("usage"))
+                .and_then(Usage::from_usage),
+            _ => Usage::from_body(&chunk),
+        };
+        if let Some(usage) = usage {
             self.usage = Some(usage);
         }
         if self.error.is_some() {
             return;
         }
-        let failure = if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+        let responses_error = match kind {
+            Some("response.failed") => Some(
+                chunk
+                    .get("response")
+                    .and_then(|r| r.get("error"))
+                    .filter(|e| !e.is_null())
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({"message": "the response failed"})),
+            ),
+            Some("error") => Some(chunk.get("error").cloned().unwrap_or_else(|| chunk.clone())),
+            _ => None,
+        };
+        let failure = if let Some(error) = responses_error {
+            Some(classify_inner_error(&error))
+        } else if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             Some(classify_inner_error(error))
         } else {
             let finished_in_error =
@@ -112,6 +136,12 @@ impl SseWatch {
             f.verdict = Verdict::Fail;
             f
         });
+    }
+
+    /// The verdict of a stream that broke off (`failure`), with the usage seen so far.
+    pub fn broken(self, mut failure: Classified) -> Classified {
+        failure.usage = self.usage;
+        failure
     }
 
     /// The stream's verdict once it has ended whole: a success with its usage, or the
@@ -187,6 +217,27 @@ mod tests {
         assert_eq!(got.reason, Some(Reason::ServerError));
         assert!(got.message.unwrap().contains("provider went away"));
         let got = watch(&["data: {\"choices\":[{\"finish_reason\":\"error\"}]}\n\n"]);
+        assert_eq!(got.verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn the_responses_api_events_give_usage_and_failures() {
+        let got = watch(&[
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":11,\"output_tokens\":4,\"total_tokens\":15}}}\n\n",
+        ]);
+        assert_eq!(got.verdict, Verdict::Success);
+        let usage = got.usage.expect("usage");
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (11, 4));
+        let got = watch(&[
+            "data: {\"type\":\"response.failed\",\"response\":{\"error\":{\"code\":\"server_error\",\"message\":\"model crashed\"},\"usage\":{\"input_tokens\":3,\"output_tokens\":0}}}\n\n",
+        ]);
+        assert_eq!(got.verdict, Verdict::Fail);
+        assert!(got.message.unwrap().contains("model crashed"));
+        assert_eq!(got.usage.unwrap().prompt_tokens, 3);
+        let got = watch(&[
+            "data: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"slow down\"}\n\n",
+        ]);
         assert_eq!(got.verdict, Verdict::Fail);
     }
 

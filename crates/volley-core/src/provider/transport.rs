@@ -60,6 +60,21 @@ impl ApiKey {
     }
 }
 
+impl ApiKey {
+    /// How many bytes at the end of `bytes` could be the start of this key: a stream
+    /// redacted chunk by chunk holds them back until the next chunk says.
+    pub fn partial_at_end(&self, bytes: &[u8]) -> usize {
+        let Some(finder) = &self.finder else {
+            return 0;
+        };
+        let secret = finder.needle();
+        (1..secret.len().min(bytes.len() + 1))
+            .rev()
+            .find(|&n| bytes.ends_with(&secret[..n]))
+            .unwrap_or(0)
+    }
+}
+
 /// The shortest key that [`ApiKey::redact`] looks for in replies.
 pub const REDACTED_KEY_MIN: usize = 8;
 
@@ -162,6 +177,9 @@ impl fmt::Debug for Wire {
         })
     }
 }
+
+/// Request URIs kept built, at most.
+const URIS_KEPT: usize = 256;
 
 /// TCP keepalive idle time and probe interval (reqwest's defaults).
 const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -325,7 +343,8 @@ impl Transport {
         let is_stream = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"));
         if (200..300).contains(&status) && is_stream {
             return Ok(Sent::Stream(StreamReply {
                 status,
@@ -445,10 +464,12 @@ impl Transport {
             .map_err(|e| e.to_string())
             .and_then(to_uri)
             .map_err(|e| TransportFailure::Connection(format!("invalid URL {joined:?}: {e}")))?;
-        self.uris
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.into(), uri.clone());
+        // A batch has a handful of paths; a proxy's clients choose theirs (and their
+        // queries): past a bound, URIs are built afresh rather than kept.
+        let mut uris = self.uris.write().unwrap_or_else(|p| p.into_inner());
+        if uris.len() < URIS_KEPT && !path.contains('?') {
+            uris.insert(path.into(), uri.clone());
+        }
         Ok(uri)
     }
 }

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use crate::limits::lanes::{LaneLayout, LanePool};
+use bytes::Bytes;
+
 use crate::provider::transport::{ApiKey, Reply, Transport, TransportError};
 
 /// How to reach one provider.
@@ -75,6 +77,47 @@ impl Upstream {
         })
     }
 
+    /// Every secret of the upstream (its keys, its extra headers' values) with the
+    /// label it is replaced by.
+    fn secrets(&self) -> impl Iterator<Item = (&ApiKey, &str)> {
+        let keys = self.lanes.keys().iter().map(|k| (&k.key, &*k.label));
+        keys.chain(self.secrets.iter().map(|(k, l)| (k, &**l)))
+    }
+
+    /// A redactor for a streamed body: each chunk is cleaned as it passes, and the few
+    /// bytes at its end that could begin a secret are held back until the next chunk
+    /// (or the end) shows whether they do.
+    pub fn stream_redactor(&self) -> impl FnMut(Bytes, bool) -> Bytes + '_ {
+        let mut held: Vec<u8> = Vec::new();
+        move |chunk: Bytes, end: bool| {
+            let mut joined = if held.is_empty() {
+                chunk
+            } else {
+                let mut all = std::mem::take(&mut held);
+                all.extend_from_slice(&chunk);
+                Bytes::from(all)
+            };
+            for (secret, label) in self.secrets() {
+                if let Some(clean) = secret.redact(&joined, label) {
+                    joined = clean;
+                }
+            }
+            if end {
+                return joined;
+            }
+            let keep = self
+                .secrets()
+                .map(|(secret, _)| secret.partial_at_end(&joined))
+                .max()
+                .unwrap_or(0);
+            if keep > 0 {
+                held = joined[joined.len() - keep..].to_vec();
+                joined.truncate(joined.len() - keep);
+            }
+            joined
+        }
+    }
+
     /// The reply with every key of the upstream and every extra header's value that it
     /// echoes replaced by a label.
     pub fn redact(&self, reply: Reply) -> Reply {
@@ -85,5 +128,34 @@ impl Upstream {
             }
         }
         reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_split_across_chunks_of_a_stream_is_redacted() {
+        let key = ApiKey::new("sk-or-v1-streamed-secret-0042".into()).unwrap();
+        let upstream =
+            Upstream::new(UpstreamSpec::new("http://127.0.0.1:1/v1", vec![key]), 1).unwrap();
+        let text = b"data: {\"echo\":\"sk-or-v1-streamed-secret-0042\"}\n\n";
+        for split in 1..text.len() {
+            let mut redact = upstream.stream_redactor();
+            let mut out = Vec::new();
+            out.extend_from_slice(&redact(Bytes::copy_from_slice(&text[..split]), false));
+            out.extend_from_slice(&redact(Bytes::copy_from_slice(&text[split..]), false));
+            out.extend_from_slice(&redact(Bytes::new(), true));
+            let out = String::from_utf8(out).unwrap();
+            assert!(!out.contains("streamed-secret"), "{split}: {out}");
+            assert!(out.contains("key#1"), "{split}: {out}");
+        }
+        // Nothing that could begin a key is held: an event's end goes on at once.
+        let mut redact = upstream.stream_redactor();
+        assert_eq!(
+            &redact(Bytes::from_static(b"data: x\n\n"), false)[..],
+            b"data: x\n\n"
+        );
     }
 }

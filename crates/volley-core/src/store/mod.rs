@@ -62,6 +62,8 @@ pub struct Response {
     pub status: u16,
     /// The `x-request-id` header, when the provider sent one.
     pub request_id: Option<String>,
+    /// The `content-type` header, when the provider sent one (a proxy passes it on).
+    pub content_type: Option<String>,
     pub body: Bytes,
 }
 

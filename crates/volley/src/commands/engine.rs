@@ -94,6 +94,7 @@ pub fn config(args: &EngineArgs, pricing: Option<Arc<Pricing>>, grace: Duration)
         // With a limit of its own the engine is paced; without one it finds the provider's.
         adaptive: args.rpm.is_none() && args.tpm.is_none(),
         pricing,
+        clients_first: false,
         // A test hook, compiled into debug builds only (see `EngineConfig`).
         debug_panic_on: if cfg!(debug_assertions) {
             std::env::var("VOLLEY_DEBUG_PANIC_ON").ok().map(Into::into)

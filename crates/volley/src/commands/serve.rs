@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use volley_core::defaults;
+use volley_core::engine::EngineConfig;
 use volley_core::input::batch::LineDefaults;
 use volley_core::observe::events::{EventBus, Observer};
 use volley_core::observe::sources::StatsBySource;
@@ -19,6 +20,10 @@ use crate::commands::engine;
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::progress::EventLog;
+
+/// How long connections may stay open once the engine has stopped: enough for the
+/// last replies to reach their clients.
+const CONNECTIONS_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     logging::init(args.log_format, args.quiet, BarSlot::default());
@@ -70,7 +75,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     let observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
     let engine = engine::target(&args.engine, base_url, keys)
         .connect(
-            engine::config(&args.engine, pricing, grace),
+            EngineConfig {
+                // Proxied requests have a client waiting: they go ahead of batches.
+                clients_first: true,
+                ..engine::config(&args.engine, pricing, grace)
+            },
             EventBus::new(observers),
         )
         .await?;
@@ -109,9 +118,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
             std::process::exit(Exit::Stopped as i32);
         });
     }
-    let served = gateway
-        .serve(listener, stop.clone().cancelled_owned())
-        .await;
+    // On a stop, the engine's grace period starts at once, beside the HTTP server's
+    // graceful shutdown: a client holding a stream open must not keep the gateway (and
+    // its batches) running past it.
+    let stopping = async {
+        stop.cancelled().await;
+        engine.shutdown(grace).await;
+        // Streams end once the engine has dropped their requests; a connection still
+        // open after that is cut.
+        tokio::time::sleep(CONNECTIONS_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = gateway.serve(listener, stop.clone().cancelled_owned()) => served,
+        () = stopping => Ok(()),
+    };
     engine.shutdown(grace).await;
     gateway.shutdown().await;
     if let Some(mock) = mock {

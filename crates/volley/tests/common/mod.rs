@@ -390,7 +390,7 @@ pub fn cases_file(ws: &Workspace, n: usize) {
 }
 
 /// Reads one request's head and body (by content-length); returns the body.
-fn read_request(stream: &mut TcpStream) -> Vec<u8> {
+pub fn read_request(stream: &mut TcpStream) -> Vec<u8> {
     let mut reader = BufReader::new(stream);
     let mut len = 0usize;
     loop {
