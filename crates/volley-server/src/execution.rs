@@ -296,6 +296,8 @@ impl Inner {
     /// Each step can be done again after a crash.
     async fn finalize(&self, batch: &BatchRow, ending: Ending) -> Result<(), DbError> {
         let id = batch.id.clone();
+        // The last requests' records are queued on the writer: read after them.
+        self.db.flush().await?;
         // The window ended after the last request had: the batch completed.
         let ending = if ending == Ending::Expired {
             let id = id.clone();
