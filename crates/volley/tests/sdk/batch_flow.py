@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end: the official `openai` SDK against `volley serve` in front of `volley mock`.
 
-Run:  VOLLEY_BIN=/work/main/target/debug/volley python3 crates/volley/tests/sdk/batch_flow.py
+Run:  cargo build -p volley && python3 crates/volley/tests/sdk/batch_flow.py   (or VOLLEY_BIN=…)
 Needs: Python 3.11 and `pip install 'openai==3.57.0'` (the version this was written against).
 
 Exit 0 when every check passes; otherwise 1, with a FAIL line per failed check (the server's

@@ -3,7 +3,7 @@
 Stdlib only (plus `openai` and the HTTP client it ships with, for the recording transport).
 
 - `Harness` starts `volley mock` and `volley serve` as subprocesses (binary from $VOLLEY_BIN,
-  default /work/main/target/debug/volley), reads the base URL each prints as its first stdout
+  default: this repository's target/debug/volley), reads the base URL each prints as its first stdout
   line (30 s, failing with the process's stderr if it dies or stays silent), sends stdout and
   stderr to files in a temporary directory so no pipe ever blocks, and stops every process at
   the end (SIGTERM, then SIGKILL after 10 s). On failure it prints every process's stderr and
@@ -30,7 +30,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
-VOLLEY_BIN = os.environ.get("VOLLEY_BIN", "/work/main/target/debug/volley")
+# The debug binary of the repository this file is in, unless VOLLEY_BIN names another.
+VOLLEY_BIN = os.environ.get(
+    "VOLLEY_BIN",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "target", "debug", "volley"),
+)
 TEST_KEY_ENV = "VOLLEY_TEST_KEY"
 TEST_KEY = "sk-test-0000000000001234"
 GW_TOKEN_ENV = "GW_TOKEN"
