@@ -168,13 +168,21 @@ const BEGIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 /// one cannot begin, the queue waits; if it never can, what is queued fails unrun.
 fn write_loop(conn: Connection, rx: mpsc::Receiver<Work>) {
     while let Ok(first) = rx.recv() {
-        let began = begin(&conn);
-        let run = began.is_ok().then_some(&conn);
-        let mut done: Vec<Committed> = vec![first(run)];
-        while done.len() < GROUP {
-            match rx.try_recv() {
-                Ok(work) => done.push(work(run)),
-                Err(_) => break,
+        let mut began = begin(&conn);
+        let mut done: Vec<Committed> = Vec::new();
+        let mut next = Some(first);
+        while let Some(work) = next.take() {
+            // An error SQLite answers by rolling the whole transaction back (a full
+            // disk) ends it: the rest of the group must not run outside it.
+            let open = began.is_ok() && !conn.is_autocommit();
+            done.push(work(open.then_some(&conn)));
+            if began.is_ok() && conn.is_autocommit() {
+                began = Err(DbError::Sqlite(Arc::from(
+                    "the transaction was rolled back by an earlier error in its group",
+                )));
+            }
+            if done.len() < GROUP {
+                next = rx.try_recv().ok();
             }
         }
         let committed = began.and_then(|()| conn.execute_batch("COMMIT").map_err(DbError::from));
@@ -197,7 +205,16 @@ fn begin(conn: &Connection) -> Result<(), DbError> {
     loop {
         match conn.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => return Ok(()),
-            Err(e) if started.elapsed() < BEGIN_PATIENCE => {
+            // Only a lock is waited out: a read-only or broken database fails at once.
+            Err(e)
+                if started.elapsed() < BEGIN_PATIENCE
+                    && matches!(
+                        e.sqlite_error_code(),
+                        Some(
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        )
+                    ) =>
+            {
                 tracing::warn!("store: waiting to write: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }

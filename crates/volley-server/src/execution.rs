@@ -186,6 +186,15 @@ impl Inner {
     }
 
     async fn drive(self: Arc<Self>, batch: BatchRow) -> Result<(), DbError> {
+        // As the store has it now: the row a caller passed may be stale (a cancel
+        // read it just before the batch finished), and an ended batch is left alone.
+        let batch = {
+            let id = batch.id.clone();
+            match self.db.read(move |c| BatchRow::get_any(c, &id)).await? {
+                Some(row) if !row.status.is_terminal() => row,
+                _ => return Ok(()),
+            }
+        };
         // A batch that was ending when the process stopped ends as it was going to.
         let decided = match (batch.status, &batch.ending) {
             (_, Some(ending)) => Some(ending.clone()),

@@ -113,9 +113,23 @@ pub async fn create(
                     limits,
                     app.config.defaults.clone(),
                 );
-                while let Some(chunk) = stalled(field.chunk()).await?.map_err(multipart_error)? {
-                    framing.fetch_add(chunk.len() as i64, Ordering::Relaxed);
-                    receiver.feed(chunk).await.map_err(refused)?;
+                let pumped: Result<(), ApiError> = async {
+                    let (started, mut got) = (std::time::Instant::now(), 0u64);
+                    while let Some(chunk) =
+                        stalled(field.chunk()).await?.map_err(multipart_error)?
+                    {
+                        framing.fetch_add(chunk.len() as i64, Ordering::Relaxed);
+                        got += chunk.len() as u64;
+                        keeps_pace(started, got)?;
+                        receiver.feed(chunk).await.map_err(refused)?;
+                    }
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = pumped {
+                    // Gone from disk before the client hears why.
+                    receiver.abandon().await;
+                    return Err(e);
                 }
                 received = Some((filename, receiver.finish().await));
             }
@@ -233,6 +247,21 @@ fn with_framing_budget(request: Request, budget: Arc<AtomicI64>) -> Request {
         Ok(chunk)
     });
     Request::from_parts(parts, Body::from_stream(counted))
+}
+
+/// The slowest an upload may arrive on average, past its first [`UPLOAD_IDLE`]: a
+/// client trickling a byte a minute would hold an upload's thread for ever.
+const UPLOAD_MIN_RATE: u64 = 16 * 1024;
+
+fn keeps_pace(started: std::time::Instant, received: u64) -> Result<(), ApiError> {
+    let elapsed = started.elapsed();
+    if elapsed > UPLOAD_IDLE && received < UPLOAD_MIN_RATE * elapsed.as_secs() {
+        return Err(ApiError::Timeout(format!(
+            "the upload is arriving slower than {} KB/s",
+            UPLOAD_MIN_RATE / 1024
+        )));
+    }
+    Ok(())
 }
 
 /// A step of reading the upload, given up when the client sends nothing for a while.

@@ -286,7 +286,11 @@ async fn streamed(
     max_wait: Duration,
     keyed: Option<KeyedCall>,
 ) -> Result<Response, ApiError> {
-    let StreamReceiver { head, mut chunks } = receiver;
+    let StreamReceiver {
+        head,
+        mut chunks,
+        ended_whole,
+    } = receiver;
     // Boxed, so it can be polled here and then moved into the body.
     let mut ticket = std::future::IntoFuture::into_future(ticket);
     let head = tokio::select! {
@@ -309,7 +313,11 @@ async fn streamed(
     let mut ticket = Some(ticket);
     let mut keyed = keyed.map(|call| (call, Vec::new()));
     let status = head.status;
+    let mut ended = false;
     let body = futures_util::stream::poll_fn(move |cx| {
+        if ended {
+            return std::task::Poll::Ready(None);
+        }
         let polled = chunks.poll_recv(cx);
         match &polled {
             std::task::Poll::Ready(Some(Ok(chunk))) => {
@@ -324,7 +332,16 @@ async fn streamed(
             // Cut off: nothing to replay.
             std::task::Poll::Ready(Some(Err(_))) => keyed = None,
             std::task::Poll::Ready(None) => {
+                ended = true;
                 let ticket = ticket.take();
+                if !ended_whole.load(std::sync::atomic::Ordering::SeqCst) {
+                    // The request was dropped mid-stream (a shutdown): the client must
+                    // see the stream cut, not a short complete one.
+                    keyed = None;
+                    return std::task::Poll::Ready(Some(Err(std::io::Error::other(
+                        "the gateway stopped the request before its stream ended",
+                    ))));
+                }
                 if let (Some((call, body)), Some(ticket)) = (keyed.take(), ticket) {
                     // Kept only once the engine has judged the stream whole and good.
                     let reply = ProxyReply {
@@ -373,7 +390,7 @@ async fn whole(
     }
     match outcome.response {
         Some(r) => {
-            if let Some(call) = keyed {
+            if let Some(call) = keyed.filter(|_| worth_replaying(r.status)) {
                 let reply = ProxyReply {
                     status: r.status,
                     content_type: r
@@ -411,6 +428,14 @@ async fn whole(
             )))
         }
     }
+}
+
+/// Whether a reply is the call's answer for good, to replay for its key: a success,
+/// or a refusal of the request itself. Not a passing state of the upstream (a 5xx, a
+/// 429, a key's 401 or 402), which a retry with the same key must meet afresh.
+fn worth_replaying(status: u16) -> bool {
+    (200..300).contains(&status)
+        || ((400..500).contains(&status) && !matches!(status, 401 | 402 | 408 | 409 | 425 | 429))
 }
 
 fn too_busy(max_wait: Duration) -> ApiError {

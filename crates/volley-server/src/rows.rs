@@ -6,6 +6,20 @@ use serde::{Deserialize, Serialize};
 
 /// Creates the tables on first use; a later version adds to them here.
 pub fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    create_tables(conn)?;
+    // Added after the first data directories were made.
+    let has_deleted: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('files') WHERE name = 'deleted'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_deleted {
+        conn.execute_batch("ALTER TABLE files ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
+
+fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS files (
             id TEXT PRIMARY KEY,
@@ -287,7 +301,18 @@ impl Status {
             _ => return None,
         })
     }
+
+    /// No further change comes.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::Failed | Status::Expired | Status::Cancelled
+        )
+    }
 }
+
+/// The statuses a batch never leaves, as SQL.
+const ENDED: &str = "('completed', 'failed', 'expired', 'cancelled')";
 
 /// How a batch that stops sending ends: the status it is finalized to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -528,11 +553,11 @@ impl BatchRow {
         };
         match column {
             Some(column) => conn.execute(
-                &format!("UPDATE batches SET status = ?1, {column} = COALESCE({column}, ?2) WHERE id = ?3"),
+                &format!("UPDATE batches SET status = ?1, {column} = COALESCE({column}, ?2) WHERE id = ?3 AND status NOT IN {ENDED}"),
                 params![status.as_str(), at, id],
             )?,
             None => conn.execute(
-                "UPDATE batches SET status = ?1 WHERE id = ?2",
+                &format!("UPDATE batches SET status = ?1 WHERE id = ?2 AND status NOT IN {ENDED}"),
                 params![status.as_str(), id],
             )?,
         };
@@ -542,7 +567,7 @@ impl BatchRow {
     pub fn set_ending(conn: &Connection, id: &str, ending: &Ending) -> rusqlite::Result<()> {
         let text = serde_json::to_string(ending).unwrap_or_default();
         conn.execute(
-            "UPDATE batches SET ending = ?1 WHERE id = ?2",
+            &format!("UPDATE batches SET ending = ?1 WHERE id = ?2 AND status NOT IN {ENDED}"),
             params![text, id],
         )?;
         Ok(())

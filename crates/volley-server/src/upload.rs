@@ -11,6 +11,8 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -73,6 +75,9 @@ const CHUNKS_AHEAD: usize = 8;
 /// The receiving end of an upload: feed it chunks, then [`Receiver::finish`].
 pub struct Receiver {
     chunks: Option<mpsc::Sender<Bytes>>,
+    /// Set when the upload is given up: the thread then removes the file at once
+    /// instead of finishing it.
+    abandoned: Arc<AtomicBool>,
     thread: tokio::task::JoinHandle<Result<Checked, Refused>>,
     received: u64,
     limits: Limits,
@@ -84,6 +89,8 @@ impl Receiver {
         let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_AHEAD);
         let dir = dir.to_path_buf();
         let label = filename.to_string();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let given_up = abandoned.clone();
         let thread = tokio::task::spawn_blocking(move || {
             let temp = tempfile::Builder::new()
                 .prefix(".upload-")
@@ -93,10 +100,15 @@ impl Receiver {
             while let Some(chunk) = rx.blocking_recv() {
                 check.feed(&chunk)?;
             }
+            if given_up.load(Ordering::SeqCst) {
+                // Dropped unfinished: its file goes with it.
+                return Err(Refused::Invalid("the upload was given up".into()));
+            }
             check.finish()
         });
         Receiver {
             chunks: Some(tx),
+            abandoned,
             thread,
             received: 0,
             limits,
@@ -116,6 +128,13 @@ impl Receiver {
             self.chunks = None;
         }
         Ok(())
+    }
+
+    /// Gives the upload up, and waits until its file is gone from disk.
+    pub async fn abandon(mut self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.chunks = None;
+        let _ = (&mut self.thread).await;
     }
 
     /// The file, once all of it was received and found valid.

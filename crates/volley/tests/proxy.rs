@@ -363,3 +363,59 @@ fn a_401_or_402_for_one_proxied_call_takes_no_key_out_of_the_pool() {
     }
     assert_eq!(upstream.requests(), before);
 }
+
+#[test]
+fn a_passing_failure_is_never_replayed_for_its_key_and_other_endpoints_count_their_usage() {
+    let upstream = common::FnServer::start(|body| {
+        if String::from_utf8_lossy(body).contains("draw") {
+            common::RawReply {
+                status: 200,
+                headers: Vec::new(),
+                body: br#"{"data":[{"url":"https://x/1.png"}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#.to_vec(),
+            }
+        } else {
+            common::RawReply {
+                status: 503,
+                headers: Vec::new(),
+                body: br#"{"error":{"message":"overloaded"}}"#.to_vec(),
+            }
+        }
+    });
+    let ws = Workspace::new();
+    let serve = ServeProc::start(
+        &ws.path("data"),
+        &upstream.base_url,
+        &["--max-retries", "0"],
+    );
+    let keyed = |key: &str| {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        http(
+            &serve.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type".into(), "application/json".into()),
+                ("idempotency-key".into(), key.into()),
+            ],
+            Some(body.to_string().as_bytes()),
+        )
+    };
+    keyed("k-503").expect(503, "the upstream's 503");
+    keyed("k-503").expect(503, "the same call again");
+    assert_eq!(
+        upstream.requests(),
+        2,
+        "a 503 was replayed instead of tried again"
+    );
+
+    let r = serve.post(
+        "/v1/images/generations",
+        &json!({"model": "img", "prompt": "draw"}),
+    );
+    r.expect(200, "an endpoint volley knows no shape of");
+    let tokens = serve.metric(
+        "volley_tenant_tokens_total",
+        &[("tenant", "default"), ("via", "proxy"), ("kind", "prompt")],
+    );
+    assert_eq!(tokens, Some(7.0));
+}

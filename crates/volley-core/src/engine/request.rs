@@ -222,7 +222,8 @@ impl Shared {
                         && endpoint == Endpoint::Other
                         && (200..300).contains(&reply.status) =>
                 {
-                    (Classified::passed_through(), Some(upstream.redact(reply)))
+                    let reply = upstream.redact(reply);
+                    (Classified::passed_through(&reply.body), Some(reply))
                 }
                 Ok(Sent::Whole(reply)) => {
                     let reply = upstream.redact(reply);

@@ -7,8 +7,8 @@
 //! error, or not a stream, is read whole and judged like any other; once a stream's
 //! head has gone to the client, the attempt is the answer, whatever it turns out to be.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +35,10 @@ pub struct Waiting {
     /// the answer, and a client that leaves is noticed by the pump, which settles what
     /// was streamed (its usage), rather than by dropping the request unsettled.
     streaming: AtomicBool,
+    /// Set once the provider's stream has ended whole and every chunk was passed on:
+    /// a stream whose channel closes without it was cut (the request dropped at a
+    /// shutdown), and its client must see it cut.
+    ended_whole: Arc<AtomicBool>,
 }
 
 /// A chunk of a streamed body, or why the stream broke off: passed on as an error, so
@@ -61,6 +65,9 @@ pub struct StreamHead {
 pub struct StreamReceiver {
     pub head: oneshot::Receiver<StreamHead>,
     pub chunks: mpsc::Receiver<StreamChunk>,
+    /// Set once the stream ended whole: chunks that stop without it were cut (the
+    /// request dropped at a shutdown), and the client must see them cut.
+    pub ended_whole: Arc<AtomicBool>,
 }
 
 impl Waiting {
@@ -70,6 +77,7 @@ impl Waiting {
             start_by,
             tap: None,
             streaming: AtomicBool::new(false),
+            ended_whole: Arc::default(),
         }
     }
 
@@ -84,8 +92,17 @@ impl Waiting {
                 chunks: chunks_tx,
             }),
             streaming: AtomicBool::new(false),
+            ended_whole: Arc::default(),
         };
-        (waiting, StreamReceiver { head, chunks })
+        let ended_whole = waiting.ended_whole.clone();
+        (
+            waiting,
+            StreamReceiver {
+                head,
+                chunks,
+                ended_whole,
+            },
+        )
     }
 
     /// Whether a streamed reply goes to the client as it comes.
@@ -143,6 +160,7 @@ impl Waiting {
                     if !tail.is_empty() && tap.chunks.send_timeout(Ok(tail), idle).await.is_err() {
                         return gone(watch);
                     }
+                    self.ended_whole.store(true, Ordering::SeqCst);
                     return watch.finish();
                 }
                 Ok(Some(Err(TransportFailure::Timeout))) => {

@@ -109,9 +109,14 @@ pub struct Classified {
 }
 
 impl Classified {
-    /// A success judged by status alone: a reply passed on to a client as it came.
-    pub fn passed_through() -> Classified {
-        Classified::new(Verdict::Success, None, None)
+    /// A success judged by status alone: a reply passed on to a client as it came,
+    /// its usage read from its body when it is JSON that reports one.
+    pub fn passed_through(body: &[u8]) -> Classified {
+        let mut out = Classified::new(Verdict::Success, None, None);
+        out.usage = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| Usage::from_body(&v));
+        out
     }
 
     fn new(verdict: Verdict, reason: Option<Reason>, message: Option<String>) -> Classified {

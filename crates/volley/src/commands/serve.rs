@@ -120,19 +120,28 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
     }
     // On a stop, the engine's grace period starts at once, beside the HTTP server's
     // graceful shutdown: a client holding a stream open must not keep the gateway (and
-    // its batches) running past it.
-    let stopping = async {
-        stop.cancelled().await;
-        engine.shutdown(grace).await;
-        // Streams end once the engine has dropped their requests; a connection still
-        // open after that is cut.
-        tokio::time::sleep(CONNECTIONS_GRACE).await;
-    };
+    // its batches) running past it. It runs once, whichever side finishes first.
+    let engine_stopped = CancellationToken::new();
+    {
+        let (engine, stop, stopped) = (engine.clone(), stop.clone(), engine_stopped.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            engine.shutdown(grace).await;
+            stopped.cancel();
+        });
+    }
     let served = tokio::select! {
         served = gateway.serve(listener, stop.clone().cancelled_owned()) => served,
-        () = stopping => Ok(()),
+        // Streams end once the engine has dropped their requests; a connection still
+        // open after that is cut.
+        () = async {
+            engine_stopped.cancelled().await;
+            tokio::time::sleep(CONNECTIONS_GRACE).await;
+        } => Ok(()),
     };
-    engine.shutdown(grace).await;
+    // The server may have ended on its own (an error): stop the rest all the same.
+    stop.cancel();
+    engine_stopped.cancelled().await;
     gateway.shutdown().await;
     if let Some(mock) = mock {
         mock.shutdown().await;
