@@ -49,7 +49,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a JSONL batch: requests in, results and errors out.
     Run(Box<RunArgs>),
-    /// Serve OpenAI's Batch API (files and batches) in front of the provider, sharing one set of keys and limits.
+    /// Serve OpenAI's Batch API (files and batches) and a proxy for every other /v1 call, all sharing one set of keys and limits.
     Serve(Box<ServeArgs>),
     /// Serve an OpenAI-compatible simulator with latency, rate limits and faults.
     Mock(MockArgs),
