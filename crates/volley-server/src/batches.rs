@@ -255,11 +255,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let limit = match q.limit {
-        None => 20,
-        Some(n @ 1..=100) => n as usize,
-        Some(_) => return Err(ApiError::invalid_param("limit", "limit must be 1 to 100")),
-    };
+    let limit = objects::page_limit(q.limit, 20, 100)?;
     let tenant = tenant.0.to_string();
     let rows = app
         .db

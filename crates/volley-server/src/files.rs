@@ -364,11 +364,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let limit = match q.limit {
-        None => 10_000,
-        Some(n @ 1..=10_000) => n as usize,
-        Some(_) => return Err(ApiError::invalid_param("limit", "limit must be 1 to 10000")),
-    };
+    let limit = objects::page_limit(q.limit, 10_000, 10_000)?;
     let newest_first = match q.order.as_deref() {
         None | Some("desc") => true,
         Some("asc") => false,

@@ -72,6 +72,22 @@ pub fn batch(b: &BatchRow) -> Value {
     })
 }
 
+/// A list's `limit` query: `default` when absent, else 1 to `most`.
+pub fn page_limit(
+    limit: Option<i64>,
+    default: usize,
+    most: usize,
+) -> Result<usize, crate::error::ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if n >= 1 && n as u64 <= most as u64 => Ok(n as usize),
+        Some(_) => Err(crate::error::ApiError::invalid_param(
+            "limit",
+            format!("limit must be 1 to {most}"),
+        )),
+    }
+}
+
 /// A page of `limit` objects from `rows`, which holds one more when there are more.
 pub fn page_of<T>(mut rows: Vec<T>, limit: usize, object: impl Fn(&T) -> Value) -> Value {
     let has_more = rows.len() > limit;

@@ -116,6 +116,40 @@ pub struct StreamReply {
     pub body: BodyStream,
 }
 
+/// A reply's body, not yet read, as the wire that brought it has it.
+enum ReplyBody {
+    Direct(hyper::body::Incoming),
+    Proxied(reqwest::Response),
+}
+
+impl ReplyBody {
+    /// The whole body.
+    async fn whole(self) -> Result<Bytes, TransportFailure> {
+        match self {
+            ReplyBody::Direct(incoming) => Ok(http_body_util::BodyExt::collect(incoming)
+                .await
+                .map_err(describe)?
+                .to_bytes()),
+            ReplyBody::Proxied(response) => response.bytes().await.map_err(describe_reqwest),
+        }
+    }
+
+    /// The body's chunks as they arrive.
+    fn stream(self) -> BodyStream {
+        match self {
+            ReplyBody::Direct(incoming) => {
+                BodyStream(Box::pin(futures_util::TryStreamExt::map_err(
+                    http_body_util::BodyDataStream::new(incoming),
+                    describe,
+                )))
+            }
+            ReplyBody::Proxied(response) => BodyStream(Box::pin(
+                futures_util::TryStreamExt::map_err(response.bytes_stream(), describe_reqwest),
+            )),
+        }
+    }
+}
+
 /// The chunks of a reply's body as they arrive.
 pub struct BodyStream(
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, TransportFailure>> + Send>>,
@@ -297,47 +331,8 @@ impl Transport {
         let headers = self.post_headers(key);
         let uri = self.uri(path)?;
         let deadline = tokio::time::Instant::now() + timeout;
-        let opened = async {
-            match &self.wire {
-                Wire::Direct(client) => {
-                    let mut request = http::Request::new(http_body_util::Full::new(body));
-                    *request.method_mut() = http::Method::POST;
-                    *request.uri_mut() = uri;
-                    *request.headers_mut() = headers;
-                    let response = client.request(request).await.map_err(describe)?;
-                    let (parts, incoming) = response.into_parts();
-                    let stream = futures_util::TryStreamExt::map_err(
-                        http_body_util::BodyDataStream::new(incoming),
-                        describe,
-                    );
-                    Ok((
-                        parts.status.as_u16(),
-                        parts.headers,
-                        BodyStream(Box::pin(stream)),
-                    ))
-                }
-                Wire::Proxied(client) => {
-                    let url = reqwest::Url::parse(&uri.to_string()).map_err(|e| {
-                        TransportFailure::Connection(format!("invalid URL {uri}: {e}"))
-                    })?;
-                    let response = client
-                        .post(url)
-                        .headers(headers)
-                        .body(body)
-                        .send()
-                        .await
-                        .map_err(describe_reqwest)?;
-                    let status = response.status().as_u16();
-                    let headers = response.headers().clone();
-                    let stream = futures_util::TryStreamExt::map_err(
-                        response.bytes_stream(),
-                        describe_reqwest,
-                    );
-                    Ok((status, headers, BodyStream(Box::pin(stream))))
-                }
-            }
-        };
-        let (status, headers, mut body) = tokio::time::timeout_at(deadline, opened)
+        let opened = self.open(http::Method::POST, uri, headers, body);
+        let (status, headers, body) = tokio::time::timeout_at(deadline, opened)
             .await
             .map_err(|_| TransportFailure::Timeout)??;
         let is_stream = headers
@@ -349,17 +344,10 @@ impl Transport {
             return Ok(Sent::Stream(StreamReply {
                 status,
                 headers,
-                body,
+                body: body.stream(),
             }));
         }
-        let whole = async {
-            let mut all = Vec::new();
-            while let Some(chunk) = body.next().await {
-                all.extend_from_slice(&chunk?);
-            }
-            Ok(Bytes::from(all))
-        };
-        let body = tokio::time::timeout_at(deadline, whole)
+        let body = tokio::time::timeout_at(deadline, body.whole())
             .await
             .map_err(|_| TransportFailure::Timeout)??;
         Ok(Sent::Whole(Reply {
@@ -402,51 +390,58 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Reply, TransportFailure> {
         let attempt = async {
-            match &self.wire {
-                Wire::Direct(client) => {
-                    let mut request = http::Request::new(http_body_util::Full::new(body));
-                    *request.method_mut() = method;
-                    *request.uri_mut() = uri;
-                    *request.headers_mut() = headers;
-                    let response = client.request(request).await.map_err(describe)?;
-                    let (parts, incoming) = response.into_parts();
-                    let body = http_body_util::BodyExt::collect(incoming)
-                        .await
-                        .map_err(describe)?
-                        .to_bytes();
-                    Ok(Reply {
-                        status: parts.status.as_u16(),
-                        headers: parts.headers,
-                        body,
-                    })
-                }
-                Wire::Proxied(client) => {
-                    // Parsed again per request, but only through a proxy, whose hop
-                    // costs far more than the parse.
-                    let url = reqwest::Url::parse(&uri.to_string()).map_err(|e| {
-                        TransportFailure::Connection(format!("invalid URL {uri}: {e}"))
-                    })?;
-                    let response = client
-                        .request(method, url)
-                        .headers(headers)
-                        .body(body)
-                        .send()
-                        .await
-                        .map_err(describe_reqwest)?;
-                    let status = response.status().as_u16();
-                    let headers = response.headers().clone();
-                    let body = response.bytes().await.map_err(describe_reqwest)?;
-                    Ok(Reply {
-                        status,
-                        headers,
-                        body,
-                    })
-                }
-            }
+            let (status, headers, body) = self.open(method, uri, headers, body).await?;
+            Ok(Reply {
+                status,
+                headers,
+                body: body.whole().await?,
+            })
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(TransportFailure::Timeout),
+        }
+    }
+
+    /// Sends one request; its status and headers once they have come, its body still
+    /// to read.
+    async fn open(
+        &self,
+        method: http::Method,
+        uri: http::Uri,
+        headers: http::HeaderMap,
+        body: Bytes,
+    ) -> Result<(u16, http::HeaderMap, ReplyBody), TransportFailure> {
+        match &self.wire {
+            Wire::Direct(client) => {
+                let mut request = http::Request::new(http_body_util::Full::new(body));
+                *request.method_mut() = method;
+                *request.uri_mut() = uri;
+                *request.headers_mut() = headers;
+                let response = client.request(request).await.map_err(describe)?;
+                let (parts, incoming) = response.into_parts();
+                Ok((
+                    parts.status.as_u16(),
+                    parts.headers,
+                    ReplyBody::Direct(incoming),
+                ))
+            }
+            Wire::Proxied(client) => {
+                // Parsed again per request, but only through a proxy, whose hop costs
+                // far more than the parse.
+                let url = reqwest::Url::parse(&uri.to_string())
+                    .map_err(|e| TransportFailure::Connection(format!("invalid URL {uri}: {e}")))?;
+                let response = client
+                    .request(method, url)
+                    .headers(headers)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(describe_reqwest)?;
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                Ok((status, headers, ReplyBody::Proxied(response)))
+            }
         }
     }
 
