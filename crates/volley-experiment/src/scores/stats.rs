@@ -1,0 +1,1 @@
+//! The statistics of scores (placeholder, being written).
