@@ -6,4 +6,7 @@
 //! Everything here is a source on one [`volley_core::engine::Engine`]: answers and
 //! judgements share its keys, limits, ledger and event stream.
 
+pub mod dataset;
+pub mod plan;
+pub mod prompt;
 pub mod scores;

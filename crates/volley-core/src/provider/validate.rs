@@ -64,6 +64,19 @@ impl ResponseCheck {
     }
 
     /// `Ok` when the content passes; else a message saying why it does not.
+    /// A check against a schema given as a value (a judge's verdict).
+    pub fn schema(schema: &Value) -> Result<ResponseCheck, String> {
+        jsonschema::validator_for(schema)
+            .map(|v| ResponseCheck::Schema(Box::new(v)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The JSON text inside a reply's content: the content itself, or the body of the
+    /// fenced code block it is wrapped in, as [`ResponseCheck::check`] reads it.
+    pub fn json_text(content: &str) -> &str {
+        strip_code_fence(content)
+    }
+
     pub fn check(&self, content: &str) -> Result<(), String> {
         let text = strip_code_fence(content);
         let value: Value = serde_json::from_str(text)
