@@ -10,3 +10,7 @@ pub mod dataset;
 pub mod plan;
 pub mod prompt;
 pub mod scores;
+pub mod postprocess;
+pub mod record;
+pub mod pipeline;
+pub mod run_info;
