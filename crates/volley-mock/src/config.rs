@@ -11,6 +11,9 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 /// every figure the limits compute (window × capacity in nanoseconds) inside `u128`.
 pub const MAX_WINDOW: Duration = Duration::from_secs(1_000_000_000);
 
+/// The model name of `accuracy` that stands for every model not named there.
+pub const ANY_MODEL: &str = "*";
+
 /// How the mock enforces `rpm`/`tpm`. Providers use both shapes, and they fail clients
 /// differently: a window lets a whole minute's quota through at once and then nothing,
 /// a bucket lets a burst through and then only a steady trickle.
@@ -85,12 +88,41 @@ pub struct MockConfig {
     /// Models listed by `GET /v1/models` with OpenRouter-style prices: (id, prompt,
     /// completion) in USD per million tokens.
     pub model_prices: Vec<(String, f64, f64)>,
+    /// Models whose chat answers are correct with a known probability, so scores of an
+    /// experiment can be checked against it: (model, probability in `[0, 1]`), with
+    /// [`ANY_MODEL`] for every model not named. The last entry for a name wins, as a
+    /// later flag overrides an earlier one. Unlisted models get the plain echo.
+    pub accuracy: Vec<(String, f64)>,
+    /// Models that act as a judge: they grade the last marked answer in their messages
+    /// instead of answering (a judge is never an answerer, whatever `accuracy` says).
+    pub judges: Vec<String>,
+    /// Fraction of judge replies that are prose instead of the JSON verdict (a 200 with
+    /// usage), drawn per attempt so a retry of the same request can succeed.
+    pub judge_invalid_rate: f64,
 }
 
 impl MockConfig {
     /// The window as enforced (see [`clamp_window`]).
     pub fn window(&self) -> Duration {
         clamp_window(self.window)
+    }
+
+    /// The probability `model`'s answers are correct: its own entry in `accuracy`,
+    /// else [`ANY_MODEL`]'s, else `None` (the plain echo).
+    pub fn accuracy_of(&self, model: &str) -> Option<f64> {
+        let of = |name: &str| {
+            self.accuracy
+                .iter()
+                .rev()
+                .find(|(m, _)| m == name)
+                .map(|(_, p)| *p)
+        };
+        of(model).or_else(|| of(ANY_MODEL))
+    }
+
+    /// Whether `model` acts as a judge.
+    pub fn is_judge(&self, model: &str) -> bool {
+        self.judges.iter().any(|j| j == model)
     }
 }
 
@@ -122,6 +154,29 @@ impl Default for MockConfig {
             in_flight_budget: None,
             cost_per_million_tokens: None,
             model_prices: Vec::new(),
+            accuracy: Vec::new(),
+            judges: Vec::new(),
+            judge_invalid_rate: 0.0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_s_own_accuracy_beats_the_default_and_the_last_entry_wins() {
+        let config = MockConfig {
+            accuracy: vec![
+                ("a".to_string(), 0.2),
+                (ANY_MODEL.to_string(), 0.5),
+                ("a".to_string(), 0.9),
+            ],
+            ..MockConfig::default()
+        };
+        assert_eq!(config.accuracy_of("a"), Some(0.9));
+        assert_eq!(config.accuracy_of("b"), Some(0.5));
+        assert_eq!(MockConfig::default().accuracy_of("a"), None);
     }
 }

@@ -27,15 +27,12 @@ impl Dice {
 
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.0)
     }
 
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        unit(self.next_u64())
     }
 
     /// Uniform in `[0, max]`.
@@ -46,6 +43,20 @@ impl Dice {
             self.next_u64() % (max + 1)
         }
     }
+}
+
+/// SplitMix64's finaliser: every input bit reaches every output bit, so nearby inputs
+/// (request numbers, hashes that differ in their last byte) give unrelated outputs.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// 64 random bits as a number uniform in `[0, 1)`: the top 53 bits, all an `f64`
+/// holds exactly, so the result can never round up to 1.
+pub fn unit(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Rolls the fault bands in order: fail, hang, malformed, reset.
@@ -97,6 +108,19 @@ mod tests {
         assert!((500..700).contains(&none), "{none}");
         assert!(faults.iter().any(|f| matches!(f, Fault::Fail(502))));
         assert!(faults.contains(&Fault::Reset));
+    }
+
+    #[test]
+    fn units_stay_below_one() {
+        assert_eq!(unit(0), 0.0);
+        assert_eq!(unit(1 << 63), 0.5);
+        assert!(unit(u64::MAX) < 1.0);
+        let mut dice = Dice::for_request(3, 4);
+        assert!(
+            (0..10_000)
+                .map(|_| dice.unit())
+                .all(|u| (0.0..1.0).contains(&u))
+        );
     }
 
     #[test]

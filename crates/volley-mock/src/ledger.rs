@@ -1,5 +1,6 @@
 //! The mock's books: the limits per key (a sliding window or token buckets), sliding
-//! logs for the peaks, counts by status and fault, and the tokens billed.
+//! logs for the peaks, counts by status and fault, and the tokens billed, in all, per
+//! key and per chat model.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -13,6 +14,16 @@ use crate::faults::Fault;
 /// The span `peak_*_per_minute` are measured over, whatever the limits' window: tests
 /// check "never more than the limit per minute" with them.
 pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// Model names with a book of their own in `by_model`. The names come from clients, so
+/// the map is bounded or a hostile client could grow it without limit; a thousand is
+/// far more than the models one experiment compares.
+pub const MAX_MODELS: usize = 1000;
+/// Names longer than this (in bytes) get no book of their own: a thousand names of a
+/// megabyte each would still be a gigabyte. Real model ids are well under 100 bytes.
+pub const MAX_MODEL_NAME: usize = 256;
+/// The book of the models past [`MAX_MODELS`] and of names past [`MAX_MODEL_NAME`].
+pub const OTHER_MODELS: &str = "(other)";
 
 /// The limits as the ledger enforces them, read once from the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +296,37 @@ pub struct Limited {
     pub headers: RateHeaders,
 }
 
+/// Tokens billed, as `/mock/stats` shows them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tokens {
+    prompt: u64,
+    completion: u64,
+}
+
+impl Tokens {
+    fn add(&mut self, prompt: u64, completion: u64) {
+        self.prompt = self.prompt.saturating_add(prompt);
+        self.completion = self.completion.saturating_add(completion);
+    }
+
+    fn json(self) -> Value {
+        json!({
+            "prompt": self.prompt,
+            "completion": self.completion,
+            "total": self.prompt.saturating_add(self.completion),
+        })
+    }
+}
+
+/// One chat model's figures: what a client sent to it, and what it was billed.
+#[derive(Debug, Default)]
+struct ModelBook {
+    /// Every request received for the model, whatever its answer (429s and 5xx too).
+    requests: u64,
+    /// Tokens of its replies that carried usage.
+    billed: Tokens,
+}
+
 #[derive(Debug)]
 struct KeyBook {
     peaks: Peaks,
@@ -317,14 +359,16 @@ pub struct Ledger {
     limits: Limits,
     requests: u64,
     by_status: BTreeMap<u16, u64>,
-    prompt_billed: u64,
-    completion_billed: u64,
+    billed: Tokens,
     /// USD reported in `usage.cost`, when the mock reports cost.
     cost_billed: f64,
     /// `GET /v1/models` calls: a client that caches the list calls it once.
     model_list_requests: u64,
     all: Peaks,
     keys: HashMap<String, KeyBook>,
+    /// Chat requests by their body's `model`, at most [`MAX_MODELS`] names besides
+    /// [`OTHER_MODELS`].
+    models: HashMap<String, ModelBook>,
     faults: BTreeMap<&'static str, u64>,
 }
 
@@ -344,12 +388,12 @@ impl Ledger {
             limits,
             requests: 0,
             by_status: BTreeMap::new(),
-            prompt_billed: 0,
-            completion_billed: 0,
+            billed: Tokens::default(),
             cost_billed: 0.0,
             model_list_requests: 0,
             all: Peaks::new(limits.window),
             keys: HashMap::new(),
+            models: HashMap::new(),
             faults: BTreeMap::new(),
         }
     }
@@ -374,6 +418,19 @@ impl Ledger {
         }
     }
 
+    /// A model's book, opened on first use while there is room for another name.
+    fn model_book(&mut self, model: &str) -> &mut ModelBook {
+        let own = self.models.contains_key(model)
+            || (self.models.len() < MAX_MODELS && model.len() <= MAX_MODEL_NAME);
+        let label = if own { model } else { OTHER_MODELS };
+        self.models.entry(label.to_owned()).or_default()
+    }
+
+    /// Counts a chat request for `model` (its body's `model`).
+    pub fn count_model_request(&mut self, model: &str) {
+        self.model_book(model).requests += 1;
+    }
+
     pub fn count_model_list(&mut self) {
         self.model_list_requests += 1;
     }
@@ -393,10 +450,21 @@ impl Ledger {
         *self.faults.entry(name).or_default() += 1;
     }
 
-    pub fn bill(&mut self, key: &str, prompt: u64, completion: u64, cost: Option<f64>) {
+    /// Bills a reply that carried usage: in all, to its key, and to its chat model
+    /// when it answered one.
+    pub fn bill(
+        &mut self,
+        key: &str,
+        model: Option<&str>,
+        prompt: u64,
+        completion: u64,
+        cost: Option<f64>,
+    ) {
         self.cost_billed += cost.unwrap_or(0.0);
-        self.prompt_billed = self.prompt_billed.saturating_add(prompt);
-        self.completion_billed = self.completion_billed.saturating_add(completion);
+        self.billed.add(prompt, completion);
+        if let Some(model) = model {
+            self.model_book(model).billed.add(prompt, completion);
+        }
         let book = self.book(key);
         book.billed = book
             .billed
@@ -560,15 +628,21 @@ impl Ledger {
                 )
             })
             .collect();
+        let by_model: serde_json::Map<String, Value> = self
+            .models
+            .iter()
+            .map(|(model, b)| {
+                (
+                    model.clone(),
+                    json!({"requests": b.requests, "tokens_billed": b.billed.json()}),
+                )
+            })
+            .collect();
         let fault = |name| self.faults.get(name).copied().unwrap_or(0);
         json!({
             "requests": self.requests,
             "by_status": by_status,
-            "tokens_billed": {
-                "prompt": self.prompt_billed,
-                "completion": self.completion_billed,
-                "total": self.prompt_billed.saturating_add(self.completion_billed),
-            },
+            "tokens_billed": self.billed.json(),
             "cost_billed": self.cost_billed,
             "model_list_requests": self.model_list_requests,
             "peak_requests_per_minute": self.all.minute.peak_requests,
@@ -578,6 +652,7 @@ impl Ledger {
             "limit_shape": self.limits.shape.as_str(),
             "window_secs": self.limits.window.as_secs_f64(),
             "by_key": by_key,
+            "by_model": by_model,
             "faults": {"fail": fault("fail"), "hang": fault("hang"), "malformed": fault("malformed"), "reset": fault("reset")},
         })
     }
@@ -812,6 +887,36 @@ mod tests {
         let (_, remaining, reset) = l.admit("k", 1, t0).unwrap().requests.unwrap();
         assert_eq!(remaining, u64::MAX - 4);
         assert_eq!(reset, crate::MAX_WINDOW * 4);
+    }
+
+    #[test]
+    fn models_are_counted_apart_up_to_a_bound() {
+        let mut l = ledger(LimitShape::Window, None, None, 60);
+        l.count_model_request("a");
+        l.count_model_request("a");
+        l.bill("k", Some("a"), 10, 2, None);
+        l.bill("k", None, 100, 100, None);
+        let stats = l.stats();
+        assert_eq!(stats["by_model"]["a"]["requests"], 2);
+        assert_eq!(
+            stats["by_model"]["a"]["tokens_billed"],
+            json!({"prompt": 10, "completion": 2, "total": 12})
+        );
+        assert_eq!(stats["tokens_billed"]["total"], 212);
+        for i in 0..MAX_MODELS + 10 {
+            l.count_model_request(&format!("m{i}"));
+        }
+        let huge = "x".repeat(MAX_MODEL_NAME + 1);
+        l.count_model_request(&huge);
+        l.bill("k", Some(&huge), 1, 1, None);
+        l.count_model_request("a");
+        let stats = l.stats();
+        let by_model = stats["by_model"].as_object().unwrap();
+        assert_eq!(by_model.len(), MAX_MODELS + 1, "the names and (other)");
+        assert_eq!(by_model["a"]["requests"], 3, "a known name keeps its book");
+        assert_eq!(by_model[OTHER_MODELS]["requests"], 12);
+        assert_eq!(by_model[OTHER_MODELS]["tokens_billed"]["total"], 2);
+        assert!(!by_model.contains_key(&huge));
     }
 
     #[test]

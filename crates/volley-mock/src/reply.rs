@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::grading::Part;
+
 /// Characters per token in the mock's tokenizer: the usual rule of thumb for English.
 const CHARS_PER_TOKEN: usize = 4;
 /// Tokens of framing per message, and per reply, as OpenAI's chat format adds.
@@ -19,7 +21,7 @@ fn tokens_of(chars: usize) -> u64 {
 }
 
 /// The text of a message: a string, or the text parts of an array.
-fn text_of(content: Option<&Value>) -> String {
+pub(crate) fn text_of(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts
@@ -91,8 +93,10 @@ pub fn stream_chunks(reply: &Value) -> Vec<bytes::Bytes> {
     out
 }
 
-/// Plans the reply to a chat request whose `messages` is `messages`.
-pub fn chat(request: &Value, messages: &[Value], n: u64, created: u64) -> ChatReply {
+/// Plans the reply to a chat request whose `messages` is `messages`, played as `part`:
+/// an answer's text ends in its marker (inside the `answer` field in JSON mode, so
+/// the reply stays JSON), and a judge's content is its judgement alone.
+pub fn chat(request: &Value, messages: &[Value], part: Part, n: u64, created: u64) -> ChatReply {
     let prompt_tokens = messages
         .iter()
         .map(|m| tokens_of(text_of(m.get("content")).chars().count()) + TOKENS_PER_MESSAGE)
@@ -110,10 +114,16 @@ pub fn chat(request: &Value, messages: &[Value], n: u64, created: u64) -> ChatRe
             .and_then(Value::as_str),
         Some("json_object" | "json_schema")
     );
-    let content = if wants_json {
-        json!({"answer": format!("Mock reply to: {echo}"), "words": last.split_whitespace().count()}).to_string()
-    } else {
-        format!("Mock reply to: {echo}")
+    let text = match part.marker() {
+        Some(marker) => format!("Mock reply to: {echo} {marker}"),
+        None => format!("Mock reply to: {echo}"),
+    };
+    let content = match part.judgement() {
+        Some(judgement) => judgement.to_string(),
+        None if wants_json => {
+            json!({"answer": text, "words": last.split_whitespace().count()}).to_string()
+        }
+        None => text,
     };
     let natural = tokens_of(content.chars().count()).max(1);
     let cap = request
@@ -226,11 +236,17 @@ mod tests {
     #[test]
     fn chat_counts_tokens_and_honours_max_tokens() {
         let req = json!({"model": "m", "messages": [{"role": "user", "content": "12345678"}]});
-        let r = chat(&req, req["messages"].as_array().unwrap(), 1, 0);
+        let r = chat(&req, req["messages"].as_array().unwrap(), Part::Echo, 1, 0);
         assert_eq!(r.prompt_tokens, 2 + 4 + 3);
         assert!(r.completion_tokens >= 1);
         let capped = json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "a long question indeed"}]});
-        let r = chat(&capped, capped["messages"].as_array().unwrap(), 1, 0);
+        let r = chat(
+            &capped,
+            capped["messages"].as_array().unwrap(),
+            Part::Echo,
+            1,
+            0,
+        );
         assert_eq!(r.completion_tokens, 1);
         assert_eq!(r.body["choices"][0]["finish_reason"], "length");
         let body = r.into_body();
@@ -243,12 +259,41 @@ mod tests {
     #[test]
     fn json_mode_replies_with_json() {
         let req = json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}});
-        let r = chat(&req, req["messages"].as_array().unwrap(), 1, 0);
+        let r = chat(&req, req["messages"].as_array().unwrap(), Part::Echo, 1, 0);
         let content = r.body["choices"][0]["message"]["content"]
             .as_str()
             .unwrap()
             .to_string();
         assert!(serde_json::from_str::<Value>(&content).is_ok());
+    }
+
+    #[test]
+    fn answers_end_in_their_marker_and_judges_say_only_their_verdict() {
+        let req = json!({"messages": [{"role": "user", "content": "2+2?"}]});
+        let messages = req["messages"].as_array().unwrap();
+        let content = |request: &Value, part| {
+            chat(request, messages, part, 1, 0).body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            content(&req, Part::Answer { correct: true }),
+            "Mock reply to: 2+2? [mock:correct]"
+        );
+        assert_eq!(
+            content(&req, Part::Answer { correct: false }),
+            "Mock reply to: 2+2? [mock:wrong]"
+        );
+        let json_mode = json!({"messages": messages, "response_format": {"type": "json_object"}});
+        let reply: Value =
+            serde_json::from_str(&content(&json_mode, Part::Answer { correct: true })).unwrap();
+        assert_eq!(reply["answer"], "Mock reply to: 2+2? [mock:correct]");
+        let judge = Part::Judge {
+            correct: false,
+            invalid: false,
+        };
+        assert_eq!(content(&json_mode, judge), r#"{"correct": false}"#);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{DEFAULT_WINDOW, MockConfig};
 use crate::faults::{Dice, Fault, roll};
+use crate::grading::Part;
 use crate::ledger::{Ledger, LimitKind, Limits, RateHeaders, key_label};
 use crate::reply;
 
@@ -184,6 +185,12 @@ struct Arrival<'a> {
     key: Option<String>,
     /// The request asked for `stream: true`: a success is sent as server-sent events.
     stream: bool,
+    /// The chat model whose book in `by_model` the reply is billed to; `None` for
+    /// embeddings and for chat bodies without a string `model`.
+    model: Option<String>,
+    /// The attempt's dice: latency, faults and a judge's fumble are all drawn from it,
+    /// so the same seed and arrival order replay the same run.
+    dice: Dice,
 }
 
 impl<'a> Arrival<'a> {
@@ -196,6 +203,8 @@ impl<'a> Arrival<'a> {
             n,
             key,
             stream: false,
+            model: None,
+            dice: Dice::for_request(shared.config.seed, n),
         }
     }
 
@@ -322,7 +331,7 @@ impl<'a> Arrival<'a> {
                 );
             }
         };
-        let mut dice = Dice::for_request(config.seed, self.n);
+        let mut dice = self.dice.clone();
         let latency = config.latency_ms + dice.up_to(config.jitter_ms);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -348,7 +357,7 @@ impl<'a> Arrival<'a> {
             match fault {
                 Fault::None => {
                     ledger.count_status(200);
-                    ledger.bill(key, prompt, completion, cost);
+                    ledger.bill(key, self.model.as_deref(), prompt, completion, cost);
                 }
                 Fault::Fail(status) => ledger.count_status(status),
                 Fault::Malformed => ledger.count_status(200),
@@ -515,6 +524,11 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Err(refusal) => return *refusal,
     };
     arrival.stream = request.get("stream") == Some(&Value::Bool(true));
+    if let Some(model) = request.get("model").and_then(Value::as_str) {
+        // Counted before the body is checked further: a 400 was still sent to the model.
+        shared.ledger().count_model_request(model);
+        arrival.model = Some(model.to_owned());
+    }
     let Some(messages) = request
         .get("messages")
         .and_then(Value::as_array)
@@ -526,7 +540,8 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             "invalid_request_error",
         );
     };
-    let planned = reply::chat(&request, messages, arrival.n, unix_now());
+    let part = Part::cast(&shared.config, &request, messages, &mut arrival.dice);
+    let planned = reply::chat(&request, messages, part, arrival.n, unix_now());
     let (prompt, completion) = (planned.prompt_tokens, planned.completion_tokens);
     arrival
         .answer(planned.into_body(), prompt, completion)

@@ -1,4 +1,5 @@
-//! The mock over real HTTP: replies, limits per key, faults, determinism and the ledger.
+//! The mock over real HTTP: replies, limits per key, faults, determinism, the ledger, and
+//! models of known accuracy with the judge that grades them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -440,5 +441,337 @@ async fn credits_in_flight_budget_hidden_limits_and_key_info() {
     assert_eq!(
         body["error"]["metadata"]["limit_source"],
         "openrouter_in_flight_budget"
+    );
+}
+
+/// The content of a chat reply that must have succeeded.
+async fn content_of(r: reqwest::Response) -> String {
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("a JSON reply");
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("a text content")
+        .to_string()
+}
+
+/// A question for `model`, distinct for each `q`, with the body's `seed` when given.
+fn question(model: &str, q: usize, seed: Option<u64>) -> Value {
+    let mut body = json!({"model": model, "messages": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": format!("What is {q} + {q}?")},
+    ]});
+    if let Some(seed) = seed {
+        body["seed"] = json!(seed);
+    }
+    body
+}
+
+/// Whether each answer is marked correct, in order; every answer must carry a marker.
+async fn verdicts(client: &reqwest::Client, server: &MockServer, bodies: &[Value]) -> Vec<bool> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(bodies)
+        .map(|body| async move { content_of(post(client, server, "k", body).await).await })
+        .buffered(32)
+        .map(|content| {
+            if content.ends_with(" [mock:correct]") {
+                true
+            } else {
+                assert!(content.ends_with(" [mock:wrong]"), "no marker: {content}");
+                false
+            }
+        })
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn answers_are_correct_at_the_model_s_accuracy() {
+    let server = start(MockConfig {
+        accuracy: vec![("m".to_string(), 0.7), ("*".to_string(), 0.0)],
+        seed: 11,
+        ..MockConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let bodies: Vec<Value> = (0..2000).map(|q| question("m", q, None)).collect();
+    let correct = verdicts(&client, &server, &bodies)
+        .await
+        .into_iter()
+        .filter(|c| *c)
+        .count();
+    let fraction = correct as f64 / 2000.0;
+    assert!((0.65..=0.75).contains(&fraction), "{fraction}");
+    // `*` stands for every model not named.
+    let other: Vec<Value> = (0..20).map(|q| question("other", q, None)).collect();
+    assert!(verdicts(&client, &server, &other).await.iter().all(|c| !c));
+    // Without accuracies, the plain echo carries no marker.
+    let plain = start(MockConfig::default()).await;
+    let content = content_of(post(&client, &plain, "k", &question("m", 1, None)).await).await;
+    assert_eq!(content, "Mock reply to: What is 1 + 1?");
+}
+
+#[tokio::test]
+async fn the_same_request_gets_the_same_verdict_and_another_seed_draws_again() {
+    let config = MockConfig {
+        accuracy: vec![("m".to_string(), 0.5)],
+        seed: 3,
+        ..MockConfig::default()
+    };
+    let server = start(config.clone()).await;
+    let client = reqwest::Client::new();
+    let unseeded: Vec<Value> = (0..200).map(|q| question("m", q, None)).collect();
+    let run0: Vec<Value> = (0..200).map(|q| question("m", q, Some(0))).collect();
+    let run1: Vec<Value> = (0..200).map(|q| question("m", q, Some(1))).collect();
+    let first = verdicts(&client, &server, &unseeded).await;
+    assert_eq!(first, verdicts(&client, &server, &unseeded).await);
+    let (a, b) = (
+        verdicts(&client, &server, &run0).await,
+        verdicts(&client, &server, &run1).await,
+    );
+    assert_eq!(b, verdicts(&client, &server, &run1).await);
+    let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert!(
+        (50..150).contains(&differ),
+        "independent runs: {differ} differ"
+    );
+    // Another mock with the same seed gives the same verdicts, whatever its dice roll.
+    let again = start(MockConfig {
+        latency_ms: 1,
+        ..config
+    })
+    .await;
+    assert_eq!(first, verdicts(&client, &again, &unseeded).await);
+
+    // A streamed reply carries the same content, marker included.
+    let whole = content_of(post(&client, &server, "k", &run0[7]).await).await;
+    let mut streamed_body = run0[7].clone();
+    streamed_body["stream"] = json!(true);
+    let events = post(&client, &server, "k", &streamed_body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let streamed: String = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| {
+            let chunk: Value = serde_json::from_str(d).unwrap();
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(streamed, whole);
+}
+
+/// A judge request whose user message holds `answer`.
+fn judge_body(answer: &str) -> Value {
+    json!({"model": "judge", "messages": [
+        {"role": "system", "content": "Grade the answer. Reply {\"correct\": bool}."},
+        {"role": "user", "content": format!("Question: 2+2?\nAnswer: {answer}")},
+    ]})
+}
+
+#[tokio::test]
+async fn a_judge_grades_the_last_marked_answer() {
+    let server = start(MockConfig {
+        accuracy: vec![("right".to_string(), 1.0), ("wrong".to_string(), 0.0)],
+        judges: vec!["judge".to_string()],
+        ..MockConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for (model, verdict) in [("right", true), ("wrong", false)] {
+        let answer = content_of(post(&client, &server, "k", &question(model, 2, None)).await).await;
+        let r = post(&client, &server, "k", &judge_body(&answer)).await;
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(content, format!(r#"{{"correct": {verdict}}}"#));
+        let parsed: Value = serde_json::from_str(content).unwrap();
+        assert_eq!(parsed, json!({"correct": verdict}));
+        assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    }
+    let judged = |answer: &'static str| {
+        let client = client.clone();
+        let server = &server;
+        async move { content_of(post(&client, server, "k", &judge_body(answer)).await).await }
+    };
+    assert_eq!(
+        judged("4 [mock:wrong], no: 4 [mock:correct]").await,
+        r#"{"correct": true}"#
+    );
+    assert_eq!(
+        judged("4 [mock:correct], no: 5 [mock:wrong]").await,
+        r#"{"correct": false}"#
+    );
+    assert_eq!(judged("no marker").await, r#"{"correct": false}"#);
+    // A judge reads text parts too, and is billed like any reply.
+    let parts = json!({"model": "judge", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Answer: 4 [mock:correct]"},
+    ]}]});
+    assert_eq!(
+        content_of(post(&client, &server, "k", &parts).await).await,
+        r#"{"correct": true}"#
+    );
+    assert_eq!(server.stats()["by_model"]["judge"]["requests"], 6);
+}
+
+#[tokio::test]
+async fn a_judge_fumbles_the_format_at_its_invalid_rate() {
+    let client = reqwest::Client::new();
+    let body = judge_body("4 [mock:correct]");
+    for (rate, all_json) in [(1.0, false), (0.0, true)] {
+        let server = start(MockConfig {
+            judges: vec!["judge".to_string()],
+            judge_invalid_rate: rate,
+            ..MockConfig::default()
+        })
+        .await;
+        for _ in 0..30 {
+            let r = post(&client, &server, "k", &body).await;
+            assert_eq!(r.status(), 200);
+            let reply: Value = r.json().await.unwrap();
+            assert!(reply["usage"]["total_tokens"].as_u64().unwrap() > 0);
+            let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(content).is_ok(),
+                all_json,
+                "rate {rate}: {content}"
+            );
+        }
+        assert_eq!(server.stats()["by_model"]["judge"]["requests"], 30);
+    }
+    // Drawn per attempt: the same request, sent again, sometimes parses and sometimes not.
+    let server = start(MockConfig {
+        judges: vec!["judge".to_string()],
+        judge_invalid_rate: 0.5,
+        seed: 5,
+        ..MockConfig::default()
+    })
+    .await;
+    let mut parsed = Vec::new();
+    for _ in 0..40 {
+        let content = content_of(post(&client, &server, "k", &body).await).await;
+        parsed.push(serde_json::from_str::<Value>(&content).is_ok());
+    }
+    assert!(
+        parsed.contains(&true) && parsed.contains(&false),
+        "{parsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn by_model_counts_requests_and_tokens_and_resets() {
+    let server = start(MockConfig {
+        rpm: Some(2),
+        ..MockConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let mut billed = [0u64; 2];
+    for (i, (model, key)) in [("a", "k1"), ("a", "k1"), ("b", "k2")]
+        .into_iter()
+        .enumerate()
+    {
+        let r = post(&client, &server, key, &question(model, i, None)).await;
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        billed[usize::from(model == "b")] += body["usage"]["total_tokens"].as_u64().unwrap();
+    }
+    // Refused by the limit: counted as a request for its model, billed nothing.
+    assert_eq!(
+        post(&client, &server, "k1", &question("a", 9, None))
+            .await
+            .status(),
+        429
+    );
+    // Embeddings are no chat model's.
+    let r = client
+        .post(format!("{}/embeddings", server.base_url()))
+        .bearer_auth("k3")
+        .json(&json!({"model": "a", "input": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stats = server.stats();
+    let by_model = stats["by_model"].as_object().unwrap();
+    assert_eq!(by_model.len(), 2, "{stats}");
+    assert_eq!(by_model["a"]["requests"], 3);
+    assert_eq!(by_model["b"]["requests"], 1);
+    assert_eq!(by_model["a"]["tokens_billed"]["total"], billed[0]);
+    assert_eq!(by_model["b"]["tokens_billed"]["total"], billed[1]);
+    for book in by_model.values() {
+        let tokens = &book["tokens_billed"];
+        assert_eq!(
+            tokens["total"].as_u64().unwrap(),
+            tokens["prompt"].as_u64().unwrap() + tokens["completion"].as_u64().unwrap()
+        );
+    }
+    // Over HTTP as well, then cleared by a reset.
+    let url = format!("http://{}/mock", server.addr());
+    let served: Value = client
+        .get(format!("{url}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served["by_model"], stats["by_model"]);
+    client.post(format!("{url}/reset")).send().await.unwrap();
+    assert_eq!(server.stats()["by_model"], json!({}));
+}
+
+#[tokio::test]
+async fn hostile_chat_bodies_neither_break_grading_nor_grow_the_books() {
+    let server = start(MockConfig {
+        accuracy: vec![("*".to_string(), 0.5)],
+        judges: vec!["judge".to_string()],
+        ..MockConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let huge = "m".repeat(100_000);
+    let odd_contents = [
+        json!(42),
+        json!({"text": 1}),
+        json!([1, {"text": 2}, null]),
+        json!(null),
+    ];
+    for model in ["a", "judge", huge.as_str()] {
+        for content in &odd_contents {
+            let body = json!({"model": model, "messages": [{"role": "user", "content": content}, "not an object"]});
+            let r = post(&client, &server, "k", &body).await;
+            assert_eq!(r.status(), 200, "{model:.10} {content}");
+        }
+        // No messages at all: refused, but counted for its model.
+        let r = post(
+            &client,
+            &server,
+            "k",
+            &json!({"model": model, "messages": []}),
+        )
+        .await;
+        assert_eq!(r.status(), 400);
+    }
+    for model in [json!(5), json!(null), json!(["a"])] {
+        let body = json!({"model": model, "seed": {"odd": true}, "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(post(&client, &server, "k", &body).await.status(), 200);
+    }
+    let stats = server.stats();
+    let by_model = stats["by_model"].as_object().unwrap();
+    assert_eq!(by_model["a"]["requests"], 5);
+    assert_eq!(by_model["judge"]["requests"], 5);
+    assert_eq!(
+        by_model["(other)"]["requests"], 5,
+        "the huge name has no book of its own"
+    );
+    assert_eq!(
+        by_model.len(),
+        3,
+        "models that are not strings are not counted"
     );
 }

@@ -311,6 +311,15 @@ pub struct MockArgs {
     /// List MODEL in GET /v1/models with OpenRouter-style prices (USD per million prompt and completion tokens). Repeatable.
     #[arg(long = "model-price", value_name = "MODEL=PROMPT,COMPLETION", value_parser = parse_model_price)]
     pub model_prices: Vec<(String, f64, f64)>,
+    /// Answer MODEL's chats correctly with probability P (decided by the request and --seed; the reply ends in [mock:correct] or [mock:wrong]); MODEL `*` is every model not named. Repeatable.
+    #[arg(long = "accuracy", value_name = "MODEL=P", value_parser = parse_accuracy)]
+    pub accuracy: Vec<(String, f64)>,
+    /// MODEL acts as a judge: it answers {"correct": true} if the last marker in its messages is [mock:correct], else {"correct": false}. Repeatable.
+    #[arg(long = "judge-model", value_name = "MODEL")]
+    pub judge_models: Vec<String>,
+    /// Fraction of judge replies that are prose instead of JSON (200 with usage; drawn per attempt).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = within(0.0, 1.0, FRACTION))]
+    pub judge_invalid_rate: f64,
 }
 
 #[derive(Debug, Args)]
@@ -348,6 +357,16 @@ fn parse_model_price(s: &str) -> Result<(String, f64, f64), String> {
         return Err(bad());
     }
     Ok((model.to_string(), prompt, completion))
+}
+
+/// `--accuracy MODEL=P`: split at the last `=`, as model ids may hold one but a
+/// probability never does; P follows the rule of the fault rates.
+fn parse_accuracy(s: &str) -> Result<(String, f64), String> {
+    let (model, p) = s
+        .rsplit_once('=')
+        .filter(|(model, _)| !model.is_empty())
+        .ok_or_else(|| format!("{s:?} is not MODEL=P (P a fraction from 0 to 1)"))?;
+    Ok((model.to_string(), within(0.0, 1.0, FRACTION)(p)?))
 }
 
 fn parse_key_credit(s: &str) -> Result<(String, u64), String> {

@@ -68,6 +68,9 @@ impl From<&MockArgs> for MockConfig {
             in_flight_budget: a.in_flight_budget,
             cost_per_million_tokens: a.cost_per_million_tokens,
             model_prices: a.model_prices.clone(),
+            accuracy: a.accuracy.clone(),
+            judges: a.judge_models.clone(),
+            judge_invalid_rate: a.judge_invalid_rate,
         }
     }
 }
@@ -126,6 +129,79 @@ mod tests {
         assert_eq!(parse_window("0.5"), Ok(Duration::from_millis(500)));
         for bad in ["0", "-1", "1e-12", "nan", "inf", "1e10", "soon"] {
             assert!(parse_window(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn mock_config(flags: &[&str]) -> Result<MockConfig, String> {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["volley", "mock"].iter().chain(flags))
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            crate::cli::Command::Mock(args) => Ok(MockConfig::from(&args)),
+            other => Err(format!("parsed as {other:?}")),
+        }
+    }
+
+    #[test]
+    fn accuracy_and_judge_flags_reach_the_config() {
+        let config = mock_config(&[
+            "--accuracy",
+            "vendor/a=0.7",
+            "--accuracy",
+            "*=0",
+            "--accuracy",
+            "odd=name=1",
+            "--judge-model",
+            "j1",
+            "--judge-model",
+            "j2",
+            "--judge-invalid-rate",
+            "0.25",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.accuracy,
+            [
+                ("vendor/a".to_string(), 0.7),
+                ("*".to_string(), 0.0),
+                ("odd=name".to_string(), 1.0)
+            ]
+        );
+        assert_eq!(config.judges, ["j1", "j2"]);
+        assert_eq!(config.judge_invalid_rate, 0.25);
+        let plain = mock_config(&[]).unwrap();
+        assert!(plain.accuracy.is_empty() && plain.judges.is_empty());
+        assert_eq!(plain.judge_invalid_rate, 0.0);
+    }
+
+    #[test]
+    fn bad_accuracies_and_rates_are_named_usage_errors() {
+        // (flag, value, what the message must say)
+        let cases = [
+            ("--accuracy", "m=1.5", "must be a fraction from 0 to 1"),
+            ("--accuracy", "m=-0.1", "must be a fraction from 0 to 1"),
+            ("--accuracy", "m=nan", "is not a finite number"),
+            ("--accuracy", "m=often", "is not a number"),
+            ("--accuracy", "m", "is not MODEL=P"),
+            ("--accuracy", "=0.5", "is not MODEL=P"),
+            (
+                "--judge-invalid-rate",
+                "2",
+                "must be a fraction from 0 to 1",
+            ),
+            (
+                "--judge-invalid-rate",
+                "-1",
+                "must be a fraction from 0 to 1",
+            ),
+        ];
+        for (flag, value, says) in cases {
+            let err = mock_config(&[flag, value]).unwrap_err();
+            assert!(
+                err.contains(&format!("invalid value '{value}' for '{flag} ")),
+                "{flag} {value}: {err}"
+            );
+            assert!(err.contains(says), "{flag} {value}: {err}");
         }
     }
 }
