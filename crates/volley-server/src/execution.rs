@@ -19,6 +19,7 @@ use volley_core::input::batch::{LineDefaults, parse_line, peek_custom_id};
 use volley_core::input::job::Job;
 use volley_core::input::lines::Lines;
 use volley_core::observe::sources::StatsBySource;
+use volley_core::provider::routes::Routes;
 use volley_core::store::{Outcome, Store};
 
 use crate::db::{Db, DbError};
@@ -44,6 +45,9 @@ struct Inner {
     /// Cancelled when the gateway shuts down: batches then stop where they are, to be
     /// taken up again by the next start.
     shutdown: CancellationToken,
+    /// The configured models (`--config`): a line naming one is routed as this
+    /// process's configuration says when the line is sent.
+    routes: Arc<Routes>,
 }
 
 #[derive(Default)]
@@ -61,13 +65,20 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MOST: Duration = Duration::from_secs(60);
 
 impl Batches {
-    pub fn new(engine: Engine, db: Db, files: FileDir, stats: Arc<StatsBySource>) -> Batches {
+    pub fn new(
+        engine: Engine,
+        db: Db,
+        files: FileDir,
+        stats: Arc<StatsBySource>,
+        routes: Arc<Routes>,
+    ) -> Batches {
         Batches {
             inner: Arc::new(Inner {
                 engine,
                 db,
                 files,
                 stats,
+                routes,
                 running: Mutex::default(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
@@ -254,10 +265,12 @@ impl Inner {
             source.cancel();
             return self.finalize(&batch, missing_input(&batch)).await;
         };
-        // Parsed with the defaults it was checked with at upload, whatever this
-        // process was started with.
+        // Parsed with the --model it was checked with at upload, whatever this
+        // process was started with; configured models are routed as configured now
+        // (a provider's place in the engine is this process's).
         let defaults = LineDefaults {
             model: input.summary.default_model.clone(),
+            routes: self.routes.clone(),
         };
         let window = {
             let (inner, id) = (self.clone(), id.clone());

@@ -47,7 +47,8 @@ pub struct GatewayConfig {
     /// Where the store and the files live.
     pub data_dir: PathBuf,
     pub auth: Auth,
-    /// `--model`: for input lines that name none.
+    /// `--model` for input lines that name none, and the configured models that
+    /// lines and proxied calls are routed by.
     pub defaults: LineDefaults,
     /// A batch's completion window: 24 hours (tests shorten it).
     pub completion_window: Duration,
@@ -202,12 +203,19 @@ impl Gateway {
                 }
             })
         };
-        let batches = Batches::new(engine.clone(), db.clone(), files.clone(), stats.clone());
+        let routes = config.defaults.routes.clone();
+        let batches = Batches::new(
+            engine.clone(),
+            db.clone(),
+            files.clone(),
+            stats.clone(),
+            routes.clone(),
+        );
         let resumed = batches.resume_all().await.map_err(store_error)?;
         if resumed > 0 {
             tracing::info!("taking up {resumed} unfinished batch(es)");
         }
-        let proxy = proxy::Proxy::new(engine.clone(), config.proxy_max_wait);
+        let proxy = proxy::Proxy::new(engine.clone(), config.proxy_max_wait, routes);
         Ok(Gateway {
             app: App {
                 inner: Arc::new(AppInner {

@@ -21,6 +21,7 @@ use volley_core::engine::waiting::{StreamReceiver, Waiting};
 use volley_core::engine::{Engine, INTERACTIVE_PRIORITY, Source, SourceSpec, Ticket};
 use volley_core::input::job::{Fingerprint, Job};
 use volley_core::provider::classify::Reason;
+use volley_core::provider::routes::Routes;
 use volley_core::store::Outcome;
 
 use crate::App;
@@ -47,13 +48,16 @@ pub struct Proxy {
     sources: Mutex<HashMap<Arc<str>, Source>>,
     next_id: AtomicU64,
     models: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
+    /// Configured models: a call whose `model` names one goes to its upstream.
+    routes: Arc<Routes>,
 }
 
 impl Proxy {
-    pub fn new(engine: Engine, max_wait: Duration) -> Proxy {
+    pub fn new(engine: Engine, max_wait: Duration, routes: Arc<Routes>) -> Proxy {
         Proxy {
             engine,
             max_wait,
+            routes,
             sources: Mutex::default(),
             next_id: AtomicU64::new(1),
             models: tokio::sync::Mutex::new(None),
@@ -114,11 +118,6 @@ pub async fn forward(
     }
     let peek: Peek = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("the body must be a JSON object: {e}")))?;
-    let model = peek
-        .model
-        .as_ref()
-        .and_then(|m| m.as_str())
-        .map(Arc::<str>::from);
     let stream = peek.stream.as_ref().and_then(|s| s.as_bool()) == Some(true);
     let keyed = match idempotency::key(&headers)? {
         None => None,
@@ -126,6 +125,15 @@ pub async fn forward(
             Claimed::Replay(reply) => return Ok(reply),
             Claimed::New(call) => Some(call),
         },
+    };
+    let named = peek.model.as_ref().and_then(|m| m.as_str());
+    let routed = match named.and_then(|name| proxy.routes.get(name)) {
+        Some(_) => routed(&proxy.routes, &body)?,
+        None => None,
+    };
+    let (body, model, upstream) = match routed {
+        Some((body, model, upstream)) => (body, Some(model), upstream),
+        None => (body, named.map(Arc::<str>::from), 0),
     };
     let start_by = Instant::now() + proxy.max_wait;
     let (waiting, receiver) = if stream {
@@ -144,7 +152,7 @@ pub async fn forward(
         path: Arc::from(path.as_str()),
         body,
         model,
-        upstream: 0,
+        upstream,
         tokens: Arc::default(),
         waiting: Some(Arc::new(waiting)),
     };
@@ -162,6 +170,21 @@ pub async fn forward(
         None => whole(ticket.await, proxy.max_wait, keyed).await,
         Some(receiver) => streamed(ticket, receiver, proxy.max_wait, keyed).await,
     }
+}
+
+/// A call whose `model` names a configured model, as its upstream is sent it: the
+/// model's id and settings filled in (the call's own fields win). The body is parsed
+/// whole only then; every other call passes through as the client sent it.
+fn routed(routes: &Routes, body: &Bytes) -> Result<Option<(Bytes, Arc<str>, usize)>, ApiError> {
+    let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("the body must be a JSON object: {e}")))?;
+    let Some(route) = routes.apply(&mut map) else {
+        return Ok(None);
+    };
+    let (model, upstream) = (Arc::<str>::from(route.model.as_str()), route.upstream);
+    let bytes = serde_json::to_vec(&map)
+        .map_err(|e| ApiError::invalid(format!("the routed body could not be written: {e}")))?;
+    Ok(Some((Bytes::from(bytes), model, upstream)))
 }
 
 /// A proxied call with an Idempotency-Key, running: its reply is kept for a retry

@@ -101,6 +101,9 @@ pub struct RunArgs {
     /// ERRORS file [default: with -o, OUTPUT with .results.jsonl (else .jsonl) replaced by .errors.jsonl; else INPUT with .jsonl replaced by .errors.jsonl]
     #[arg(long, value_name = "ERRORS")]
     pub errors: Option<PathBuf>,
+    /// Configuration file (TOML, or YAML): defaults for these flags ([run]), providers and models a line's "model" may name (docs/config.md). Flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -236,6 +239,9 @@ pub struct ServeArgs {
     /// A file of `tenant token` lines: each token sees only its tenant's files and batches.
     #[arg(long, value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// Configuration file (TOML, or YAML): defaults for these flags ([serve]), providers and models that batch lines and proxied calls may name (docs/config.md). Flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// A proxied request that cannot start within this many seconds (the shared limit is busy) is answered 429 with Retry-After.

@@ -21,6 +21,7 @@ macro_rules! errln {
 
 mod cli;
 mod commands;
+mod config;
 mod exit;
 mod html;
 mod logging;
@@ -28,13 +29,19 @@ mod metrics_endpoint;
 mod progress;
 mod summary;
 
-use clap::Parser;
-
-use crate::cli::{Cli, Command};
+use crate::cli::Command;
+use crate::config::ArgsError;
 use crate::exit::Exit;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let (cli, file) = match config::parse_args(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(ArgsError::Clap(e)) => e.exit(),
+        Err(ArgsError::Config(e)) => {
+            errln!("error: {e}");
+            return Exit::Usage.into();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,8 +54,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => commands::run::run(*args).await,
-            Command::Serve(args) => commands::serve::serve(*args).await,
+            Command::Run(args) => commands::run::run(*args, file).await,
+            Command::Serve(args) => commands::serve::serve(*args, file).await,
             Command::Mock(args) => commands::mock::mock(args).await,
             Command::Sort(args) => commands::sort::sort(args),
             Command::Report(args) => commands::report::report(args),

@@ -11,12 +11,16 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::input::job::{Fingerprint, Job};
+use crate::provider::routes::Routes;
 
 /// What the user configured that fills gaps in input lines.
 #[derive(Debug, Clone, Default)]
 pub struct LineDefaults {
     /// `--model`: used by lines that name no model.
     pub model: Option<String>,
+    /// Configured models: a line whose model (its own, or `--model`) names one is sent
+    /// to its upstream with its id and settings.
+    pub routes: Arc<Routes>,
 }
 
 /// Why a line cannot be sent. The message is written for the person fixing the file.
@@ -85,6 +89,8 @@ pub struct Request {
     path: String,
     body: Map<String, Value>,
     model: String,
+    /// The engine's upstream it goes to (its configured model's; else 0).
+    upstream: usize,
 }
 
 impl Request {
@@ -99,7 +105,7 @@ impl Request {
             path: Arc::from(self.path),
             body: bytes.into(),
             model: Some(Arc::from(self.model)),
-            upstream: 0,
+            upstream: self.upstream,
             tokens: Arc::default(),
             waiting: None,
         }
@@ -111,9 +117,14 @@ impl Request {
         &self.path
     }
 
-    /// The model it asks for.
+    /// The model it asks for (the provider's id, once routed).
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// The engine's upstream it goes to.
+    pub fn upstream(&self) -> usize {
+        self.upstream
     }
 
     /// The request's [`Fingerprint`], equal to its job's, without serializing the body.
@@ -168,7 +179,7 @@ pub fn parse_request(
         return Err(LineProblem::NoBody);
     };
 
-    let model = match body.get("model") {
+    let mut model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(Value::String(_)) | None => match &defaults.model {
             Some(m) => {
@@ -183,6 +194,15 @@ pub fn parse_request(
                 reason: format!("must be a string, found {}", type_name(other)),
             });
         }
+    };
+    // After the defaults, before the fingerprint: `--model` may name a configured
+    // model too, and a changed route is a changed request.
+    let upstream = match defaults.routes.apply(&mut body) {
+        Some(route) => {
+            model.clone_from(&route.model);
+            route.upstream
+        }
+        None => 0,
     };
     if path == "/chat/completions"
         && !matches!(body.get("messages"), Some(Value::Array(m)) if !m.is_empty())
@@ -199,6 +219,7 @@ pub fn parse_request(
         path,
         body,
         model,
+        upstream,
     })
 }
 
@@ -301,6 +322,7 @@ mod tests {
     fn defaults() -> LineDefaults {
         LineDefaults {
             model: Some("m-default".into()),
+            ..LineDefaults::default()
         }
     }
 
@@ -446,6 +468,53 @@ mod tests {
             );
         }
         assert_eq!(peek_custom_id(r#"{"id":"","prompt":"x"}"#, 6), "line-6");
+    }
+
+    #[test]
+    fn configured_models_are_routed_before_the_fingerprint() {
+        use crate::provider::routes::Route;
+        let mut routes = Routes::new();
+        let Value::Object(fields) = serde_json::json!({"max_tokens": 7, "top_p": 0.5}) else {
+            unreachable!()
+        };
+        routes.insert(
+            "small",
+            Route {
+                model: "provider/small-1".into(),
+                upstream: 2,
+                fields,
+            },
+        );
+        let d = LineDefaults {
+            model: Some("small".into()),
+            routes: Arc::new(routes),
+        };
+        // Named by the line, or by --model: routed alike; the line's own fields win.
+        for line in [
+            r#"{"prompt":"hi","model":"small","max_tokens":3}"#,
+            r#"{"prompt":"hi","max_tokens":3}"#,
+        ] {
+            let job = parse_line(line, 1, &d).unwrap();
+            let b = body(&job);
+            assert_eq!(b["model"], "provider/small-1");
+            assert_eq!(
+                (b["max_tokens"].as_u64(), b["top_p"].as_f64()),
+                (Some(3), Some(0.5))
+            );
+            assert_eq!(
+                (job.upstream, job.model.as_deref()),
+                (2, Some("provider/small-1"))
+            );
+            let request = parse_request(line, 1, &d).unwrap();
+            assert_eq!(request.fingerprint(), job.fingerprint);
+            assert_eq!(request.upstream(), 2);
+        }
+        // A model no route names goes to upstream 0 as written.
+        let job = parse_line(r#"{"prompt":"hi","model":"other"}"#, 1, &d).unwrap();
+        assert_eq!(
+            (job.upstream, body(&job)["model"].as_str()),
+            (0, Some("other"))
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::accounting::pricing::Pricing;
 use crate::accounting::usage::Usage;
 use crate::engine::{Engine, EngineConfig, Source, SourceSpec, StopReason};
 use crate::input::batch::LineDefaults;
@@ -65,9 +66,10 @@ pub struct RunPlan {
     pub retry_failed: bool,
     /// What to do with finished requests whose input line has changed since.
     pub changed: ChangedPolicy,
-    /// `--tpm`: a request whose tokens exceed it can never be sent within the limit,
-    /// so it is an input error.
-    pub tpm: Option<u64>,
+    /// Each upstream's tokens-per-minute ceiling (`--tpm`, a provider's `tpm`), by
+    /// index: a request whose tokens exceed its upstream's can never be sent within the
+    /// limit, so it is an input error. Missing or `None`: no ceiling known.
+    pub tpm: Vec<Option<u64>>,
 }
 
 /// What a run does with a custom_id that is finished in RESULTS or ERRORS for a request
@@ -214,11 +216,16 @@ pub struct RunOutcome {
     pub errors_in_file: u64,
 }
 
-/// How to reach the provider.
+/// How to reach one provider: one upstream of the engine.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// How its lanes are named in events when the engine has several
+    /// (`NAME:key#1`); the first target's lanes carry no prefix.
+    pub name: String,
     pub base_url: String,
     pub keys: Vec<ApiKey>,
+    /// Sent with every request to it (a configured provider's `headers`).
+    pub headers: http::HeaderMap,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     /// How the provider's limits are shared between keys and models (`--lanes`);
@@ -233,72 +240,103 @@ pub struct Target {
 }
 
 impl Target {
-    /// An engine sending to this provider: its keys' standing read (`key_info`) and its
-    /// models' prices fetched (`fetch_prices`) first, each said as an event.
+    /// An engine sending to this provider alone (see [`Target::connect_all`]).
     pub async fn connect(
         self,
+        config: EngineConfig,
+        events: EventBus,
+    ) -> Result<Engine, TransportError> {
+        Target::connect_all(vec![self], config, events).await
+    }
+
+    /// An engine with one upstream per target, in order (a job's `upstream` is its
+    /// target's index): each target's keys' standing read (`key_info`) and its models'
+    /// prices fetched (`fetch_prices`) first, each said as an event. Prices are one
+    /// table by model id: a `--pricing` file wins over every provider's list, and an
+    /// earlier target's list over a later one's.
+    pub async fn connect_all(
+        targets: Vec<Target>,
         mut config: EngineConfig,
         events: EventBus,
     ) -> Result<Engine, TransportError> {
-        let target = self;
-        let upstream = Upstream::new(
-            UpstreamSpec {
-                lanes: target
-                    .lanes
-                    .unwrap_or_else(|| LaneLayout::for_base_url(&target.base_url)),
-                rpm: target.rpm,
-                tpm: target.tpm,
-                ..UpstreamSpec::new(&target.base_url, target.keys)
-            },
-            config.concurrency,
-        )?;
-        let (transport, keys) = (&upstream.transport, upstream.lanes.keys());
-        if target.key_info {
-            let lookups = keys.iter().map(|k| openrouter::key_info(transport, &k.key));
-            for (k, info) in keys
-                .iter()
-                .zip(futures_util::future::join_all(lookups).await)
+        let mut upstreams = Vec::with_capacity(targets.len());
+        let mut listed: Option<Pricing> = None;
+        for (i, target) in targets.into_iter().enumerate() {
+            let upstream = Upstream::new(
+                UpstreamSpec {
+                    // The first upstream's lanes keep their plain names (`key#1`), as
+                    // with a single provider.
+                    name: if i == 0 {
+                        String::new()
+                    } else {
+                        target.name.clone()
+                    },
+                    headers: target.headers,
+                    lanes: target
+                        .lanes
+                        .unwrap_or_else(|| LaneLayout::for_base_url(&target.base_url)),
+                    rpm: target.rpm,
+                    tpm: target.tpm,
+                    ..UpstreamSpec::new(&target.base_url, target.keys)
+                },
+                config.concurrency,
+            )?;
+            let (transport, keys) = (&upstream.transport, upstream.lanes.keys());
+            if target.key_info {
+                let lookups = keys.iter().map(|k| openrouter::key_info(transport, &k.key));
+                for (k, info) in keys
+                    .iter()
+                    .zip(futures_util::future::join_all(lookups).await)
+                {
+                    events.emit(Event::KeyInfo {
+                        key: k.label.clone(),
+                        info,
+                    });
+                }
+            }
+            if target.fetch_prices
+                && let Some(first) = keys.first()
             {
-                events.emit(Event::KeyInfo {
-                    key: k.label.clone(),
-                    info,
+                let fetched = openrouter::model_prices(
+                    transport,
+                    &first.key,
+                    &target.base_url,
+                    target.cache_dir.as_deref(),
+                )
+                .await;
+                events.emit(Event::ModelPrices {
+                    models: fetched.as_ref().map(|(p, _)| p.len()),
+                    source: fetched.as_ref().map(|(_, s)| *s),
                 });
+                if let Some((prices, _)) = fetched {
+                    listed = Some(match listed {
+                        Some(earlier) => prices.overridden_by(&earlier),
+                        None => prices,
+                    });
+                }
             }
+            upstreams.push(upstream);
         }
-        if target.fetch_prices
-            && let Some(first) = keys.first()
-        {
-            let fetched = openrouter::model_prices(
-                transport,
-                &first.key,
-                &target.base_url,
-                target.cache_dir.as_deref(),
-            )
-            .await;
-            events.emit(Event::ModelPrices {
-                models: fetched.as_ref().map(|(p, _)| p.len()),
-                source: fetched.as_ref().map(|(_, s)| *s),
-            });
-            if let Some((listed, _)) = fetched {
-                // A --pricing file wins over the provider's list, model by model.
-                let merged = match &config.pricing {
-                    Some(file) => listed.overridden_by(file),
-                    None => listed,
-                };
-                config.pricing = Some(Arc::new(merged));
-            }
+        if let Some(listed) = listed {
+            // A --pricing file wins over the providers' lists, model by model.
+            let merged = match &config.pricing {
+                Some(file) => listed.overridden_by(file),
+                None => listed,
+            };
+            config.pricing = Some(Arc::new(merged));
         }
-        Ok(Engine::new(config, vec![upstream], events))
+        Ok(Engine::new(config, upstreams, events))
     }
 }
 
-/// Runs a prepared batch as one source of an engine of its own. `source` says how the
+/// Runs a prepared batch as one source of an engine of its own, with one upstream per
+/// target (see [`Target::connect_all`]). `source` says how the
 /// batch is run (its cost cap, retry budget, reply check); its store is the run's
 /// files. `events` receives every event of the run; `cancel` stops admitting new
 /// requests (Ctrl-C).
 pub async fn execute(
     started: Started,
-    target: Target,
+    targets: Vec<Target>,
     engine: EngineConfig,
     source: SourceSpec,
     events: EventBus,
@@ -315,9 +353,9 @@ pub async fn execute(
     events.emit(Event::RunStarted {
         total: scan.to_send,
         already_done: scan.already_done,
-        keys: target.keys.len(),
+        keys: targets.iter().map(|t| t.keys.len()).sum(),
     });
-    let engine = target.connect(engine, events.clone()).await?;
+    let engine = Target::connect_all(targets, engine, events.clone()).await?;
     let store: Arc<dyn Store> = Arc::new(JsonlStore::new(sink.handle()));
     let source = engine.open(SourceSpec {
         name: scan.label.clone(),

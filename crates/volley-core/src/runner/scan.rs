@@ -212,6 +212,8 @@ pub(super) fn scan<'a>(
         source,
     })?;
     let mut expected = Vec::new();
+    // Tokenizing is the dearest step of a line: only when some upstream has a ceiling.
+    let any_tpm = plan.tpm.iter().any(Option::is_some);
     let mut estimates = Vec::new();
     for_each_line(&file, &label, |number, text| {
         let fate = match text {
@@ -286,16 +288,16 @@ pub(super) fn scan<'a>(
                             };
                             // Counted once here, and handed to the second pass, which
                             // books it: tokenizing is the dearest step of a line.
-                            let tokens =
-                                (send && plan.tpm.is_some()).then(|| request.estimated_tokens());
+                            let tokens = (send && any_tpm).then(|| request.estimated_tokens());
+                            let tpm = plan.tpm.get(request.upstream()).copied().flatten();
                             if !send {
                                 already_done += 1;
                                 LineFate::Skip
                             } else if let Some((tokens, tpm)) =
-                                tokens.zip(plan.tpm).filter(|(tokens, tpm)| tokens > tpm)
+                                tokens.zip(tpm).filter(|(tokens, tpm)| tokens > tpm)
                             {
                                 let message = format!(
-                                    "needs about {tokens} tokens (prompt plus max_tokens), more than --tpm {tpm}: it can never be sent within the limit"
+                                    "needs about {tokens} tokens (prompt plus max_tokens), more than its limit of {tpm} tokens per minute (--tpm, or its provider's tpm): it can never be sent within the limit"
                                 );
                                 issue(&mut issues, number, id.to_string(), message)
                             } else if plan.limit.is_some_and(|l| to_send >= l) {

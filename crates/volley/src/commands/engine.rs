@@ -1,16 +1,19 @@
-//! The engine's flags (`EngineArgs`) turned into an engine configuration and a target:
-//! shared by `volley run` and `volley serve`, so both send the same way.
+//! The engine's flags (`EngineArgs`) and the configuration file's providers and models
+//! turned into an engine configuration, its targets and its routes: shared by
+//! `volley run` and `volley serve`, so both send the same way.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use volley_config::{ConfigFile, KeyPath};
 use volley_core::accounting::pricing::Pricing;
 use volley_core::defaults;
 use volley_core::engine::EngineConfig;
 use volley_core::engine::retry::RetryPolicy;
 use volley_core::limits::lanes::LaneLayout;
+use volley_core::provider::routes::{Route, Routes};
 use volley_core::provider::transport::ApiKey;
 use volley_core::runner::Target;
 use volley_mock::{MockConfig, MockServer};
@@ -24,16 +27,6 @@ const MOCK_KEY: &str = "volley-mock-key";
 /// shows its progress the way a real one would.
 const MOCK_LATENCY_MS: u64 = 100;
 const MOCK_JITTER_MS: u64 = 200;
-
-/// The keys to send with: the mock's, or those the environment holds.
-pub fn keys(args: &EngineArgs) -> Result<Vec<ApiKey>, String> {
-    if args.mock {
-        return ApiKey::new(MOCK_KEY.into())
-            .map(|k| vec![k])
-            .ok_or_else(|| "the mock key is not a valid header".to_string());
-    }
-    resolve_keys(&args.api_key_env)
-}
 
 /// Flags that cannot work together, said before anything starts.
 pub fn check(args: &EngineArgs) -> Result<(), String> {
@@ -52,17 +45,6 @@ pub fn pricing(args: &EngineArgs) -> anyhow::Result<Option<Arc<Pricing>>> {
         Some(path) => Some(Arc::new(Pricing::load(path)?)),
         None => None,
     })
-}
-
-/// Where requests go: the built-in mock (started on a free loopback port) with
-/// `--mock`, else `--base-url`. The mock, if any, is the caller's to shut down.
-pub async fn upstream(args: &EngineArgs) -> anyhow::Result<(Option<MockServer>, String)> {
-    if !args.mock {
-        return Ok((None, args.base_url.clone()));
-    }
-    let mock = start_mock().await?;
-    let url = mock.base_url();
-    Ok((Some(mock), url))
 }
 
 /// The built-in mock on a free loopback port (`--mock`).
@@ -104,22 +86,182 @@ pub fn config(args: &EngineArgs, pricing: Option<Arc<Pricing>>, grace: Duration)
     }
 }
 
-/// Where requests go: `base_url` (the flag's, or the built-in mock's) with `keys`.
-pub fn target(args: &EngineArgs, base_url: String, keys: Vec<ApiKey>) -> Target {
-    let openrouter = volley_core::provider::openrouter::is_openrouter(&base_url);
-    Target {
-        base_url,
-        keys,
-        rpm: args.rpm,
-        tpm: args.tpm,
-        lanes: args.lanes.map(|l| match l {
-            Lanes::Key => LaneLayout::PerKey,
-            Lanes::KeyModel => LaneLayout::PerKeyModel,
-            Lanes::Account => LaneLayout::PerAccount,
-        }),
-        key_info: args.key_info || openrouter,
-        fetch_prices: args.fetch_prices || openrouter,
-        cache_dir: cache_dir(),
+/// Where requests go, as the flags and the configuration file say, resolved before
+/// anything starts: keys read, routes built.
+///
+/// Without `[providers]` in the file there is one upstream, the one the flags describe
+/// (`--base-url`, `--api-key-env`, `--rpm`, `--tpm`, `--lanes`). With providers there
+/// is one upstream per provider, in the file's order, and the first is the default
+/// upstream: lines that name no configured model go there. `--rpm`, `--tpm` and
+/// `--lanes` then apply to every provider, over its own (flags win over the file);
+/// `--base-url` and `--api-key-env` are refused, as each provider names its own.
+/// `--mock` sends every provider to the one built-in mock, without keys.
+pub struct Upstreams {
+    /// One per upstream of the engine, in order.
+    targets: Vec<Target>,
+    /// Configured models: which upstream serves each, with which id and settings.
+    pub routes: Arc<Routes>,
+    /// `--mock`: every target goes to the built-in mock, started by [`Upstreams::start`].
+    mock: bool,
+    /// `--key-info` and `--fetch-prices`: on by default for OpenRouter, which is known
+    /// only once each target's base URL is final.
+    key_info: bool,
+    fetch_prices: bool,
+}
+
+impl Upstreams {
+    /// Reads every upstream's keys from the environment (naming only the variables in
+    /// errors) and builds the routes of the file's models. Starts nothing.
+    pub fn resolve(args: &EngineArgs, file: Option<&ConfigFile>) -> anyhow::Result<Upstreams> {
+        let providers = file.map_or(&[][..], |f| f.providers.as_slice());
+        let targets = match file {
+            Some(file) if !providers.is_empty() => provider_targets(args, file)?,
+            _ => {
+                let keys = match args.mock {
+                    true => mock_keys()?,
+                    false => resolve_keys(&args.api_key_env).map_err(anyhow::Error::msg)?,
+                };
+                vec![Target {
+                    name: String::new(),
+                    base_url: args.base_url.clone(),
+                    keys,
+                    headers: http::HeaderMap::new(),
+                    rpm: args.rpm,
+                    tpm: args.tpm,
+                    lanes: args.lanes.map(lane_layout),
+                    key_info: false,
+                    fetch_prices: false,
+                    cache_dir: cache_dir(),
+                }]
+            }
+        };
+        let mut routes = Routes::new();
+        for model in file.map_or(&[][..], |f| f.models.as_slice()) {
+            routes.insert(
+                model.name.clone(),
+                Route {
+                    model: model.id.clone(),
+                    upstream: model.upstream,
+                    fields: model.request_fields(),
+                },
+            );
+        }
+        Ok(Upstreams {
+            targets,
+            routes: Arc::new(routes),
+            mock: args.mock,
+            key_info: args.key_info,
+            fetch_prices: args.fetch_prices,
+        })
+    }
+
+    /// Each upstream's tokens-per-minute ceiling, by index, for the input's checks.
+    pub fn tpm(&self) -> Vec<Option<u64>> {
+        self.targets.iter().map(|t| t.tpm).collect()
+    }
+
+    /// The targets ready to connect ([`Target::connect_all`]), after starting the
+    /// built-in mock with `--mock`; the mock, if any, is the caller's to shut down.
+    pub async fn start(self) -> anyhow::Result<(Vec<Target>, Option<MockServer>)> {
+        let mock = match self.mock {
+            true => Some(start_mock().await?),
+            false => None,
+        };
+        let targets = self
+            .targets
+            .into_iter()
+            .map(|mut target| {
+                if let Some(mock) = &mock {
+                    target.base_url = mock.base_url();
+                }
+                let openrouter = volley_core::provider::openrouter::is_openrouter(&target.base_url);
+                target.key_info = self.key_info || openrouter;
+                target.fetch_prices = self.fetch_prices || openrouter;
+                target
+            })
+            .collect();
+        Ok((targets, mock))
+    }
+}
+
+/// One target per configured provider, its keys read from the variables it names.
+fn provider_targets(args: &EngineArgs, file: &ConfigFile) -> anyhow::Result<Vec<Target>> {
+    let config = file.path.display();
+    if args.base_url != defaults::BASE_URL {
+        anyhow::bail!(
+            "--base-url (or VOLLEY_BASE_URL, or base_url in [run]/[serve]) cannot be combined with the providers of {config}: each provider has its own base_url (--mock sends them all to the built-in mock)"
+        );
+    }
+    if !args.api_key_env.is_empty() {
+        anyhow::bail!(
+            "--api-key-env cannot be combined with the providers of {config}: each provider names its keys with api_key_env"
+        );
+    }
+    let providers = KeyPath::root().key("providers");
+    file.providers
+        .iter()
+        .map(|p| {
+            let at = providers.key(&p.name);
+            let keys = match args.mock {
+                true => mock_keys()?,
+                false => p
+                    .api_key_env
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| {
+                        key_from(name)
+                            .map_err(|e| file.error_at(&at.key("api_key_env").index(i), e))
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in &p.headers {
+                // Checked when the file was loaded.
+                let header = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| file.error_at(&at.key("headers").key(name), e.to_string()))?;
+                let value = http::HeaderValue::from_str(value)
+                    .map_err(|e| file.error_at(&at.key("headers").key(name), e.to_string()))?;
+                headers.append(header, value);
+            }
+            Ok(Target {
+                name: p.name.clone(),
+                base_url: p.base_url.clone(),
+                keys,
+                headers,
+                rpm: args.rpm.or(p.rpm),
+                tpm: args.tpm.or(p.tpm),
+                lanes: args
+                    .lanes
+                    .map(lane_layout)
+                    .or(p.lanes.map(configured_layout)),
+                key_info: false,
+                fetch_prices: false,
+                cache_dir: cache_dir(),
+            })
+        })
+        .collect()
+}
+
+/// The key sent to the built-in mock.
+fn mock_keys() -> anyhow::Result<Vec<ApiKey>> {
+    ApiKey::new(MOCK_KEY.into())
+        .map(|k| vec![k])
+        .ok_or_else(|| anyhow::anyhow!("the mock key is not a valid header"))
+}
+
+fn lane_layout(lanes: Lanes) -> LaneLayout {
+    match lanes {
+        Lanes::Key => LaneLayout::PerKey,
+        Lanes::KeyModel => LaneLayout::PerKeyModel,
+        Lanes::Account => LaneLayout::PerAccount,
+    }
+}
+
+fn configured_layout(lanes: volley_config::Lanes) -> LaneLayout {
+    match lanes {
+        volley_config::Lanes::Key => LaneLayout::PerKey,
+        volley_config::Lanes::KeyModel => LaneLayout::PerKeyModel,
+        volley_config::Lanes::Account => LaneLayout::PerAccount,
     }
 }
 
@@ -132,14 +274,17 @@ fn cache_dir() -> Option<PathBuf> {
     Some(base.join("volley"))
 }
 
-/// Reads the keys from the environment, naming only the variables in errors.
+/// The key the variable `name` holds; errors name only the variable.
+fn key_from(name: &str) -> Result<ApiKey, String> {
+    let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let value = value.ok_or_else(|| format!("the variable {name} is not set or empty"))?;
+    ApiKey::new(value)
+        .ok_or_else(|| format!("the variable {name} holds characters a key cannot have"))
+}
+
+/// Reads the keys of `--api-key-env` from the environment, naming only the variables
+/// in errors.
 fn resolve_keys(names: &[String]) -> Result<Vec<ApiKey>, String> {
-    let key_from = |name: &str| -> Result<ApiKey, String> {
-        let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let value = value.ok_or_else(|| format!("the variable {name} is not set or empty"))?;
-        ApiKey::new(value)
-            .ok_or_else(|| format!("the variable {name} holds characters a key cannot have"))
-    };
     if names.is_empty() {
         let found = defaults::API_KEY_ENVS
             .iter()

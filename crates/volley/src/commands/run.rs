@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+use volley_config::ConfigFile;
 use volley_core::defaults;
 use volley_core::engine::{SourceSpec, StopReason};
 use volley_core::input::batch::LineDefaults;
@@ -23,14 +24,16 @@ use volley_core::store::checkpoint::Tail;
 use volley_core::store::claim::{self, HeldFiles, NamedFile, OutputLock};
 
 use crate::cli::{Expect, LogFormat, ProgressMode, RunArgs};
-use crate::commands::engine;
+use crate::commands::engine::{self, Upstreams};
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::metrics_endpoint::MetricsEndpoint;
 use crate::progress::{self, EventLog};
 use crate::summary;
 
-pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
+/// `file` is the configuration file `--config` named, loaded (its `[run]` defaults are
+/// already in `args`).
+pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit> {
     let slot = BarSlot::default();
     logging::init(args.log_format, args.quiet, slot.clone());
 
@@ -51,10 +54,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         (None, None) => None,
     };
     let pricing = engine::pricing(&args.engine)?;
-    let keys = match engine::keys(&args.engine) {
-        Ok(keys) => keys,
-        Err(message) => {
-            errln!("error: {message}");
+    let upstreams = match Upstreams::resolve(&args.engine, file.as_ref()) {
+        Ok(upstreams) => upstreams,
+        Err(e) => {
+            errln!("error: {e}");
             return Ok(Exit::Usage);
         }
     };
@@ -99,6 +102,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         files: files.clone(),
         defaults: LineDefaults {
             model: args.engine.model.clone(),
+            routes: upstreams.routes.clone(),
         },
         offset: args.offset,
         limit: args.limit,
@@ -111,7 +115,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         } else {
             ChangedPolicy::Refuse
         },
-        tpm: args.engine.tpm,
+        tpm: upstreams.tpm(),
     };
     let prepared = match runner::prepare(plan) {
         Ok(p) => p,
@@ -197,7 +201,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
         tracing::warn!("{}", nothing_to_send(args.offset, scan));
     }
 
-    let (mock, base_url) = engine::upstream(&args.engine).await?;
+    let (targets, mock) = upstreams.start().await?;
 
     let mut observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
     if let Some(f) = &event_file {
@@ -230,7 +234,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     tokio::spawn(watch_signals(cancel.clone(), grace));
 
     let engine = engine::config(&args.engine, pricing, grace);
-    let target = engine::target(&args.engine, base_url, keys);
     let source = SourceSpec {
         max_cost: args.max_cost,
         retry_budget_ratio: args.engine.retry_budget,
@@ -239,7 +242,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Exit> {
     };
     let outcome = runner::execute(
         started,
-        target,
+        targets,
         engine,
         source,
         EventBus::new(observers),
@@ -504,6 +507,7 @@ fn run_files<'a>(
         named.push(NamedFile::read("INPUT", &args.input));
     }
     for (label, path) in [
+        ("--config", &args.config),
         ("--json-schema", &args.json_schema),
         ("--pricing", &args.engine.pricing),
     ] {

@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+use volley_config::ConfigFile;
 use volley_core::defaults;
 use volley_core::engine::EngineConfig;
 use volley_core::input::batch::LineDefaults;
 use volley_core::observe::events::{EventBus, Observer};
 use volley_core::observe::sources::StatsBySource;
+use volley_core::runner::Target;
 use volley_server::auth::Auth;
 use volley_server::{Gateway, GatewayConfig};
 
 use crate::cli::ServeArgs;
-use crate::commands::engine;
+use crate::commands::engine::{self, Upstreams};
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::progress::EventLog;
@@ -25,16 +27,19 @@ use crate::progress::EventLog;
 /// last replies to reach their clients.
 const CONNECTIONS_GRACE: Duration = Duration::from_secs(5);
 
-pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
+/// `file` is the configuration file `--config` named, loaded (its `[serve]` defaults
+/// are already in `args`): its providers are the engine's upstreams and its models
+/// route batch lines and proxied calls.
+pub async fn serve(args: ServeArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit> {
     logging::init(args.log_format, args.quiet, BarSlot::default());
     if let Err(message) = engine::check(&args.engine) {
         errln!("error: {message}");
         return Ok(Exit::Usage);
     }
-    let keys = match engine::keys(&args.engine) {
-        Ok(keys) => keys,
-        Err(message) => {
-            errln!("error: {message}");
+    let upstreams = match Upstreams::resolve(&args.engine, file.as_ref()) {
+        Ok(upstreams) => upstreams,
+        Err(e) => {
+            errln!("error: {e}");
             return Ok(Exit::Usage);
         }
     };
@@ -69,24 +74,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         );
     }
     let pricing = engine::pricing(&args.engine)?;
-    let (mock, base_url) = engine::upstream(&args.engine).await?;
+    let routes = upstreams.routes.clone();
+    let (targets, mock) = upstreams.start().await?;
     let grace = defaults::SHUTDOWN_GRACE;
     let stats = Arc::new(StatsBySource::new());
     let observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
-    let engine = engine::target(&args.engine, base_url, keys)
-        .connect(
-            EngineConfig {
-                // Proxied requests have a client waiting: they go ahead of batches.
-                clients_first: true,
-                ..engine::config(&args.engine, pricing, grace)
-            },
-            EventBus::new(observers),
-        )
-        .await?;
+    let engine = Target::connect_all(
+        targets,
+        EngineConfig {
+            // Proxied requests have a client waiting: they go ahead of batches.
+            clients_first: true,
+            ..engine::config(&args.engine, pricing, grace)
+        },
+        EventBus::new(observers),
+    )
+    .await?;
     let mut config = GatewayConfig::new(args.data_dir.clone());
     config.auth = auth;
     config.defaults = LineDefaults {
         model: args.engine.model.clone(),
+        routes,
     };
     config.proxy_max_wait = Duration::from_secs_f64(args.proxy_max_wait);
     if let Some(secs) = args.batch_window {
