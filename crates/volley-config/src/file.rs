@@ -12,7 +12,8 @@ use crate::error::{ConfigError, Located};
 use crate::flags::FlagDefault;
 use crate::path::KeyPath;
 use crate::raw::{
-    Named, RawDataset, RawExperiment, RawFile, RawJudge, RawModel, RawPostprocess, RawProvider,
+    Named, RawDataset, RawExperiment, RawFile, RawJudge, RawModel, RawPostprocess, RawPrompt,
+    RawProvider,
 };
 use crate::tree::{self, Node};
 use crate::types::{
@@ -224,39 +225,45 @@ impl ConfigFile {
                 _ => self.serve = resolved,
             }
         }
-        let at = top.key("providers");
-        for (name, p) in named(self, &at, raw.providers)? {
-            let provider = self.provider_from(&name, &at.key(&name), p)?;
-            self.providers.push(provider);
-        }
-        let at = top.key("models");
-        for (name, m) in named(self, &at, raw.models)? {
-            let model = self.model_from(&name, &at.key(&name), m)?;
-            self.models.push(model);
-        }
-        let at = top.key("datasets");
-        for (name, d) in named(self, &at, raw.datasets)? {
-            let dataset = self.dataset_from(&name, &at.key(&name), d)?;
-            self.datasets.push(dataset);
-        }
-        let at = top.key("prompts");
-        for (name, p) in named(self, &at, raw.prompts)? {
-            let path = at.key(&name);
-            if p.user.trim().is_empty() {
-                return Err(self.error_at(&path.key("user"), "must not be empty"));
-            }
-            self.prompts.push(Prompt {
-                name,
-                system: p.system,
-                user: p.user,
-            });
-        }
-        let at = top.key("experiments");
-        for (name, e) in named(self, &at, raw.experiments)? {
-            let experiment = self.experiment_from(&name, &at.key(&name), e)?;
-            self.experiments.push(experiment);
-        }
+        self.providers = self.section("providers", raw.providers, Self::provider_from)?;
+        self.models = self.section("models", raw.models, Self::model_from)?;
+        self.datasets = self.section("datasets", raw.datasets, Self::dataset_from)?;
+        self.prompts = self.section("prompts", raw.prompts, Self::prompt_from)?;
+        self.experiments = self.section("experiments", raw.experiments, Self::experiment_from)?;
         Ok(())
+    }
+
+    /// The tables of the section `key`, each resolved by `resolve`, in file order.
+    fn section<R, T>(
+        &self,
+        key: &str,
+        table: Option<Named<R>>,
+        resolve: impl Fn(&Self, &str, &KeyPath, R) -> Result<T, ConfigError>,
+    ) -> Result<Vec<T>, ConfigError> {
+        let at = KeyPath::root().key(key);
+        table
+            .unwrap_or_default()
+            .0
+            .into_iter()
+            .map(|(name, raw)| {
+                let path = at.key(&name);
+                if name.trim().is_empty() {
+                    return Err(self.error_at(&path, "a name must not be empty"));
+                }
+                resolve(self, &name, &path, raw)
+            })
+            .collect()
+    }
+
+    fn prompt_from(&self, name: &str, at: &KeyPath, p: RawPrompt) -> Result<Prompt, ConfigError> {
+        if p.user.trim().is_empty() {
+            return Err(self.error_at(&at.key("user"), "must not be empty"));
+        }
+        Ok(Prompt {
+            name: name.to_string(),
+            system: p.system,
+            user: p.user,
+        })
     }
 
     fn provider_from(
@@ -644,19 +651,6 @@ impl ConfigFile {
             Err(e) => Err(self.error_at(at, format!("cannot read {}: {e}", full.display()))),
         }
     }
-}
-
-/// The entries of a table of named tables, each name checked to be usable.
-fn named<T>(
-    file: &ConfigFile,
-    at: &KeyPath,
-    table: Option<Named<T>>,
-) -> Result<Vec<(String, T)>, ConfigError> {
-    let entries = table.unwrap_or_default().0;
-    if let Some((name, _)) = entries.iter().find(|(name, _)| name.trim().is_empty()) {
-        return Err(file.error_at(&at.key(name), "a name must not be empty"));
-    }
-    Ok(entries)
 }
 
 /// A whole number already checked to be at least 1.

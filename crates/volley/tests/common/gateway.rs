@@ -28,6 +28,14 @@ pub const GATEWAY_TOKEN: &str = "gw-token-0123456789abcdef";
 impl ServeProc {
     /// Starts `volley serve` on `data_dir` against `upstream` with the test key.
     pub fn start(data_dir: &Path, upstream: &str, args: &[&str]) -> ServeProc {
+        let mut all = vec!["--base-url", upstream, "--api-key-env", KEY_ENV];
+        all.extend_from_slice(args);
+        ServeProc::start_with(data_dir, &all, &[])
+    }
+
+    /// Starts `volley serve` on `data_dir` with `args` alone (a `--config` naming its
+    /// upstreams) and `env` added to its environment.
+    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ServeProc {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = data_dir.with_extension(format!(
             "log{}",
@@ -38,8 +46,8 @@ impl ServeProc {
         let mut child = volley()
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(["--base-url", upstream, "--api-key-env", KEY_ENV])
             .args(args)
+            .envs(env.iter().copied())
             .env("GATEWAY_TOKEN", GATEWAY_TOKEN)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
