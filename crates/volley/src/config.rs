@@ -13,7 +13,7 @@ use std::path::Path;
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches};
-use volley_config::{ConfigError, ConfigFile, FlagDefault, FlagValue};
+use volley_config::{ConfigError, ConfigFile, FlagDefault, FlagValue, KeyPath};
 
 use crate::cli::{Cli, EngineArgs};
 use crate::commands::engine::Upstreams;
@@ -73,8 +73,18 @@ pub fn parse_args(mut argv: Vec<OsString>) -> Result<(Cli, Option<ConfigFile>), 
         .position(|a| a.as_os_str() == OsStr::new(name))
         .map_or(argv.len(), |i| i + 1);
     argv.splice(at..at, extra);
-    let matches = command.try_get_matches_from(&argv)?;
-    Ok((Cli::from_arg_matches(&matches)?, Some(file)))
+    // The file's values passed their parsers; what can still fail is how flags go
+    // together (`--metrics-linger` needs `--metrics-addr`): said at the section.
+    let section = KeyPath::root().key(name);
+    let located = |e: clap::Error| {
+        ArgsError::Config(file.error_at(
+            &section,
+            format!("{} (with the flags this section sets)", clap_message(&e)),
+        ))
+    };
+    let matches = command.try_get_matches_from(&argv).map_err(located)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(located)?;
+    Ok((cli, Some(file)))
 }
 
 /// The arguments that set the flags `defaults` gives and the command line does not:
@@ -88,6 +98,12 @@ pub fn flag_arguments(
     let mut arguments = Vec::new();
     for default in defaults {
         let long = default.flag_name();
+        if long == CONFIG_FLAG {
+            return Err(file.error_at(
+                &default.path,
+                "the configuration file cannot name another one: give --config on the command line",
+            ));
+        }
         let arg = command
             .get_arguments()
             .find(|a| a.get_long() == Some(long.as_str()))
@@ -129,17 +145,41 @@ pub fn flag_arguments(
             }
             given.push(OsString::from(format!("--{long}={text}")));
         }
-        // The command line (or the flag's environment variable) wins over the file;
-        // the file's value was still checked, so a broken file is said at once.
-        let set_outside = matches!(
-            matches.value_source(arg.get_id().as_str()),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
-        if !set_outside {
+        // The command line (or the flag's environment variable) wins over the file,
+        // and so does a flag given there that this one cannot go with (the file's
+        // `keep_changed` beside `--rerun-changed`); the file's value was still
+        // checked, so a broken file is said at once.
+        if !given_outside(matches, arg) && !conflicts_with_given(command, matches, arg) {
             arguments.extend(given);
         }
     }
     Ok(arguments)
+}
+
+/// Whether the command line or the flag's environment variable set `arg`.
+fn given_outside(matches: &ArgMatches, arg: &clap::Arg) -> bool {
+    matches!(
+        matches.value_source(arg.get_id().as_str()),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// Whether a flag set outside the file cannot be used with `arg` (either flag may be
+/// the one that names the conflict).
+fn conflicts_with_given(command: &clap::Command, matches: &ArgMatches, arg: &clap::Arg) -> bool {
+    let id = arg.get_id();
+    command.get_arguments().any(|other| {
+        other.get_id() != id
+            && given_outside(matches, other)
+            && (command
+                .get_arg_conflicts_with(arg)
+                .iter()
+                .any(|c| c.get_id() == other.get_id())
+                || command
+                    .get_arg_conflicts_with(other)
+                    .iter()
+                    .any(|c| c.get_id() == id))
+    })
 }
 
 /// Parses `--flag=text` with the flag's own parser, alone: clap keeps its parsers to
@@ -174,7 +214,9 @@ fn clap_message(e: &clap::Error) -> String {
     let text = text.trim().strip_prefix("error: ").unwrap_or(text.trim());
     text.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -234,6 +276,77 @@ pub fn load(path: &Path, args: &EngineArgs) -> anyhow::Result<(ConfigFile, Upstr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Command;
+
+    /// `volley run in.jsonl --config FILE extra…` with `text` as the file.
+    fn run_args(text: &str, extra: &[&str]) -> Result<crate::cli::RunArgs, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("volley.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut argv: Vec<OsString> = ["volley", "run", "in.jsonl", "--config"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        argv.push(path.clone().into_os_string());
+        argv.extend(extra.iter().map(OsString::from));
+        match parse_args(argv) {
+            Ok((
+                Cli {
+                    command: Command::Run(args),
+                },
+                Some(_),
+            )) => Ok(*args),
+            Ok(_) => Err("not a run with a file".into()),
+            Err(ArgsError::Clap(e)) => Err(clap_message(&e)),
+            Err(ArgsError::Config(e)) => Err(e
+                .to_string()
+                .replace(&path.display().to_string(), "volley.toml")),
+        }
+    }
+
+    #[test]
+    fn the_section_sets_flags_of_every_kind() {
+        let text = "[run]\nconcurrency = 3\nquiet = true\nskip-invalid = false\napi_key_env = [\"A\", \"B\"]\nmax_cost = 1.5\nexpect = \"json\"\n";
+        let args = run_args(text, &["--max-retries", "2"]).unwrap();
+        assert_eq!(args.engine.concurrency, 3);
+        assert!(args.quiet && !args.skip_invalid);
+        assert_eq!(args.engine.api_key_env, ["A", "B"]);
+        assert_eq!(args.max_cost, Some(1.5));
+        assert!(args.expect.is_some());
+        assert_eq!(args.engine.max_retries, 2);
+        // Given on the command line: the file's value is left out.
+        let args = run_args(text, &["--concurrency", "7", "--api-key-env", "C"]).unwrap();
+        assert_eq!(args.engine.concurrency, 7);
+        assert_eq!(args.engine.api_key_env, ["C"]);
+    }
+
+    #[test]
+    fn what_the_section_cannot_set() {
+        for (text, error) in [
+            (
+                "[run]\nconcurrency = [1, 2]\n",
+                "volley.toml:2: run.concurrency: --concurrency takes one value, found a list",
+            ),
+            (
+                "[run]\nconfig = \"other.toml\"\n",
+                "volley.toml:2: run.config: the configuration file cannot name another one: give --config on the command line",
+            ),
+            (
+                "[run]\ninput = \"x.jsonl\"\n",
+                "volley.toml:2: run.input: unknown key: volley run has no flag --input (`volley run --help` lists them)",
+            ),
+            (
+                "[run]\nretry_failed = \"yes\"\n",
+                "volley.toml:2: run.retry_failed: --retry-failed is a switch: expected true or false",
+            ),
+            (
+                "[run]\n\ntimeout = 0.5\n",
+                "volley.toml:3: run.timeout: invalid value '0.5' for '--timeout <SECS>': must be 1 to 1e9 seconds: a shorter timeout abandons requests the provider has already received and will bill",
+            ),
+        ] {
+            assert_eq!(run_args(text, &[]).unwrap_err(), error, "{text}");
+        }
+    }
 
     #[test]
     fn edit_distances() {

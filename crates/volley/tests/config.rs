@@ -305,6 +305,27 @@ fn flags_on_the_command_line_win_over_the_file() {
 }
 
 #[test]
+fn a_flag_given_wins_over_one_of_the_file_it_cannot_go_with() {
+    let ws = Workspace::new();
+    ws.write(
+        "volley.toml",
+        "[run]\nkeep_changed = true\nprogress = \"off\"\n",
+    );
+    ws.prompts("in.jsonl", 1);
+    let out = ws.run(&[
+        "run",
+        "in.jsonl",
+        "--config",
+        "volley.toml",
+        "--mock",
+        "--model",
+        "m",
+        "--rerun-changed",
+    ]);
+    assert_exit(&out, 0);
+}
+
+#[test]
 fn a_flags_environment_variable_wins_over_the_file() {
     let (file_server, env_server) = (recording().0, recording().0);
     let ws = Workspace::new();
@@ -437,6 +458,11 @@ fn errors_name_the_file_the_line_and_the_key() {
             "volley.yaml",
             "datasets:\n  arith:\n    path: nowhere.jsonl\n".to_string(),
             "error: volley.yaml:3: datasets.arith.path: cannot read ".to_string(),
+        ),
+        (
+            "volley.toml",
+            "[run]\nmetrics_linger = 3\n".to_string(),
+            "error: volley.toml:1: run: the following required arguments were not provided: --metrics-addr <ADDR> (with the flags this section sets)".to_string(),
         ),
         (
             "volley.json",

@@ -69,7 +69,16 @@ pub struct RunPlan {
     /// Each upstream's tokens-per-minute ceiling (`--tpm`, a provider's `tpm`), by
     /// index: a request whose tokens exceed its upstream's can never be sent within the
     /// limit, so it is an input error. Missing or `None`: no ceiling known.
-    pub tpm: Vec<Option<u64>>,
+    pub tpm: Vec<Option<TpmCeiling>>,
+}
+
+/// A tokens-per-minute ceiling given before the run, and what gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmCeiling {
+    pub tokens: u64,
+    /// Named in the error of a request that can never fit: `--tpm`,
+    /// `providers.openai.tpm`.
+    pub set_by: String,
 }
 
 /// What a run does with a custom_id that is finished in RESULTS or ERRORS for a request

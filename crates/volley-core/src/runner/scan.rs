@@ -289,15 +289,16 @@ pub(super) fn scan<'a>(
                             // Counted once here, and handed to the second pass, which
                             // books it: tokenizing is the dearest step of a line.
                             let tokens = (send && any_tpm).then(|| request.estimated_tokens());
-                            let tpm = plan.tpm.get(request.upstream()).copied().flatten();
+                            let tpm = plan.tpm.get(request.upstream()).and_then(Option::as_ref);
                             if !send {
                                 already_done += 1;
                                 LineFate::Skip
                             } else if let Some((tokens, tpm)) =
-                                tokens.zip(tpm).filter(|(tokens, tpm)| tokens > tpm)
+                                tokens.zip(tpm).filter(|(tokens, tpm)| *tokens > tpm.tokens)
                             {
                                 let message = format!(
-                                    "needs about {tokens} tokens (prompt plus max_tokens), more than its limit of {tpm} tokens per minute (--tpm, or its provider's tpm): it can never be sent within the limit"
+                                    "needs about {tokens} tokens (prompt plus max_tokens), more than {} {}: it can never be sent within the limit",
+                                    tpm.set_by, tpm.tokens
                                 );
                                 issue(&mut issues, number, id.to_string(), message)
                             } else if plan.limit.is_some_and(|l| to_send >= l) {

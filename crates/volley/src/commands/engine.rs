@@ -15,7 +15,7 @@ use volley_core::engine::retry::RetryPolicy;
 use volley_core::limits::lanes::LaneLayout;
 use volley_core::provider::routes::{Route, Routes};
 use volley_core::provider::transport::ApiKey;
-use volley_core::runner::Target;
+use volley_core::runner::{Target, TpmCeiling};
 use volley_mock::{MockConfig, MockServer};
 
 use crate::cli::{EngineArgs, Lanes};
@@ -107,6 +107,8 @@ pub struct Upstreams {
     /// only once each target's base URL is final.
     key_info: bool,
     fetch_prices: bool,
+    /// `--tpm` was given: it is every upstream's ceiling, not a provider's own.
+    tpm_flag: bool,
 }
 
 impl Upstreams {
@@ -152,12 +154,22 @@ impl Upstreams {
             mock: args.mock,
             key_info: args.key_info,
             fetch_prices: args.fetch_prices,
+            tpm_flag: args.tpm.is_some(),
         })
     }
 
     /// Each upstream's tokens-per-minute ceiling, by index, for the input's checks.
-    pub fn tpm(&self) -> Vec<Option<u64>> {
-        self.targets.iter().map(|t| t.tpm).collect()
+    pub fn tpm(&self) -> Vec<Option<TpmCeiling>> {
+        self.targets
+            .iter()
+            .map(|t| {
+                let set_by = match self.tpm_flag || t.name.is_empty() {
+                    true => "--tpm".to_string(),
+                    false => format!("{}.tpm", KeyPath::root().key("providers").key(&t.name)),
+                };
+                t.tpm.map(|tokens| TpmCeiling { tokens, set_by })
+            })
+            .collect()
     }
 
     /// The targets ready to connect ([`Target::connect_all`]), after starting the
