@@ -7,10 +7,10 @@
 //! judgements share its keys, limits, ledger and event stream.
 
 pub mod dataset;
-pub mod plan;
-pub mod prompt;
-pub mod scores;
-pub mod postprocess;
-pub mod record;
 pub mod pipeline;
+pub mod plan;
+pub mod postprocess;
+pub mod prompt;
+pub mod record;
 pub mod run_info;
+pub mod scores;

@@ -111,8 +111,7 @@ pub fn validate(experiments: &[ExperimentPlan]) -> Result<Vec<Vec<u64>>, Pipelin
                         if let Some(judge) = &judge {
                             // The answer and the command's output are not known yet:
                             // only the row's part of the judge's template is checked.
-                            match judge.messages(&judge_context(&row, &cell, "", None), "the row")
-                            {
+                            match judge.messages(&judge_context(&row, &cell, "", None), "the row") {
                                 Err(PromptError::Missing { field, .. })
                                     if field.starts_with("output") => {}
                                 other => {
@@ -149,7 +148,12 @@ fn answer_context(row: &Row, cell: &Cell) -> Map<String, Value> {
 /// model's reply), `output` (the postprocess command's, if any), `item`, `run`,
 /// `model`. The row's fields are not at the top level here: a dataset's own `answer`
 /// field (the expected one) would hide the model's.
-fn judge_context(row: &Row, cell: &Cell, answer: &str, output: Option<&Value>) -> Map<String, Value> {
+fn judge_context(
+    row: &Row,
+    cell: &Cell,
+    answer: &str,
+    output: Option<&Value>,
+) -> Map<String, Value> {
     let mut context = Map::new();
     context.insert("row".into(), Value::Object(row.fields.clone()));
     context.insert("answer".into(), Value::String(answer.to_owned()));
@@ -223,7 +227,13 @@ pub async fn run(
     let recorder = Recorder::open(&options.dir)?;
     let mut lives = Vec::new();
     for plan in experiments {
-        lives.push(Arc::new(start(engine, plan, options, &done, recorder.handle())?));
+        lives.push(Arc::new(start(
+            engine,
+            plan,
+            options,
+            &done,
+            recorder.handle(),
+        )?));
     }
     let stop_all = {
         let lives = lives.clone();
@@ -237,13 +247,23 @@ pub async fn run(
         })
     };
     let feeds = lives.iter().map(|live| {
-        let permits = live.plan.concurrency.unwrap_or(options.cells_in_flight).max(1);
-        feed(live.clone(), Arc::new(Semaphore::new(permits)), cancel.clone())
+        let permits = live
+            .plan
+            .concurrency
+            .unwrap_or(options.cells_in_flight)
+            .max(1);
+        feed(
+            live.clone(),
+            Arc::new(Semaphore::new(permits)),
+            cancel.clone(),
+        )
     });
     for result in futures_util::future::join_all(feeds).await {
         result?;
     }
     stop_all.abort();
+    // Its copies of the experiments go with it.
+    let _ = stop_all.await;
     let mut end = RunEnd::default();
     for live in &lives {
         end.unfinished += live.unfinished.load(Ordering::Relaxed);
@@ -254,7 +274,14 @@ pub async fn run(
             }
         }
     }
-    recorder.finish()?;
+    // Every handle to the writer must be gone before it is joined.
+    drop(lives);
+    tokio::task::spawn_blocking(move || recorder.finish())
+        .await
+        .map_err(|e| RecordError::Io {
+            path: options.dir.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
     Ok(end)
 }
 
@@ -281,7 +308,9 @@ fn start(
         ..SourceSpec::new(plan.name.clone())
     });
     let judgements = engine.open(SourceSpec {
-        check: judge.as_ref().map(|(spec, _, _)| Arc::new(spec.verdict.check())),
+        check: judge
+            .as_ref()
+            .map(|(spec, _, _)| Arc::new(spec.verdict.check())),
         ..SourceSpec::new(format!("{}/judge", plan.name))
     });
     Ok(Live {
@@ -372,7 +401,13 @@ impl Live {
     }
 
     /// Takes `cell` through every stage it has left; false if one was left undone.
-    async fn cell(&self, cell: Cell, model: usize, row: Arc<Row>, _permit: OwnedSemaphorePermit) -> bool {
+    async fn cell(
+        &self,
+        cell: Cell,
+        model: usize,
+        row: Arc<Row>,
+        _permit: OwnedSemaphorePermit,
+    ) -> bool {
         let hash = cell.hash();
         let answer = match self.done.answered.get(hash) {
             Some(&offset) => match record::answer_at(&self.dir, offset) {
@@ -446,7 +481,9 @@ impl Live {
             .messages(&answer_context(row, cell), "the row")
             .ok()?;
         let body = request_body(spec, messages, Some(cell.run));
-        let outcome = self.send(&self.answers, job(cell.custom_id(), spec, body)).await?;
+        let outcome = self
+            .send(&self.answers, job(cell.custom_id(), spec, body))
+            .await?;
         self.record.answer(cell, &outcome);
         Some(match (&outcome.error, &outcome.response) {
             (None, Some(response)) => Ok(record::answer_text(&response.body)),
@@ -475,14 +512,22 @@ impl Live {
         ) {
             Ok(messages) => messages,
             Err(e) => {
-                self.record
-                    .failed(cell, Stage::Judge, Some(&tag), "judge_template", &e.to_string(), 0.0);
+                self.record.failed(
+                    cell,
+                    Stage::Judge,
+                    Some(&tag),
+                    "judge_template",
+                    &e.to_string(),
+                    0.0,
+                );
                 return true;
             }
         };
         let body = request_body(&spec.model, messages, None);
         let custom_id = format!("{}/judge/{id}", cell.custom_id());
-        let Some(outcome) = self.send(&self.judgements, job(custom_id, &spec.model, body)).await
+        let Some(outcome) = self
+            .send(&self.judgements, job(custom_id, &spec.model, body))
+            .await
         else {
             return false;
         };

@@ -196,7 +196,11 @@ mod tests {
         assert!(std::env::var_os("HOME").is_some());
         let hiding = Postprocessor::new(
             PostprocessSpec {
-                command: vec!["sh".into(), "-c".into(), r#"printf '"%s"' "${HOME:-hidden}""#.into()],
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    r#"printf '"%s"' "${HOME:-hidden}""#.into(),
+                ],
                 timeout: Duration::from_secs(5),
                 workers: 1,
             },

@@ -204,7 +204,10 @@ pub fn read_lines(
         line_no += 1;
         if buf.last() != Some(&b'\n') {
             // Torn by a crash: nothing after it, and it was never finished.
-            let file = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io(path))?;
             file.set_len(offset).map_err(io(path))?;
             return Ok(());
         }

@@ -264,7 +264,13 @@ fn assemble(info: &RunInfo, groups: &mut BTreeMap<GroupKey, Group>) -> Scores {
                 .collect();
             for model in &experiment.models {
                 let group = groups.remove(&key(&model.name)).unwrap_or_default();
-                let base = base_row(experiment.name.clone(), dataset.name.clone(), model.name.clone(), cells, &group);
+                let base = base_row(
+                    experiment.name.clone(),
+                    dataset.name.clone(),
+                    model.name.clone(),
+                    cells,
+                    &group,
+                );
                 if judges.is_empty() {
                     results.push(base);
                     continue;
@@ -328,7 +334,13 @@ fn assemble(info: &RunInfo, groups: &mut BTreeMap<GroupKey, Group>) -> Scores {
     }
 }
 
-fn base_row(experiment: String, dataset: String, model: String, cells: u64, group: &Group) -> ScoreRow {
+fn base_row(
+    experiment: String,
+    dataset: String,
+    model: String,
+    cells: u64,
+    group: &Group,
+) -> ScoreRow {
     let finished = group.answered + group.answer_failed;
     ScoreRow {
         experiment,

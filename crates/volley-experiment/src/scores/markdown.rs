@@ -11,7 +11,11 @@ pub fn render(scores: &Scores) -> String {
     let mut out = String::from("# Scores\n");
     let mut sections: Vec<(&str, &str, Option<&str>)> = Vec::new();
     for row in &scores.results {
-        let key = (row.experiment.as_str(), row.dataset.as_str(), row.judge.as_deref());
+        let key = (
+            row.experiment.as_str(),
+            row.dataset.as_str(),
+            row.judge.as_deref(),
+        );
         if !sections.contains(&key) {
             sections.push(key);
         }
@@ -20,7 +24,13 @@ pub fn render(scores: &Scores) -> String {
         let rows: Vec<&ScoreRow> = scores
             .results
             .iter()
-            .filter(|r| (r.experiment.as_str(), r.dataset.as_str(), r.judge.as_deref()) == (experiment, dataset, judge))
+            .filter(|r| {
+                (
+                    r.experiment.as_str(),
+                    r.dataset.as_str(),
+                    r.judge.as_deref(),
+                ) == (experiment, dataset, judge)
+            })
             .collect();
         let _ = write!(out, "\n## {experiment} · {dataset}");
         match judge.and_then(|id| scores.judges.iter().find(|j| j.id == id)) {
@@ -47,7 +57,12 @@ pub fn render(scores: &Scores) -> String {
                 None => ("–".into(), "–".into()),
             };
             let runs = r.runs.as_ref().map_or("–".into(), |s| {
-                format!("{}–{}, {}", fmt_value(s.min, pct), fmt_value(s.max, pct), fmt_value(s.std_dev, pct))
+                format!(
+                    "{}–{}, {}",
+                    fmt_value(s.min, pct),
+                    fmt_value(s.max, pct),
+                    fmt_value(s.std_dev, pct)
+                )
             });
             let failed = c.answer_failed + c.postprocess_failed + c.judge_failed;
             let latency = r
@@ -69,7 +84,13 @@ pub fn render(scores: &Scores) -> String {
         let pairs: Vec<&Comparison> = scores
             .comparisons
             .iter()
-            .filter(|p| (p.experiment.as_str(), p.dataset.as_str(), Some(p.judge.as_str())) == (experiment, dataset, judge))
+            .filter(|p| {
+                (
+                    p.experiment.as_str(),
+                    p.dataset.as_str(),
+                    Some(p.judge.as_str()),
+                ) == (experiment, dataset, judge)
+            })
             .collect();
         if !pairs.is_empty() {
             out.push_str("\nPaired differences (same items and runs):\n\n");
@@ -111,11 +132,19 @@ pub fn render(scores: &Scores) -> String {
 }
 
 fn fmt_value(v: f64, pct: bool) -> String {
-    if pct { format!("{:.1}%", v * 100.0) } else { format!("{v:.3}") }
+    if pct {
+        format!("{:.1}%", v * 100.0)
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 fn fmt_signed(v: f64, pct: bool) -> String {
-    if pct { format!("{:+.1} pts", v * 100.0) } else { format!("{v:+.3}") }
+    if pct {
+        format!("{:+.1} pts", v * 100.0)
+    } else {
+        format!("{v:+.3}")
+    }
 }
 
 fn fmt_ci(e: &Estimate, pct: bool) -> String {
@@ -127,5 +156,9 @@ fn fmt_cost(cost: Option<f64>) -> String {
 }
 
 fn fmt_p(p: f64) -> String {
-    if p < 0.0001 { format!("{p:.1e}") } else { format!("{p:.4}") }
+    if p < 0.0001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
 }

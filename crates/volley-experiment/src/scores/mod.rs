@@ -19,7 +19,10 @@ pub const SCORES_MD: &str = "scores.md";
 pub fn write(dir: &Path) -> Result<Scores, RecordError> {
     let scores = compute(dir)?;
     let json = serde_json::to_vec_pretty(&scores).unwrap_or_default();
-    for (name, bytes) in [(SCORES_JSON, json), (SCORES_MD, markdown::render(&scores).into_bytes())] {
+    for (name, bytes) in [
+        (SCORES_JSON, json),
+        (SCORES_MD, markdown::render(&scores).into_bytes()),
+    ] {
         let path = dir.join(name);
         let tmp = dir.join(format!("{name}.tmp"));
         std::fs::write(&tmp, bytes)
