@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub ask: bool,
     /// Environment variables a `postprocess` command must not see (the API keys).
     pub hidden_env: Vec<String>,
+    /// The configuration file, remembered in `run.json` for `rejudge`.
+    pub config: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -222,7 +224,7 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<RunEnd, PipelineError> {
     let rows = validate(experiments)?;
-    run_info::update(&options.dir, experiments, &rows)?;
+    run_info::update(&options.dir, experiments, &rows, options.config.as_deref())?;
     let done = Arc::new(record::scan(&options.dir)?);
     let recorder = Recorder::open(&options.dir)?;
     let mut lives = Vec::new();

@@ -14,6 +14,9 @@ pub const RUN_INFO: &str = "run.json";
 /// A run directory's description.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunInfo {
+    /// The configuration file the run was made with (absolute), for `rejudge`.
+    #[serde(default)]
+    pub config: Option<String>,
     pub experiments: Vec<ExperimentInfo>,
     /// Every judge that graded here, in the order they first did.
     pub judges: Vec<JudgeInfo>,
@@ -82,8 +85,12 @@ pub fn update(
     dir: &Path,
     experiments: &[ExperimentPlan],
     rows: &[Vec<u64>],
+    config: Option<&Path>,
 ) -> Result<RunInfo, RecordError> {
     let mut info = read(dir)?.unwrap_or_default();
+    if let Some(config) = config {
+        info.config = Some(config.display().to_string());
+    }
     for (plan, rows) in experiments.iter().zip(rows) {
         let judge = plan.judge.as_ref().map(|j| {
             let id = j.identity();

@@ -111,6 +111,7 @@ fn options(dir: &Path) -> RunOptions {
         cells_in_flight: 64,
         ask: true,
         hidden_env: Vec::new(),
+        config: None,
     }
 }
 

@@ -57,6 +57,56 @@ pub enum Command {
     Sort(SortArgs),
     /// Recompute the final report of a past run from its RESULTS (and ERRORS); optionally as HTML with plots.
     Report(ReportArgs),
+    /// Experiments: datasets x models x runs with a judge, scored with confidence intervals.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Run the experiments of a configuration file (resumes the run directory's work).
+    Run(Box<ExperimentRunArgs>),
+    /// Grade the answers of a run directory with another judge, asking no model again.
+    Rejudge(Box<RejudgeArgs>),
+    /// Recompute a run directory's scores from its files (scores.json, scores.md).
+    Report(ExperimentReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentRunArgs {
+    /// The configuration file (TOML or YAML) with datasets, prompts and experiments.
+    pub config: PathBuf,
+    /// Run only this experiment (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub only: Vec<String>,
+    /// The run directory [default: volley-runs/CONFIG's stem]; a re-run with the same one resumes.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RejudgeArgs {
+    /// A run directory written by `volley experiment run`.
+    pub run_dir: PathBuf,
+    /// The judge: a model named in the run's configuration file.
+    #[arg(long, value_name = "MODEL")]
+    pub judge: String,
+    /// The judge's user template (minijinja over row, answer, output) [default: the experiment's judge prompt].
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+    /// The configuration file [default: the one the run was made with].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentReportArgs {
+    /// A run directory written by `volley experiment run`.
+    pub run_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

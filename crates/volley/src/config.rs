@@ -263,10 +263,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// providers as targets (keys read from the environment; `args` are the engine flags,
 /// which win over the file as they do for `volley run`), its models as routes. For a
 /// command that takes the file as its argument (`volley experiment run CONFIG`).
-#[allow(
-    dead_code,
-    reason = "the API `volley experiment run CONFIG` builds its engine with"
-)]
 pub fn load(path: &Path, args: &EngineArgs) -> anyhow::Result<(ConfigFile, Upstreams)> {
     let file = ConfigFile::load(path)?;
     let upstreams = Upstreams::resolve(args, Some(&file))?;

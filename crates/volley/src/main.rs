@@ -59,6 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Mock(args) => commands::mock::mock(args).await,
             Command::Sort(args) => commands::sort::sort(args),
             Command::Report(args) => commands::report::report(args),
+            Command::Experiment(command) => commands::experiment::experiment(command).await,
         }
     });
     // In-flight work that outlived the grace period must not keep the process alive.

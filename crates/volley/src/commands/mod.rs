@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod engine;
+pub mod experiment;
 pub mod mock;
 pub mod report;
 pub mod run;
