@@ -22,7 +22,7 @@ use serde_json::Value;
 use volley_core::input::ids::{IdSet, IdTable, StableHash};
 use volley_core::store::Outcome;
 use volley_core::store::appender::{AppendHandle, Appender};
-use volley_core::store::line::{ErrorPart, OutputLine, ResponsePart, VolleyPart};
+use volley_core::store::line::{ErrorPart, OutputLine};
 
 /// The files of a run directory, in the order the writer holds them.
 pub const ANSWERS: &str = "answers.jsonl";
@@ -367,43 +367,6 @@ fn encode<T: Serialize>(line: &CellLine<'_, T>) -> Vec<u8> {
     bytes
 }
 
-/// An engine outcome as `volley run` writes it, with the cell's custom_id.
-fn output_line<'a>(
-    id: &'a str,
-    custom_id: &'a str,
-    outcome: &'a Outcome,
-    body: Option<&'a serde_json::value::RawValue>,
-    request_id: &'a str,
-) -> OutputLine<'a> {
-    OutputLine {
-        id,
-        custom_id,
-        response: outcome
-            .response
-            .as_ref()
-            .zip(body)
-            .map(|(r, body)| ResponsePart {
-                status_code: r.status,
-                request_id,
-                body,
-            }),
-        error: outcome.error.as_ref().map(|f| ErrorPart {
-            code: f.reason.as_str(),
-            message: &f.message,
-        }),
-        volley: VolleyPart {
-            attempts: outcome.attempts,
-            latency_ms: outcome.latency.as_secs_f64() * 1000.0,
-            usage: outcome.usage,
-            cost: outcome.usage.cost,
-            key: outcome.key.as_deref(),
-            model: outcome.model.as_deref(),
-            finished_at: outcome.finished_at,
-            fingerprint: outcome.fingerprint,
-        },
-    }
-}
-
 /// The verdict part of a judgement line.
 #[derive(Serialize)]
 struct Verdict {
@@ -462,7 +425,7 @@ impl RecordHandle {
             Some(j) => format!("{}/judge/{}", cell.custom_id(), j.id),
             None => cell.custom_id(),
         };
-        let line = output_line(&id, &custom_id, outcome, body.as_deref(), &request_id);
+        let line = outcome.output_line(&id, &custom_id, body.as_deref(), &request_id);
         let failed = outcome.error.is_some();
         let file = match (failed, stage) {
             (true, _) => File_::Errors,

@@ -56,6 +56,47 @@ pub struct Outcome {
     pub input_line: Option<u64>,
 }
 
+impl Outcome {
+    /// This outcome as an output line (`volley run`'s shape) named `id` and
+    /// `custom_id`; `body` and `request_id` are the reply's as
+    /// [`Response::body_as_json`] and [`Response::request_id_or`] give them.
+    pub fn output_line<'a>(
+        &'a self,
+        id: &'a str,
+        custom_id: &'a str,
+        body: Option<&'a RawValue>,
+        request_id: &'a str,
+    ) -> line::OutputLine<'a> {
+        line::OutputLine {
+            id,
+            custom_id,
+            response: self
+                .response
+                .as_ref()
+                .zip(body)
+                .map(|(r, body)| line::ResponsePart {
+                    status_code: r.status,
+                    request_id,
+                    body,
+                }),
+            error: self.error.as_ref().map(|f| line::ErrorPart {
+                code: f.reason.as_str(),
+                message: &f.message,
+            }),
+            volley: line::VolleyPart {
+                attempts: self.attempts,
+                latency_ms: self.latency.as_secs_f64() * 1000.0,
+                usage: self.usage,
+                cost: self.usage.cost,
+                key: self.key.as_deref(),
+                model: self.model.as_deref(),
+                finished_at: self.finished_at,
+                fingerprint: self.fingerprint,
+            },
+        }
+    }
+}
+
 /// An HTTP response as the provider sent it.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -119,38 +160,14 @@ impl JsonlStore {
         };
         // The body and request id as the line holds them, borrowed from the reply where
         // they can be.
-        let reply = outcome.response.as_ref().map(|r| {
-            let body = r.body_as_json();
-            let request_id = r.request_id_or(&body);
-            (r.status, body, request_id)
-        });
-        let response = reply
-            .as_ref()
-            .map(|(status, body, request_id)| line::ResponsePart {
-                status_code: *status,
-                request_id,
-                body,
-            });
-        line::OutputLine {
-            id: &id,
-            custom_id: &outcome.custom_id,
-            response,
-            error: outcome.error.as_ref().map(|f| line::ErrorPart {
-                code: f.reason.as_str(),
-                message: &f.message,
-            }),
-            volley: line::VolleyPart {
-                attempts: outcome.attempts,
-                latency_ms: outcome.latency.as_secs_f64() * 1000.0,
-                usage: outcome.usage,
-                cost: outcome.usage.cost,
-                key: outcome.key.as_deref(),
-                model: outcome.model.as_deref(),
-                finished_at: outcome.finished_at,
-                fingerprint: outcome.fingerprint,
-            },
-        }
-        .to_line(outcome.response.as_ref().map_or(0, |r| r.body.len()))
+        let body = outcome.response.as_ref().map(|r| r.body_as_json());
+        let request_id = match (&outcome.response, &body) {
+            (Some(r), Some(body)) => r.request_id_or(body),
+            _ => Cow::Borrowed(""),
+        };
+        outcome
+            .output_line(&id, &outcome.custom_id, body.as_deref(), &request_id)
+            .to_line(outcome.response.as_ref().map_or(0, |r| r.body.len()))
     }
 }
 
