@@ -7,123 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use volley_core::engine::{Engine, EngineConfig};
-use volley_core::observe::events::EventBus;
-use volley_core::provider::transport::ApiKey;
-use volley_core::provider::upstream::{Upstream, UpstreamSpec};
 use volley_experiment::pipeline::{self, RunOptions};
-use volley_experiment::plan::{
-    DatasetSpec, ExperimentPlan, JudgeSpec, ModelSpec, PostprocessSpec, PromptSpec, VerdictKind,
-};
+use volley_experiment::plan::PostprocessSpec;
 use volley_experiment::scores;
-use volley_mock::{MockConfig, MockServer};
+use volley_mock::MockConfig;
 
-async fn mock(config: MockConfig) -> MockServer {
-    MockServer::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("the mock starts on a free port")
-}
-
-fn graded_mock() -> MockConfig {
-    MockConfig {
-        accuracy: vec![("small".into(), 0.8), ("large".into(), 0.6)],
-        judges: vec!["judge".into(), "judge-2".into()],
-        seed: 7,
-        ..MockConfig::default()
-    }
-}
-
-fn engine(mock: &MockServer, concurrency: usize) -> Engine {
-    let config = EngineConfig {
-        concurrency,
-        grace: Duration::from_millis(200),
-        ..EngineConfig::default()
-    };
-    let key = ApiKey::new("sk-test-experiment-key-0001".into()).unwrap();
-    let upstream =
-        Upstream::new(UpstreamSpec::new(&mock.base_url(), vec![key]), concurrency).unwrap();
-    Engine::new(config, vec![upstream], EventBus::default())
-}
-
-fn model(name: &str) -> ModelSpec {
-    let mut body = Map::new();
-    body.insert("max_tokens".into(), json!(16));
-    ModelSpec {
-        name: name.into(),
-        provider: "mock".into(),
-        upstream: 0,
-        id: name.into(),
-        body,
-    }
-}
-
-fn judge(name: &str) -> JudgeSpec {
-    JudgeSpec {
-        model: model(name),
-        prompt: PromptSpec {
-            name: "grade".into(),
-            system: Some("Grade the answer. Reply {\"correct\": true|false}.".into()),
-            user:
-                "Question: {{ row.question }}\nExpected: {{ row.expected }}\nAnswer: {{ answer }}"
-                    .into(),
-        },
-        verdict: VerdictKind::Correct,
-    }
-}
-
-fn dataset(dir: &Path, rows: usize) -> DatasetSpec {
-    let path = dir.join("arith.jsonl");
-    let text: String = (0..rows)
-        .map(|i| format!("{{\"id\": \"q{i}\", \"question\": \"What is {i} + {i}?\", \"expected\": \"{}\"}}\n", 2 * i))
-        .collect();
-    std::fs::write(&path, text).unwrap();
-    DatasetSpec {
-        name: "arith".into(),
-        path,
-        id_field: "id".into(),
-    }
-}
-
-fn plan(dir: &Path, rows: usize, runs: u32) -> ExperimentPlan {
-    ExperimentPlan {
-        name: "arith-eval".into(),
-        datasets: vec![dataset(dir, rows)],
-        models: vec![model("small"), model("large")],
-        runs,
-        prompt: PromptSpec {
-            name: "qa".into(),
-            system: Some("Answer with a number.".into()),
-            user: "{{ question }}".into(),
-        },
-        check: None,
-        concurrency: None,
-        max_cost_usd: None,
-        postprocess: None,
-        judge: Some(judge("judge")),
-    }
-}
-
-fn options(dir: &Path) -> RunOptions {
-    RunOptions {
-        dir: dir.to_owned(),
-        cells_in_flight: 64,
-        ask: true,
-        hidden_env: Vec::new(),
-        config: None,
-    }
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
+mod common;
+use common::{engine, graded_mock, judge, lines, mock, options, plan};
 
 /// (item, model, run) of every line of `file`, asserting none repeats.
 fn cells_once(path: &Path) -> HashSet<(String, String, u64)> {
