@@ -64,6 +64,39 @@ pub struct RunOptions {
     pub hidden_env: Vec<String>,
     /// The configuration file, remembered in `run.json` for `rejudge`.
     pub config: Option<PathBuf>,
+    /// Where the run says how far it is.
+    pub progress: Arc<Progress>,
+}
+
+/// How far a run is, read at any time (the progress display): cells are rows × models
+/// × runs of the experiments run.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Every cell of the run, done or not.
+    pub cells: AtomicU64,
+    /// Cells with nothing left to do, those an earlier run finished included.
+    pub done: AtomicU64,
+    /// Answers received in this run (failures included).
+    pub answered: AtomicU64,
+    /// Judgements received in this run (failures included).
+    pub judged: AtomicU64,
+}
+
+impl Progress {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (cells, done, answered, judged) now.
+    pub fn read(&self) -> (u64, u64, u64, u64) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            get(&self.cells),
+            get(&self.done),
+            get(&self.answered),
+            get(&self.judged),
+        )
+    }
 }
 
 /// How a run ended.
@@ -212,6 +245,7 @@ struct Live {
     record: RecordHandle,
     ask: bool,
     unfinished: AtomicU64,
+    progress: Arc<Progress>,
 }
 
 /// Runs `experiments` on `engine`, recording into `options.dir` and resuming what an
@@ -224,6 +258,14 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<RunEnd, PipelineError> {
     let rows = validate(experiments)?;
+    let cells: u64 = experiments
+        .iter()
+        .zip(&rows)
+        .map(|(plan, rows)| {
+            rows.iter().sum::<u64>() * plan.models.len() as u64 * u64::from(plan.runs)
+        })
+        .sum();
+    options.progress.cells.store(cells, Ordering::Relaxed);
     run_info::update(&options.dir, experiments, &rows, options.config.as_deref())?;
     let done = Arc::new(record::scan(&options.dir)?);
     let recorder = Recorder::open(&options.dir)?;
@@ -331,6 +373,7 @@ fn start(
         record,
         ask: options.ask,
         unfinished: AtomicU64::new(0),
+        progress: options.progress.clone(),
     })
 }
 
@@ -354,6 +397,7 @@ async fn feed(
                         run,
                     };
                     if !live.has_work(&cell) {
+                        Progress::add(&live.progress.done);
                         continue;
                     }
                     if cancel.is_cancelled() {
@@ -368,7 +412,9 @@ async fn feed(
                     let (live, row) = (live.clone(), row.clone());
                     tasks.spawn(async move {
                         let finished = live.cell(cell, model, row, permit).await;
-                        if !finished {
+                        if finished {
+                            Progress::add(&live.progress.done);
+                        } else {
                             live.unfinished.fetch_add(1, Ordering::Relaxed);
                         }
                     });
@@ -487,6 +533,7 @@ impl Live {
             .send(&self.answers, job(cell.custom_id(), spec, body))
             .await?;
         self.record.answer(cell, &outcome);
+        Progress::add(&self.progress.answered);
         Some(match (&outcome.error, &outcome.response) {
             (None, Some(response)) => Ok(record::answer_text(&response.body)),
             _ => Err(()),
@@ -539,6 +586,7 @@ impl Live {
             .filter(|_| outcome.error.is_none())
             .and_then(|r| spec.verdict.read(&record::answer_text(&r.body)));
         self.record.judgement(cell, &tag, &outcome, verdict);
+        Progress::add(&self.progress.judged);
         true
     }
 

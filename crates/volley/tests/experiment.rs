@@ -179,14 +179,16 @@ fn killed_mid_run_and_run_again_every_cell_is_answered_and_judged_once() {
     );
 
     // The mock was asked at most the attempts in flight at the kill more than the
-    // ledger records (8 at once, a few more queued within the engine's window).
+    // ledger records: an attempt is in flight from its send until its line is on disk,
+    // so at most one per cell in the pipeline (twice --concurrency 8), whether it is on
+    // the wire (8 at most) or answered and queued for the writer.
     let recorded: u64 = lines
         .iter()
         .map(|l| l["volley"]["attempts"].as_u64().unwrap())
         .sum();
     let asked = mock.stats()["requests"].as_u64().unwrap();
     assert!(
-        asked >= recorded && asked - recorded <= 8,
+        asked >= recorded && asked - recorded <= 16,
         "asked {asked}, recorded {recorded}: {}",
         explain(&out)
     );

@@ -110,6 +110,7 @@ pub fn options(dir: &Path) -> RunOptions {
         cells_in_flight: 64,
         ask: true,
         hidden_env: Vec::new(),
+        progress: Default::default(),
         config: None,
     }
 }

@@ -11,7 +11,7 @@ use volley_core::defaults;
 use volley_core::observe::events::EventBus;
 use volley_core::provider::validate::ResponseCheck;
 use volley_core::runner::Target;
-use volley_experiment::pipeline::{self, RunEnd, RunOptions};
+use volley_experiment::pipeline::{self, Progress, RunEnd, RunOptions};
 use volley_experiment::plan::{
     DatasetSpec, ExperimentPlan, JudgeSpec, ModelSpec, PostprocessSpec, PromptSpec, VerdictKind,
 };
@@ -169,7 +169,10 @@ async fn execute(
             cancel.cancel();
         })
     };
+    let progress = Arc::new(Progress::default());
+    let reporter = tokio::spawn(report_progress(progress.clone()));
     let options = RunOptions {
+        progress: progress.clone(),
         dir: out.to_owned(),
         cells_in_flight: args.concurrency.saturating_mul(2),
         ask,
@@ -179,11 +182,31 @@ async fn execute(
     errln!("run directory: {}", out.display());
     let end = pipeline::run(&engine, plans, &options, &cancel).await;
     interrupt.abort();
+    reporter.abort();
+    say_progress(&progress);
     engine.shutdown(defaults::SHUTDOWN_GRACE).await;
     if let Some(mock) = mock {
         mock.shutdown().await;
     }
     Ok(end?)
+}
+
+/// How often the run says how far it is.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Says how far the run is every [`PROGRESS_EVERY`], both stages.
+async fn report_progress(progress: Arc<Progress>) {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        say_progress(&progress);
+    }
+}
+
+fn say_progress(progress: &Progress) {
+    let (cells, done, answered, judged) = progress.read();
+    errln!("cells done {done}/{cells} · this run: {answered} answers, {judged} judgements");
 }
 
 /// Writes the scores and says how the run ended.
