@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use volley_core::engine::{Engine, Source, SourceSpec, StopReason};
 use volley_core::input::job::{Fingerprint, Job};
 use volley_core::store::Outcome;
+use volley_core::store::claim::OutputLock;
 
 use crate::dataset::{DatasetError, Row, Rows};
 use crate::plan::{ExperimentPlan, JudgeSpec, ModelSpec};
@@ -49,6 +50,8 @@ pub enum PipelineError {
     Template(PromptError),
     #[error("experiment \"{experiment}\": {message}")]
     Plan { experiment: String, message: String },
+    #[error("{0}")]
+    Locked(String),
 }
 
 /// How a run goes.
@@ -148,7 +151,8 @@ pub fn validate(experiments: &[ExperimentPlan]) -> Result<Vec<Vec<u64>>, Pipelin
                             // only the row's part of the judge's template is checked.
                             match judge.messages(&judge_context(&row, &cell, "", None), "the row") {
                                 Err(PromptError::Missing { field, .. })
-                                    if field.starts_with("output") => {}
+                                    if plan.postprocess.is_some()
+                                        && (field == "output" || field.starts_with("output.")) => {}
                                 other => {
                                     other.map_err(at)?;
                                 }
@@ -266,6 +270,13 @@ pub async fn run(
         })
         .sum();
     options.progress.cells.store(cells, Ordering::Relaxed);
+    // One run at a time in a directory: two would ask and pay for the same cells.
+    std::fs::create_dir_all(&options.dir).map_err(|source| RecordError::Io {
+        path: options.dir.display().to_string(),
+        source,
+    })?;
+    let lock = OutputLock::acquire(&options.dir.join(record::ANSWERS))
+        .map_err(|e| PipelineError::Locked(e.to_string()))?;
     run_info::update(&options.dir, experiments, &rows, options.config.as_deref())?;
     let done = Arc::new(record::scan(&options.dir)?);
     let recorder = Recorder::open(&options.dir)?;
@@ -302,9 +313,10 @@ pub async fn run(
             cancel.clone(),
         )
     });
-    for result in futures_util::future::join_all(feeds).await {
-        result?;
-    }
+    let fed: Result<Vec<()>, PipelineError> = futures_util::future::join_all(feeds)
+        .await
+        .into_iter()
+        .collect();
     stop_all.abort();
     // Its copies of the experiments go with it.
     let _ = stop_all.await;
@@ -326,6 +338,8 @@ pub async fn run(
             path: options.dir.display().to_string(),
             source: std::io::Error::other(e.to_string()),
         })??;
+    drop(lock);
+    fed?;
     Ok(end)
 }
 
@@ -384,6 +398,33 @@ async fn feed(
     cancel: CancellationToken,
 ) -> Result<(), PipelineError> {
     let mut tasks = JoinSet::new();
+    let fed = feed_rows(&live, &permits, &cancel, &mut tasks).await;
+    if fed.is_err() {
+        // The rows cannot be read any more (the file changed since it was checked):
+        // no more cells, but those started finish and are recorded.
+        live.answers.cancel();
+        live.judgements.cancel();
+    }
+    while let Some(joined) = tasks.join_next().await {
+        reaped(&live, joined);
+    }
+    fed
+}
+
+/// A cell task that panicked (a bug) leaves its cell for a re-run, said.
+fn reaped(live: &Live, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined {
+        tracing::error!("a cell of {} ended abnormally: {e}", live.plan.name);
+        live.unfinished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn feed_rows(
+    live: &Arc<Live>,
+    permits: &Arc<Semaphore>,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), PipelineError> {
     for dataset in &live.plan.datasets {
         for row in Rows::open(dataset)? {
             let row = Arc::new(row?);
@@ -405,7 +446,9 @@ async fn feed(
                         continue;
                     }
                     // Reap finished cells as we go, so the set stays small.
-                    while tasks.try_join_next().is_some() {}
+                    while let Some(joined) = tasks.try_join_next() {
+                        reaped(live, joined);
+                    }
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         continue;
                     };
@@ -422,7 +465,6 @@ async fn feed(
             }
         }
     }
-    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
@@ -492,7 +534,10 @@ impl Live {
                     let ms = took.as_secs_f64() * 1000.0;
                     match result {
                         Ok(output) => {
-                            self.record.postprocessed(&cell, &output, ms);
+                            if !self.record.postprocessed(&cell, &output, ms) {
+                                self.writer_failed();
+                                return false;
+                            }
                             Some(output)
                         }
                         Err(failure) => {
@@ -532,7 +577,10 @@ impl Live {
         let outcome = self
             .send(&self.answers, job(cell.custom_id(), spec, body))
             .await?;
-        self.record.answer(cell, &outcome);
+        if !self.record.answer(cell, &outcome) {
+            self.writer_failed();
+            return None;
+        }
         Progress::add(&self.progress.answered);
         Some(match (&outcome.error, &outcome.response) {
             (None, Some(response)) => Ok(record::answer_text(&response.body)),
@@ -585,9 +633,19 @@ impl Live {
             .as_ref()
             .filter(|_| outcome.error.is_none())
             .and_then(|r| spec.verdict.read(&record::answer_text(&r.body)));
-        self.record.judgement(cell, &tag, &outcome, verdict);
+        if !self.record.judgement(cell, &tag, &outcome, verdict) {
+            self.writer_failed();
+            return false;
+        }
         Progress::add(&self.progress.judged);
         true
+    }
+
+    /// The record can keep no more (a disk error, said when it closes): sending more
+    /// would pay for answers that cannot be kept.
+    fn writer_failed(&self) {
+        self.answers.cancel();
+        self.judgements.cancel();
     }
 
     /// Sends `job` through `source`; `None` if it was left unfinished (the source

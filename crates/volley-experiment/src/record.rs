@@ -29,15 +29,17 @@ pub const ANSWERS: &str = "answers.jsonl";
 pub const JUDGEMENTS: &str = "judgements.jsonl";
 pub const ERRORS: &str = "errors.jsonl";
 pub const POSTPROCESSED: &str = "postprocessed.jsonl";
-const FILES: [&str; 4] = [ANSWERS, JUDGEMENTS, ERRORS, POSTPROCESSED];
+/// Judgements last: the writer flushes in this order, so a judgement never reaches the
+/// disk before the answer (and output) it graded.
+const FILES: [&str; 4] = [ANSWERS, POSTPROCESSED, ERRORS, JUDGEMENTS];
 
 /// Which file a line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum File_ {
     Answers = 0,
-    Judgements = 1,
+    Postprocessed = 1,
     Errors = 2,
-    Postprocessed = 3,
+    Judgements = 3,
 }
 
 /// The stages a cell goes through.
@@ -155,20 +157,20 @@ pub fn scan(dir: &Path) -> Result<Done, RecordError> {
                 reason: e.to_string(),
             })?;
             let cell = seen.cell.hash();
-            match (index, seen.stage, seen.judge) {
-                (0, _, _) => {
+            match (FILES[index], seen.stage, seen.judge) {
+                (ANSWERS, _, _) => {
                     done.answered.insert_new(cell, offset);
                 }
-                (3, _, _) => {
+                (POSTPROCESSED, _, _) => {
                     done.postprocessed.insert_new(cell, offset);
                 }
-                (1, _, Some(judge)) | (2, Stage::Judge, Some(judge)) => {
+                (JUDGEMENTS, _, Some(judge)) | (ERRORS, Stage::Judge, Some(judge)) => {
                     done.judged.insert_hash(seen.cell.judged_hash(&judge));
                 }
-                (2, Stage::Answer, _) => {
+                (ERRORS, Stage::Answer, _) => {
                     done.answer_failed.insert_hash(cell);
                 }
-                (2, Stage::Postprocess, _) => {
+                (ERRORS, Stage::Postprocess, _) => {
                     done.postprocess_failed.insert_hash(cell);
                 }
                 _ => {
@@ -189,6 +191,23 @@ pub fn scan(dir: &Path) -> Result<Done, RecordError> {
 /// cutting off a last line that has no newline (a crash mid-write).
 pub fn read_lines(
     path: &Path,
+    each: impl FnMut(u64, u64, &[u8]) -> Result<(), RecordError>,
+) -> Result<(), RecordError> {
+    lines_of(path, true, each)
+}
+
+/// As [`read_lines`], but a torn last line is only skipped, never cut off: for a
+/// reader (`report`) that may run beside a run still writing it.
+pub fn read_complete_lines(
+    path: &Path,
+    each: impl FnMut(u64, u64, &[u8]) -> Result<(), RecordError>,
+) -> Result<(), RecordError> {
+    lines_of(path, false, each)
+}
+
+fn lines_of(
+    path: &Path,
+    cut_torn: bool,
     mut each: impl FnMut(u64, u64, &[u8]) -> Result<(), RecordError>,
 ) -> Result<(), RecordError> {
     let file = File::open(path).map_err(io(path))?;
@@ -203,6 +222,9 @@ pub fn read_lines(
         }
         line_no += 1;
         if buf.last() != Some(&b'\n') {
+            if !cut_torn {
+                return Ok(());
+            }
             // Torn by a crash: nothing after it, and it was never finished.
             let file = OpenOptions::new()
                 .write(true)

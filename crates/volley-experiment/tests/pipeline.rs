@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -314,5 +313,46 @@ fn a_missing_field_stops_the_run_before_anything_is_sent() {
         err.contains("arith.jsonl:1:") && err.contains("no field \"questoin\""),
         "{err}"
     );
-    let _ = Arc::new(());
+
+    // A judge's `output` is the postprocess command's: without one, it is missing too.
+    let mut experiment = plan(dir.path(), 3, 1);
+    if let Some(judge) = experiment.judge.as_mut() {
+        judge.prompt.user = "{{ output.verdict }} {{ row.question }}".into();
+    }
+    let err = pipeline::validate(&[experiment]).unwrap_err().to_string();
+    assert!(err.contains("no field \"output.verdict\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_in_the_same_directory_is_refused_while_one_runs() {
+    let server = mock(MockConfig {
+        latency_ms: 50,
+        ..graded_mock()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let first = {
+        let (engine, plan, options) = (engine(&server, 4), plan(dir.path(), 40, 1), options(&out));
+        tokio::spawn(async move {
+            pipeline::run(&engine, &[plan], &options, &CancellationToken::new()).await
+        })
+    };
+    // Wait until the first has started writing.
+    while lines(&out.join("answers.jsonl")).is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = pipeline::run(
+        &engine(&server, 4),
+        &[plan(dir.path(), 40, 1)],
+        &options(&out),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(second.contains("another volley run"), "{second}");
+    let end = first.await.unwrap().unwrap();
+    assert_eq!(end.unfinished, 0);
+    assert_eq!(lines(&out.join("answers.jsonl")).len(), 80);
 }

@@ -184,12 +184,22 @@ pub fn compute(dir: &Path) -> Result<Scores, RecordError> {
         if !path.exists() {
             continue;
         }
-        record::read_lines(&path, |_, line_no, bytes| {
+        record::read_complete_lines(&path, |_, line_no, bytes| {
             let line: Line = serde_json::from_slice(bytes).map_err(|e| RecordError::Foreign {
                 path: path.display().to_string(),
                 line: line_no,
                 reason: e.to_string(),
             })?;
+            // Lines of runs the plan no longer has (its `runs` lowered since) are not
+            // part of the scores.
+            let runs = info
+                .experiments
+                .iter()
+                .find(|e| *e.name == *line.cell.experiment)
+                .map_or(0, |e| e.runs);
+            if line.cell.run >= runs {
+                return Ok(());
+            }
             let key = (
                 line.cell.experiment.to_string(),
                 line.cell.dataset.to_string(),
