@@ -82,13 +82,16 @@ impl Postprocessor {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Its own process group, so that what it started dies with it.
+            .process_group(0);
         for name in &self.hidden {
             command.env_remove(name);
         }
         let mut child = command
             .spawn()
             .map_err(|e| failed(format!("cannot start {program}: {e}")))?;
+        let _group = child.id().map(ProcessGroup);
         let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -144,6 +147,23 @@ impl Postprocessor {
     }
 }
 
+/// A command's process group, killed when this is dropped: at its timeout (the run's
+/// future is dropped) and after it ends, so that nothing a model's program started
+/// (a subprocess stuck in a loop, one holding its output open) outlives its cell.
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0) {
+            // SAFETY: kill(2) with a negative pid signals that process group; it reads
+            // and writes no memory of ours. A group already gone gives ESRCH, ignored.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +208,27 @@ mod tests {
         .run(&input)
         .await;
         assert!(missing.unwrap_err().message.contains("cannot start"));
+    }
+
+    #[tokio::test]
+    async fn what_a_command_started_dies_with_it_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
+        let (out, _) = pool(&script, 500).run(&Value::Null).await;
+        assert_eq!(out.unwrap_err().code, "postprocess_timeout");
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let proc_dir = format!("/proc/{}", pid.trim());
+        // The grandchild is killed, then reaped by init: give it a moment.
+        for _ in 0..100 {
+            let state = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for init to reap it.
+            if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the command's child {} outlived its timeout", pid.trim());
     }
 
     #[tokio::test]
