@@ -356,3 +356,47 @@ async fn a_second_run_in_the_same_directory_is_refused_while_one_runs() {
     assert_eq!(end.unfinished, 0);
     assert_eq!(lines(&out.join("answers.jsonl")).len(), 80);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_reply_without_a_verdict_is_retried_and_its_tokens_counted() {
+    let server = mock(MockConfig {
+        judge_invalid_rate: 0.25,
+        ..graded_mock()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let end = pipeline::run(
+        &engine(&server, 16),
+        &[plan(dir.path(), 20, 1)],
+        &options(&out),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(end.unfinished, 0, "{end:?}");
+    let judgements = lines(&out.join("judgements.jsonl"));
+    let judge_errors: Vec<Value> = lines(&out.join("errors.jsonl"))
+        .into_iter()
+        .filter(|e| e["stage"] == "judge")
+        .collect();
+    // Every answer ends graded or failed for good; a retried one says so.
+    assert_eq!(judgements.len() + judge_errors.len(), 40);
+    let retried = judgements
+        .iter()
+        .filter(|j| j["volley"]["attempts"].as_u64().unwrap() > 1)
+        .count();
+    assert!(retried > 0, "no judge reply was retried");
+    assert!(judgements.iter().all(|j| j["value"].is_number()));
+    // The invalid replies' tokens are in the ledger: it equals the judge's bill.
+    let billed = server.stats()["by_model"]["judge"]["tokens_billed"]["total"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(tokens_of(&judgements) + tokens_of(&judge_errors), billed);
+    let scores = scores::write(&out).unwrap();
+    let judge_tokens: u64 = scores.results.iter().map(|r| r.judge_tokens.total).sum();
+    assert_eq!(
+        judge_tokens, billed,
+        "the judge's tokens are reported apart, all of them"
+    );
+}
