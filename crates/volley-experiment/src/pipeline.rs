@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use volley_core::engine::{Engine, Source, SourceSpec, StopReason};
 use volley_core::input::job::{Fingerprint, Job};
+use volley_core::provider::routes;
 use volley_core::store::Outcome;
 use volley_core::store::claim::OutputLock;
 
@@ -210,11 +211,8 @@ fn judge_context(
 /// distinct draws where the provider honours a seed).
 fn request_body(model: &ModelSpec, messages: Vec<Value>, seed: Option<u32>) -> Bytes {
     let mut body = Map::new();
-    body.insert("model".into(), Value::String(model.id.clone()));
     body.insert("messages".into(), Value::Array(messages));
-    for (k, v) in &model.body {
-        body.entry(k.clone()).or_insert_with(|| v.clone());
-    }
+    routes::fill(&mut body, &model.id, &model.body);
     if let Some(seed) = seed {
         body.entry("seed").or_insert_with(|| Value::from(seed));
     }

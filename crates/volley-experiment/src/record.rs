@@ -437,17 +437,11 @@ impl RecordHandle {
         outcome: &Outcome,
         verdict: Option<Option<f64>>,
     ) -> bool {
-        let body = outcome.response.as_ref().map(|r| r.body_as_json());
-        let request_id = match (&outcome.response, &body) {
-            (Some(r), Some(b)) => r.request_id_or(b).into_owned(),
-            _ => String::new(),
-        };
         let id = format!("vol-{:016x}-{}", cell.hash(), stage_tag(stage));
         let custom_id = match judge {
             Some(j) => format!("{}/judge/{}", cell.custom_id(), j.id),
             None => cell.custom_id(),
         };
-        let line = outcome.output_line(&id, &custom_id, body.as_deref(), &request_id);
         let failed = outcome.error.is_some();
         let file = match (failed, stage) {
             (true, _) => File_::Errors,
@@ -455,25 +449,25 @@ impl RecordHandle {
             (false, _) => File_::Answers,
         };
         #[derive(Serialize)]
-        struct WithVerdict<'a> {
+        struct WithVerdict<'a, 'b> {
             #[serde(flatten)]
-            line: OutputLine<'a>,
+            line: &'a OutputLine<'b>,
             #[serde(flatten)]
             verdict: Option<Verdict>,
         }
-        let rest = WithVerdict {
-            line,
-            verdict: verdict.filter(|_| !failed).map(|value| Verdict { value }),
-        };
-        self.0.write(
-            file as usize,
+        let bytes = outcome.with_output_line(&id, &custom_id, |line| {
+            let rest = WithVerdict {
+                line,
+                verdict: verdict.filter(|_| !failed).map(|value| Verdict { value }),
+            };
             encode(&CellLine {
                 cell,
                 stage,
                 judge,
                 rest,
-            }),
-        )
+            })
+        });
+        self.0.write(file as usize, bytes)
     }
 
     /// Records what the postprocess command made of an answer.

@@ -56,12 +56,22 @@ impl Routes {
     /// model id replaces the name and the route's fields fill the gaps. Returns the
     /// route taken; `None` leaves the body untouched (a model id sent as written).
     pub fn apply(&self, body: &mut Map<String, Value>) -> Option<&Route> {
-        let route = self.by_name.get(body.get("model")?.as_str()?)?;
-        body.insert("model".into(), Value::String(route.model.clone()));
-        for (key, value) in &route.fields {
-            body.entry(key.clone()).or_insert_with(|| value.clone());
+        if self.by_name.is_empty() {
+            // No configuration: every line of a plain run passes here.
+            return None;
         }
+        let route = self.by_name.get(body.get("model")?.as_str()?)?;
+        fill(body, &route.model, &route.fields);
         Some(route)
+    }
+}
+
+/// Sets `body`'s model to `id` and adds each of `fields` the body does not set itself
+/// (the request's own fields win): how a configured model's settings reach a request.
+pub fn fill(body: &mut Map<String, Value>, id: &str, fields: &Map<String, Value>) {
+    body.insert("model".into(), Value::String(id.to_owned()));
+    for (key, value) in fields {
+        body.entry(key.clone()).or_insert_with(|| value.clone());
     }
 }
 

@@ -57,10 +57,24 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// This outcome as an output line (`volley run`'s shape) named `id` and
-    /// `custom_id`; `body` and `request_id` are the reply's as
-    /// [`Response::body_as_json`] and [`Response::request_id_or`] give them.
-    pub fn output_line<'a>(
+    /// Calls `f` with this outcome as an output line (`volley run`'s shape) named `id`
+    /// and `custom_id`: the reply's body and request id are borrowed from it where they
+    /// can be, so the line costs no copy of the body.
+    pub fn with_output_line<R>(
+        &self,
+        id: &str,
+        custom_id: &str,
+        f: impl FnOnce(&line::OutputLine<'_>) -> R,
+    ) -> R {
+        let body = self.response.as_ref().map(|r| r.body_as_json());
+        let request_id = match (&self.response, &body) {
+            (Some(r), Some(body)) => r.request_id_or(body),
+            _ => Cow::Borrowed(""),
+        };
+        f(&self.output_line(id, custom_id, body.as_deref(), &request_id))
+    }
+
+    fn output_line<'a>(
         &'a self,
         id: &'a str,
         custom_id: &'a str,
@@ -158,16 +172,8 @@ impl JsonlStore {
                 self.next_id.fetch_add(1, Ordering::Relaxed)
             ),
         };
-        // The body and request id as the line holds them, borrowed from the reply where
-        // they can be.
-        let body = outcome.response.as_ref().map(|r| r.body_as_json());
-        let request_id = match (&outcome.response, &body) {
-            (Some(r), Some(body)) => r.request_id_or(body),
-            _ => Cow::Borrowed(""),
-        };
-        outcome
-            .output_line(&id, &outcome.custom_id, body.as_deref(), &request_id)
-            .to_line(outcome.response.as_ref().map_or(0, |r| r.body.len()))
+        let body_len = outcome.response.as_ref().map_or(0, |r| r.body.len());
+        outcome.with_output_line(&id, &outcome.custom_id, |line| line.to_line(body_len))
     }
 }
 
