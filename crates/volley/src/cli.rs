@@ -107,6 +107,9 @@ pub struct RejudgeArgs {
 pub struct ExperimentReportArgs {
     /// A run directory written by `volley experiment run`.
     pub run_dir: PathBuf,
+    /// Also write the scores as one self-contained HTML page (charts, no scripts).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

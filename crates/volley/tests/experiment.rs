@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::browser::{assert_self_contained, chromium, figure, headless};
 use common::{
     KEY_ENV, MockProc, Workspace, assert_exit, assert_no_key, explain, read_jsonl, volley,
 };
@@ -51,6 +52,22 @@ fn once(lines: &[Value], what: &str) -> HashSet<(String, String, u64)> {
         assert!(seen.insert(cell.clone()), "{what} holds {cell:?} twice");
     }
     seen
+}
+
+/// The DOM headless Chromium builds from the page at `path`.
+fn rendered_dom(path: &Path) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", path.canonicalize().unwrap().display());
+    let status = headless(
+        &chromium(),
+        work.path(),
+        "dom",
+        &["--dump-dom".into()],
+        &url,
+    );
+    let log = std::fs::read_to_string(work.path().join("dom.stderr")).unwrap_or_default();
+    assert!(status.success(), "chromium: {status}\n{log}");
+    std::fs::read_to_string(work.path().join("dom.stdout")).unwrap()
 }
 
 #[test]
@@ -107,6 +124,41 @@ fn the_readme_example_scores_what_the_mock_was_told_and_report_recomputes_it() {
     assert_exit(&report, 0);
     assert_eq!(std::fs::read(run.join("scores.json")).unwrap(), written);
     assert_eq!(String::from_utf8_lossy(&report.stdout), stdout);
+
+    // The HTML report: every model's interval and its runs drawn, the difference on an
+    // axis around zero, as Chromium builds the page; it can never replace the record.
+    let refused = ws.run(&["experiment", "report", "run", "--html", "run/scores.json"]);
+    assert_exit(&refused, 2);
+    assert_eq!(std::fs::read(run.join("scores.json")).unwrap(), written);
+    let out_html = ws.run(&["experiment", "report", "run", "--html", "scores.html"]);
+    assert_exit(&out_html, 0);
+    let html = std::fs::read_to_string(ws.path("scores.html")).unwrap();
+    assert_self_contained(&html);
+    assert_no_key("scores.html", &html);
+    let dom = rendered_dom(&ws.path("scores.html"));
+    let chart = figure(&dom, "scores-1");
+    assert_eq!(chart.matches("class=\"est\"").count(), 2, "{chart}");
+    assert_eq!(chart.matches("class=\"run\"").count(), 6, "{chart}");
+    for model in ["small", "large"] {
+        let row = &scores["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == model)
+            .unwrap()["score"];
+        let shown = format!(
+            "{:.1}% ({:.1}% – {:.1}%)",
+            row["value"].as_f64().unwrap() * 100.0,
+            row["low"].as_f64().unwrap() * 100.0,
+            row["high"].as_f64().unwrap() * 100.0
+        );
+        assert!(chart.contains(&shown), "{model}: {shown} not in {chart}");
+    }
+    let differences = figure(&dom, "differences-1");
+    assert!(
+        differences.contains("small − large") && differences.contains("McNemar p ="),
+        "{differences}"
+    );
 
     for name in [
         "answers.jsonl",

@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use common::browser::{assert_self_contained, chromium, figure, headless};
 use common::*;
 use serde_json::{Value, json};
 
@@ -33,9 +32,6 @@ const EXPECT_JSON: [&str; 10] = [
 
 /// What the mock charges, USD per million tokens, when it reports `usage.cost`.
 const MOCK_PRICE: f64 = 2.5;
-
-/// How long a browser may take before the test gives up on it.
-const BROWSER_LIMIT: Duration = Duration::from_secs(60);
 
 /// `a == b` up to floating-point summation order.
 fn close(a: f64, b: f64) -> bool {
@@ -814,107 +810,6 @@ fn volley_report_names_a_missing_file_and_a_bad_line() {
     );
 }
 
-/// The first of `names` found on PATH.
-fn on_path(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-        .find(|p| p.is_file())
-}
-
-fn chromium() -> PathBuf {
-    on_path(&["chromium", "chromium-browser"]).unwrap_or_else(|| {
-        panic!(
-            "`chromium` is not on PATH. This test renders the HTML report in headless \
-             Chromium: CI must install chromium (e.g. `apt-get install chromium`) before \
-             running the tests."
-        )
-    })
-}
-
-/// Runs headless Chromium on `url` with `extra` flags, stdout and stderr to files;
-/// kills its whole process group if it takes longer than [`BROWSER_LIMIT`].
-fn headless(browser: &Path, work: &Path, name: &str, extra: &[String], url: &str) -> ExitStatus {
-    let profile = work.join(format!("{name}-profile"));
-    std::fs::create_dir_all(&profile).expect("profile dir");
-    let stdout = std::fs::File::create(work.join(format!("{name}.stdout"))).expect("stdout");
-    let stderr = std::fs::File::create(work.join(format!("{name}.stderr"))).expect("stderr");
-    let mut cmd = Command::new(browser);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(extra)
-    .arg(url)
-    .stdin(Stdio::null())
-    .stdout(stdout)
-    .stderr(stderr);
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        // Its own process group, so a hung browser is killed with its helpers.
-        cmd.process_group(0);
-    }
-    let mut child = cmd.spawn().expect("start chromium");
-    let deadline = Instant::now() + BROWSER_LIMIT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for chromium") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            #[cfg(unix)]
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
-            let _ = child.kill();
-            let _ = child.wait();
-            let log =
-                std::fs::read_to_string(work.join(format!("{name}.stderr"))).unwrap_or_default();
-            panic!("chromium ({name}) did not finish within {BROWSER_LIMIT:?}; killed it\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The part of `html` from `<figure id="{id}"` to its `</figure>`.
-fn figure<'a>(html: &'a str, id: &str) -> &'a str {
-    let open = format!("<figure id=\"{id}\"");
-    let start = html
-        .find(&open)
-        .unwrap_or_else(|| panic!("no figure {id:?} in the page"));
-    let end = html[start..]
-        .find("</figure>")
-        .unwrap_or_else(|| panic!("figure {id:?} is not closed"));
-    &html[start..start + end]
-}
-
-/// Values of every `src`/`href`/`xlink:href`/`action` attribute and `url(...)` in `html`.
-fn references(html: &str) -> Vec<String> {
-    let lower = html.to_ascii_lowercase();
-    let mut found = Vec::new();
-    for attr in [" src=", " href=", ":href=", " action=", " srcset="] {
-        for (at, _) in lower.match_indices(attr) {
-            let rest = &html[at + attr.len()..];
-            let value = match rest.chars().next() {
-                Some(q @ ('"' | '\'')) => rest[1..].split(q).next().unwrap_or(""),
-                _ => rest.split([' ', '>']).next().unwrap_or(""),
-            };
-            found.push(value.to_string());
-        }
-    }
-    for (at, _) in lower.match_indices("url(") {
-        found.push(html[at..].split(')').next().unwrap_or("").to_string());
-    }
-    found
-}
-
 #[test]
 fn the_html_report_renders_in_headless_chromium_with_every_plot_and_nothing_fetched() {
     let browser = chromium();
@@ -951,16 +846,7 @@ fn the_html_report_renders_in_headless_chromium_with_every_plot_and_nothing_fetc
     let html_path = ws.path("report.html");
     let html = std::fs::read_to_string(&html_path).expect("report.html");
 
-    // Self-contained: no script, stylesheet or image from anywhere, no URL at all.
-    for r in references(&html) {
-        let r = r.to_ascii_lowercase();
-        assert!(
-            !(r.contains("http:") || r.contains("https:") || r.trim_start().starts_with("//")),
-            "the report references a network resource: {r}"
-        );
-    }
-    assert!(!html.to_ascii_lowercase().contains("<script src"));
-    assert!(!html.to_ascii_lowercase().contains("<link"));
+    assert_self_contained(&html);
 
     let work = tempfile::tempdir().expect("temp dir");
     let url = format!(

@@ -3,7 +3,9 @@
 pub mod stats;
 
 pub mod compute;
+pub mod html;
 pub mod markdown;
+mod view;
 
 use std::path::Path;
 

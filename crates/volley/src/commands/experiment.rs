@@ -11,11 +11,12 @@ use volley_core::defaults;
 use volley_core::observe::events::EventBus;
 use volley_core::provider::validate::ResponseCheck;
 use volley_core::runner::Target;
+use volley_core::store::claim::{NamedFile, check_distinct};
 use volley_experiment::pipeline::{self, Progress, RunEnd, RunOptions};
 use volley_experiment::plan::{
     DatasetSpec, ExperimentPlan, JudgeSpec, ModelSpec, PostprocessSpec, PromptSpec, VerdictKind,
 };
-use volley_experiment::{run_info, scores};
+use volley_experiment::{record, run_info, scores};
 
 use crate::cli::{
     EngineArgs, ExperimentCommand, ExperimentReportArgs, ExperimentRunArgs, RejudgeArgs,
@@ -134,11 +135,41 @@ async fn rejudge(args: RejudgeArgs) -> anyhow::Result<Exit> {
 }
 
 fn report(args: &ExperimentReportArgs) -> anyhow::Result<Exit> {
-    scores::write(&args.run_dir)?;
+    if let Some(html) = &args.html {
+        // `--html answers.jsonl` must not replace the run's record.
+        let record: Vec<(&str, PathBuf)> = RUN_FILES
+            .iter()
+            .map(|name| (*name, args.run_dir.join(name)))
+            .collect();
+        let mut files: Vec<NamedFile<'_>> = record
+            .iter()
+            .map(|(name, path)| NamedFile::read(name, path))
+            .collect();
+        files.push(NamedFile::write("--html", html));
+        check_distinct(&files)?;
+    }
+    let scores = scores::write(&args.run_dir)?;
     let md = std::fs::read_to_string(args.run_dir.join(scores::SCORES_MD))?;
     outln!("{md}");
+    if let Some(path) = &args.html {
+        let title = format!("volley experiment: {}", args.run_dir.display());
+        std::fs::write(path, scores::html::render(&scores, &title))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        errln!("wrote {}", path.display());
+    }
     Ok(Exit::Success)
 }
+
+/// The files of a run directory that `report --html` must never write over.
+const RUN_FILES: [&str; 7] = [
+    record::ANSWERS,
+    record::JUDGEMENTS,
+    record::ERRORS,
+    record::POSTPROCESSED,
+    run_info::RUN_INFO,
+    scores::SCORES_JSON,
+    scores::SCORES_MD,
+];
 
 /// Runs `plans` on an engine of the file's providers, recording into `out`.
 async fn execute(
