@@ -5,7 +5,12 @@ cells per second, CPU per cell and peak RSS for each size, so that memory can be
 stay flat as rows x runs grow (it is bounded by the cells in the pipeline, not by the
 run's size). volley and the mock are pinned to a core each, as in bench.py.
 
-    python3 bench/experiment.py [--rows 2000 20000] [--concurrency 64] [--no-build]
+With --timeline, volley's resident memory is also sampled every 0.5 s with the
+judgements written so far, printed to standard error, and `pipeline_rss_mb` is the
+largest sample taken before the last judgement was written (the scores are computed after
+it): what the cells cost, apart from the scoring pass over the files.
+
+    python3 bench/experiment.py [--rows 2000 20000] [--concurrency 64] [--timeline] [--no-build]
 """
 import argparse
 import json
@@ -13,6 +18,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -52,7 +58,36 @@ def pinned(core):
     return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
 
 
-def run_once(rows, concurrency, url):
+def vm_rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class LineCounter:
+    """Counts the lines of a growing file, reading only what was appended since."""
+
+    def __init__(self, path):
+        self.path, self.offset, self.lines = path, 0, 0
+
+    def count(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    self.lines += chunk.count(b"\n")
+                    self.offset += len(chunk)
+        except OSError:
+            pass
+        return self.lines
+
+
+def run_once(rows, concurrency, url, timeline=False):
     work = tempfile.mkdtemp(prefix="volley-experiment-bench-")
     with open(os.path.join(work, "arith.jsonl"), "w") as f:
         for i in range(rows):
@@ -62,29 +97,47 @@ def run_once(rows, concurrency, url):
     env = dict(os.environ, BENCH_KEY="bench-key-0001")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
-    proc = subprocess.run([*pinned(0), BIN, "experiment", "run", "bench.toml", "--out", "run",
-                           "--concurrency", str(concurrency)],
-                          cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cells = rows * 2 * 3
+    popen = subprocess.Popen([*pinned(0), BIN, "experiment", "run", "bench.toml", "--out", "run",
+                              "--concurrency", str(concurrency)],
+                             cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pipeline_rss = None
+    if timeline:
+        judgements = LineCounter(os.path.join(work, "run", "judgements.jsonl"))
+        while popen.poll() is None:
+            rss = vm_rss_mb(popen.pid)
+            judged = judgements.count()
+            if rss is not None:
+                print(f"  {time.monotonic() - start:6.1f} s  {rss:6.1f} MB  {judged} judged",
+                      file=sys.stderr, flush=True)
+                if judged < cells:
+                    pipeline_rss = max(pipeline_rss or 0, rss)
+            time.sleep(0.5)
+    _, stderr = popen.communicate()
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, None, stderr)
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"volley exited {proc.returncode}: {proc.stderr[-2000:]}")
-    cells = rows * 2 * 3
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # ru_maxrss of children is the largest child so far: run sizes in increasing order.
     rss_mb = after.ru_maxrss / 1024
     with open(os.path.join(work, "run", "judgements.jsonl")) as f:
         judged = sum(1 for _ in f)
     shutil.rmtree(work, ignore_errors=True)
-    return {"rows": rows, "cells": cells, "judged": judged, "wall_s": round(wall, 2),
-            "cells_per_s": round(cells / wall), "cpu_us_per_cell": round(cpu / cells * 1e6, 1),
-            "peak_rss_mb": round(rss_mb, 1)}
+    result = {"rows": rows, "cells": cells, "judged": judged, "wall_s": round(wall, 2),
+              "cells_per_s": round(cells / wall), "cpu_us_per_cell": round(cpu / cells * 1e6, 1),
+              "peak_rss_mb": round(rss_mb, 1)}
+    if pipeline_rss is not None:
+        result["pipeline_rss_mb"] = round(pipeline_rss, 1)
+    return result
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[2000, 20000])
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--timeline", action="store_true")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
     if not a.no_build:
@@ -95,7 +148,7 @@ def main():
     url = mock.stdout.readline().strip()
     try:
         for rows in sorted(a.rows):
-            print(json.dumps(run_once(rows, a.concurrency, url)), flush=True)
+            print(json.dumps(run_once(rows, a.concurrency, url, a.timeline)), flush=True)
     finally:
         mock.kill()
         mock.wait()

@@ -205,13 +205,32 @@ pub fn read_complete_lines(
     lines_of(path, false, each)
 }
 
+/// As [`read_complete_lines`], up to byte `end` of `path`: the lines an earlier reading
+/// saw, not those a run appended since.
+pub fn read_complete_lines_upto(
+    path: &Path,
+    end: u64,
+    each: impl FnMut(u64, u64, &[u8]) -> Result<(), RecordError>,
+) -> Result<(), RecordError> {
+    lines_of_upto(path, false, end, each)
+}
+
 fn lines_of(
     path: &Path,
     cut_torn: bool,
+    each: impl FnMut(u64, u64, &[u8]) -> Result<(), RecordError>,
+) -> Result<(), RecordError> {
+    lines_of_upto(path, cut_torn, u64::MAX, each)
+}
+
+fn lines_of_upto(
+    path: &Path,
+    cut_torn: bool,
+    end: u64,
     mut each: impl FnMut(u64, u64, &[u8]) -> Result<(), RecordError>,
 ) -> Result<(), RecordError> {
     let file = File::open(path).map_err(io(path))?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut reader = BufReader::with_capacity(1 << 16, file.take(end));
     let mut buf = Vec::new();
     let (mut offset, mut line_no) = (0u64, 0u64);
     loop {

@@ -1,18 +1,28 @@
 //! Scores computed from a run directory's files alone, so that `report` recomputes
 //! exactly what the run wrote: every map is ordered and every sum taken in file order,
 //! and each interval's seed is derived from what it is about.
+//!
+//! Memory does not grow with the lines read beyond a byte per judged (item, run): the
+//! verdicts are kept as one-byte codes of the distinct values (see [`RunValues`]), each
+//! item id once per dataset (the bootstrap resamples items, and two models are paired
+//! on them), and the latency percentiles are found by reading `answers.jsonl` again
+//! ([`select`]) instead of holding every latency.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use volley_core::accounting::usage::Usage;
-use volley_core::input::ids::StableHash;
+use volley_core::input::ids::{IdTable, StableHash, id_hash};
 
 use super::stats::{self, Bootstrap, Estimate, Paired, RunSpread};
 use crate::plan::VerdictKind;
 use crate::record::{self, ANSWERS, Cell, ERRORS, JUDGEMENTS, RecordError, Stage};
 use crate::run_info::{self, JudgeInfo, RunInfo};
+use select::{Changed, Histogram, Select};
+
+mod select;
 
 /// The seed every interval's seed is derived from.
 pub const BASE_SEED: u64 = 0x766f_6c6c_6579;
@@ -160,16 +170,226 @@ struct Group {
     answer_failed: u64,
     postprocess_failed: u64,
     spend: Spend,
-    latencies: Vec<f64>,
-    /// By judge: item → value per run, and the judge's spend and failures.
+    latencies: Latencies,
+    /// By judge: each item's value per run, and the judge's spend and failures.
     judged: BTreeMap<String, Judged>,
 }
 
 #[derive(Default)]
 struct Judged {
-    items: BTreeMap<String, Vec<Option<f64>>>,
+    values: RunValues,
     failed: u64,
     spend: Spend,
+}
+
+/// The item ids of one experiment's dataset that have a value, each numbered once (in
+/// the order they are first seen): the ids one after another in one string, found by
+/// their hash, and an id whose hash another id has apart.
+#[derive(Default)]
+struct Items {
+    text: String,
+    /// Where each item's id starts in `text`; it ends where the next starts.
+    starts: Vec<usize>,
+    by_hash: IdTable<u32>,
+    collided: HashMap<Box<str>, u32>,
+}
+
+impl Items {
+    fn id(&self, item: u32) -> &str {
+        let item = item as usize;
+        let end = self
+            .starts
+            .get(item + 1)
+            .copied()
+            .unwrap_or(self.text.len());
+        &self.text[self.starts[item]..end]
+    }
+
+    fn number(&mut self, id: &str) -> u32 {
+        let hash = id_hash(id);
+        let next = self.starts.len() as u32;
+        match self.by_hash.get(hash) {
+            Some(&item) if self.id(item) == id => return item,
+            Some(_) => match self.collided.get(id) {
+                Some(&item) => return item,
+                None => {
+                    self.collided.insert(id.into(), next);
+                }
+            },
+            None => {
+                self.by_hash.insert_new(hash, next);
+            }
+        }
+        self.starts.push(self.text.len());
+        self.text.push_str(id);
+        next
+    }
+
+    /// The items' numbers in the order of their ids.
+    fn in_order(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.starts.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| self.id(a).cmp(self.id(b)));
+        order
+    }
+}
+
+/// Distinct values a [`RunValues`] codes in a byte before it keeps them whole.
+const CODES: usize = u8::MAX as usize;
+
+/// Each item's value in each run of one model under one judge, the last line of an
+/// (item, run) counting. Verdicts are a few distinct values (0 and 1, or a judge's
+/// scale): each (item, run) is a byte, 0 for none and `k` for `palette[k − 1]`, until
+/// more than [`CODES`] distinct values make it keep the values themselves.
+#[derive(Default)]
+struct RunValues {
+    /// Runs per item: (item, run) is at `item × runs + run`.
+    runs: usize,
+    cells: Cells,
+    /// The highest run with a value, if any.
+    last_run: Option<usize>,
+}
+
+enum Cells {
+    Coded { codes: Vec<u8>, palette: Vec<f64> },
+    Whole(Vec<Option<f64>>),
+}
+
+impl Default for Cells {
+    fn default() -> Self {
+        Cells::Coded {
+            codes: Vec::new(),
+            palette: Vec::new(),
+        }
+    }
+}
+
+impl RunValues {
+    fn set(&mut self, item: u32, run: usize, runs: usize, value: f64) {
+        self.runs = runs;
+        self.last_run = self.last_run.max(Some(run));
+        let at = item as usize * runs + run;
+        if let Cells::Coded { codes, palette } = &mut self.cells {
+            let known = palette.iter().position(|p| p.to_bits() == value.to_bits());
+            let code = match known {
+                Some(i) => Some(i + 1),
+                None if palette.len() < CODES => {
+                    palette.push(value);
+                    Some(palette.len())
+                }
+                None => None,
+            };
+            if let Some(code) = code {
+                if codes.len() <= at {
+                    codes.resize(at + 1, 0);
+                }
+                codes[at] = code as u8;
+                return;
+            }
+            let whole = codes
+                .iter()
+                .map(|&c| (c > 0).then(|| palette[c as usize - 1]))
+                .collect();
+            self.cells = Cells::Whole(whole);
+        }
+        if let Cells::Whole(values) = &mut self.cells {
+            if values.len() <= at {
+                values.resize(at + 1, None);
+            }
+            values[at] = Some(value);
+        }
+    }
+
+    fn get(&self, item: u32, run: usize) -> Option<f64> {
+        let at = item as usize * self.runs + run;
+        match &self.cells {
+            Cells::Coded { codes, palette } => match codes.get(at) {
+                Some(&c) if c > 0 => Some(palette[c as usize - 1]),
+                _ => None,
+            },
+            Cells::Whole(values) => values.get(at).copied().flatten(),
+        }
+    }
+
+    /// The item's values, in run order.
+    fn values(&self, item: u32) -> impl Iterator<Item = f64> + '_ {
+        (0..self.runs).filter_map(move |run| self.get(item, run))
+    }
+
+    /// How many (item, run) have a value.
+    fn count(&self) -> u64 {
+        match &self.cells {
+            Cells::Coded { codes, .. } => codes.iter().filter(|&&c| c > 0).count() as u64,
+            Cells::Whole(values) => values.iter().flatten().count() as u64,
+        }
+    }
+}
+
+/// A group's answer latencies: mean and maximum as they are read, the percentiles by
+/// passes over the answers ([`select`]).
+struct Latencies {
+    count: u64,
+    sum: f64,
+    max: Option<f64>,
+    /// The first pass of the percentiles.
+    first: Histogram,
+    /// p50 and p95, once the count is known.
+    percentiles: Option<[Select; 2]>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            count: 0,
+            // Where `Iterator::sum` starts, so the mean is that of the values summed.
+            sum: -0.0,
+            max: None,
+            first: Histogram::default(),
+            percentiles: None,
+        }
+    }
+}
+
+impl Latencies {
+    fn add(&mut self, value: f64) {
+        self.count += 1;
+        self.sum += value;
+        self.max = Some(match self.max {
+            Some(max) if max.total_cmp(&value).is_ge() => max,
+            _ => value,
+        });
+        self.first.add(value);
+    }
+
+    /// Starts the percentiles' passes: the index of quantile `q` in the sorted values
+    /// is `round((count − 1)·q)`.
+    fn start(&mut self) -> Result<(), Changed> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        let rank = |q: f64| ((self.count - 1) as f64 * q).round() as u64;
+        self.percentiles = Some([
+            Select::new(rank(0.5), &self.first)?,
+            Select::new(rank(0.95), &self.first)?,
+        ]);
+        self.first = Histogram::default();
+        Ok(())
+    }
+
+    fn pending(&self) -> bool {
+        self.percentiles
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|s| s.found().is_none()))
+    }
+
+    fn latency(&self) -> Option<Latency> {
+        let [p50, p95] = self.percentiles.as_ref()?;
+        Some(Latency {
+            mean: self.sum / self.count as f64,
+            p50: p50.found()?,
+            p95: p95.found()?,
+            max: self.max?,
+        })
+    }
 }
 
 /// Computes the scores of the run directory `dir` from its files.
@@ -179,27 +399,22 @@ pub fn compute(dir: &Path) -> Result<Scores, RecordError> {
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a run directory"),
     })?;
     let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
+    // By (experiment, dataset).
+    let mut items: BTreeMap<(String, String), Items> = BTreeMap::new();
+    // Where the answers read end: the percentiles' passes read no further.
+    let mut answers_end = 0;
     for name in [ANSWERS, ERRORS, JUDGEMENTS] {
         let path = dir.join(name);
         if !path.exists() {
             continue;
         }
-        record::read_complete_lines(&path, |_, line_no, bytes| {
-            let line: Line = serde_json::from_slice(bytes).map_err(|e| RecordError::Foreign {
-                path: path.display().to_string(),
-                line: line_no,
-                reason: e.to_string(),
-            })?;
-            // Lines of runs the plan no longer has (its `runs` lowered since) are not
-            // part of the scores.
-            let runs = info
-                .experiments
-                .iter()
-                .find(|e| *e.name == *line.cell.experiment)
-                .map_or(0, |e| e.runs);
-            if line.cell.run >= runs {
-                return Ok(());
+        record::read_complete_lines(&path, |offset, line_no, bytes| {
+            if name == ANSWERS {
+                answers_end = offset + bytes.len() as u64;
             }
+            let Some((line, runs)) = scored_line(&info, &path, line_no, bytes)? else {
+                return Ok(());
+            };
             let key = (
                 line.cell.experiment.to_string(),
                 line.cell.dataset.to_string(),
@@ -212,7 +427,7 @@ pub fn compute(dir: &Path) -> Result<Scores, RecordError> {
                     group.answered += 1;
                     group.spend.add(&usage);
                     if let Some(v) = &line.volley {
-                        group.latencies.push(v.latency_ms);
+                        group.latencies.add(v.latency_ms);
                     }
                 }
                 (ERRORS, Stage::Answer) => {
@@ -228,12 +443,16 @@ pub fn compute(dir: &Path) -> Result<Scores, RecordError> {
                     judged.spend.add(&usage);
                     match line.value.filter(|_| name == JUDGEMENTS) {
                         Some(value) => {
-                            let runs = judged.items.entry(line.cell.item.to_string()).or_default();
-                            let run = line.cell.run as usize;
-                            if runs.len() <= run {
-                                runs.resize(run + 1, None);
-                            }
-                            runs[run] = Some(value);
+                            let item = items
+                                .entry((
+                                    line.cell.experiment.to_string(),
+                                    line.cell.dataset.to_string(),
+                                ))
+                                .or_default()
+                                .number(&line.cell.item);
+                            judged
+                                .values
+                                .set(item, line.cell.run as usize, runs as usize, value);
                         }
                         None => judged.failed += 1,
                     }
@@ -243,15 +462,129 @@ pub fn compute(dir: &Path) -> Result<Scores, RecordError> {
             Ok(())
         })?;
     }
-    Ok(assemble(&info, &mut groups))
+    percentiles(dir, &info, answers_end, &mut groups)?;
+    let items = items
+        .iter()
+        .map(|(k, v)| (k.clone(), v.in_order()))
+        .collect();
+    Ok(assemble(&info, &mut groups, &items))
 }
 
-fn assemble(info: &RunInfo, groups: &mut BTreeMap<GroupKey, Group>) -> Scores {
+/// `bytes` read as a line of the scores, with its experiment's runs; `None` for a line
+/// of a run the plan no longer has (its `runs` lowered since), not part of the scores.
+fn scored_line(
+    info: &RunInfo,
+    path: &Path,
+    line_no: u64,
+    bytes: &[u8],
+) -> Result<Option<(Line, u32)>, RecordError> {
+    let line: Line = serde_json::from_slice(bytes).map_err(|e| RecordError::Foreign {
+        path: path.display().to_string(),
+        line: line_no,
+        reason: e.to_string(),
+    })?;
+    let runs = info
+        .experiments
+        .iter()
+        .find(|e| *e.name == *line.cell.experiment)
+        .map_or(0, |e| e.runs);
+    Ok((line.cell.run < runs).then_some((line, runs)))
+}
+
+/// Finds the groups' latency percentiles by reading the answers again, up to `end`
+/// (what the first reading saw), until every one is found: two more readings for
+/// latencies spread over a few powers of two, at most five.
+fn percentiles(
+    dir: &Path,
+    info: &RunInfo,
+    end: u64,
+    groups: &mut BTreeMap<GroupKey, Group>,
+) -> Result<(), RecordError> {
+    let path = dir.join(ANSWERS);
+    let changed = |_: Changed| RecordError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other("the file changed while the scores were computed"),
+    };
+    for group in groups.values_mut() {
+        group.latencies.start().map_err(changed)?;
+    }
+    loop {
+        let mut pending: Vec<(&GroupKey, &mut [Select; 2])> = groups
+            .iter_mut()
+            .filter(|(_, g)| g.latencies.pending())
+            .filter_map(|(key, g)| Some((key, g.latencies.percentiles.as_mut()?)))
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        record::read_complete_lines_upto(&path, end, |_, line_no, bytes| {
+            // Read already as a whole `Line` by the first reading: only what the
+            // percentiles need now.
+            let line: LatencyLine =
+                serde_json::from_slice(bytes).map_err(|e| RecordError::Foreign {
+                    path: path.display().to_string(),
+                    line: line_no,
+                    reason: e.to_string(),
+                })?;
+            let Some(volley) = line.volley else {
+                return Ok(());
+            };
+            let runs = info
+                .experiments
+                .iter()
+                .find(|e| e.name == line.experiment)
+                .map_or(0, |e| e.runs);
+            if line.run >= runs {
+                return Ok(());
+            }
+            let group = pending.iter_mut().find(|((e, d, m), _)| {
+                *e == line.experiment && *d == line.dataset && *m == line.model
+            });
+            if let Some((_, selects)) = group {
+                for select in selects.iter_mut() {
+                    select.feed(volley.latency_ms);
+                }
+            }
+            Ok(())
+        })?;
+        for (_, selects) in pending {
+            for select in selects {
+                select.end_pass().map_err(changed)?;
+            }
+        }
+    }
+}
+
+/// What the percentiles' passes read of an answer's line.
+#[derive(Deserialize)]
+struct LatencyLine<'a> {
+    #[serde(borrow)]
+    experiment: Cow<'a, str>,
+    #[serde(borrow)]
+    dataset: Cow<'a, str>,
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    run: u32,
+    volley: Option<LineLatency>,
+}
+
+#[derive(Deserialize)]
+struct LineLatency {
+    latency_ms: f64,
+}
+
+/// (experiment, dataset) → its items' numbers in the order of their ids.
+type ItemOrder = BTreeMap<(String, String), Vec<u32>>;
+
+fn assemble(info: &RunInfo, groups: &mut BTreeMap<GroupKey, Group>, items: &ItemOrder) -> Scores {
     let mut results = Vec::new();
     let mut comparisons = Vec::new();
     for experiment in &info.experiments {
         for dataset in &experiment.datasets {
             let cells = dataset.rows * u64::from(experiment.runs);
+            let order = items
+                .get(&(experiment.name.clone(), dataset.name.clone()))
+                .map_or(&[][..], Vec::as_slice);
             let key = |model: &str| {
                 (
                     experiment.name.clone(),
@@ -288,7 +621,7 @@ fn assemble(info: &RunInfo, groups: &mut BTreeMap<GroupKey, Group>) -> Scores {
                 for judge in &judges {
                     let empty = Judged::default();
                     let judged = group.judged.get(&judge.id).unwrap_or(&empty);
-                    results.push(judged_row(base.clone(), judge, judged, &group));
+                    results.push(judged_row(base.clone(), judge, judged, &group, order));
                 }
                 // Kept for the comparisons below.
                 groups.insert(key(&model.name), group);
@@ -296,21 +629,21 @@ fn assemble(info: &RunInfo, groups: &mut BTreeMap<GroupKey, Group>) -> Scores {
             for judge in &judges {
                 for (i, a) in experiment.models.iter().enumerate() {
                     for b in &experiment.models[i + 1..] {
-                        let items = |m: &str| {
+                        let values = |m: &str| {
                             groups
                                 .get(&key(m))
                                 .and_then(|g| g.judged.get(&judge.id))
-                                .map(|j| &j.items)
+                                .map(|j| &j.values)
                         };
-                        let pairs: Vec<Vec<(f64, f64)>> = match (items(&a.name), items(&b.name)) {
-                            (Some(ia), Some(ib)) => ia
-                                .iter()
-                                .filter_map(|(item, ra)| {
-                                    ib.get(item).map(|rb| stats::pair_by_run(ra, rb))
+                        // Each item's runs where both have a value, in run order.
+                        let both = values(&a.name).zip(values(&b.name));
+                        let pairs = both.into_iter().flat_map(|(va, vb)| {
+                            order.iter().map(move |&item| {
+                                (0..va.runs.min(vb.runs)).filter_map(move |run| {
+                                    Some((va.get(item, run)?, vb.get(item, run)?))
                                 })
-                                .collect(),
-                            _ => Vec::new(),
-                        };
+                            })
+                        });
                         let seed = seed_of(&[
                             &experiment.name,
                             &dataset.name,
@@ -324,7 +657,7 @@ fn assemble(info: &RunInfo, groups: &mut BTreeMap<GroupKey, Group>) -> Scores {
                             judge: judge.id.clone(),
                             a: a.name.clone(),
                             b: b.name.clone(),
-                            paired: stats::paired(&pairs, Bootstrap::with_seed(seed)),
+                            paired: stats::paired_of(pairs, Bootstrap::with_seed(seed)),
                         });
                     }
                 }
@@ -373,23 +706,35 @@ fn base_row(
         },
         tokens: group.spend.tokens,
         cost_usd: group.spend.cost(),
-        latency_ms: latency(&group.latencies),
+        latency_ms: group.latencies.latency(),
         judge_tokens: Tokens::default(),
         judge_cost_usd: None,
     }
 }
 
-fn judged_row(mut row: ScoreRow, judge: &JudgeInfo, judged: &Judged, group: &Group) -> ScoreRow {
-    let values: Vec<Vec<f64>> = judged
-        .items
-        .values()
-        .map(|runs| runs.iter().flatten().copied().collect())
-        .collect();
-    let n_judged: u64 = values.iter().map(|v| v.len() as u64).sum();
+/// `order`: the items' numbers in the order of their ids.
+fn judged_row(
+    mut row: ScoreRow,
+    judge: &JudgeInfo,
+    judged: &Judged,
+    group: &Group,
+    order: &[u32],
+) -> ScoreRow {
+    let values = &judged.values;
+    let n_judged = values.count();
     let seed = seed_of(&[&row.experiment, &row.dataset, &judge.id, &row.model]);
-    let runs: Vec<&Vec<Option<f64>>> = judged.items.values().collect();
-    row.score = stats::bootstrap_mean(&values, Bootstrap::with_seed(seed));
-    row.runs = stats::run_spread(&runs);
+    row.score = stats::bootstrap_mean_of(
+        order.iter().map(|&item| values.values(item)),
+        Bootstrap::with_seed(seed),
+    );
+    // Rows as long as the longest run with a value, as the spread counts runs.
+    row.runs = values.last_run.and_then(|last| {
+        stats::run_spread_of(
+            order
+                .iter()
+                .map(|&item| (0..=last).map(move |run| values.get(item, run))),
+        )
+    });
     row.metric = Some(match judge.verdict {
         VerdictKind::Correct => "accuracy",
         VerdictKind::Score => "mean_score",
@@ -416,17 +761,55 @@ fn seed_of(parts: &[&str]) -> u64 {
     BASE_SEED ^ h.finish()
 }
 
-fn latency(values: &[f64]) -> Option<Latency> {
-    if values.is_empty() {
-        return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_numbered_once_and_ordered_by_id() {
+        let mut items = Items::default();
+        let ids = ["q10", "q2", "q1", "q2", "", "q10", "é"];
+        let numbers: Vec<u32> = ids.iter().map(|id| items.number(id)).collect();
+        assert_eq!(numbers, [0, 1, 2, 1, 3, 0, 4]);
+        let ordered: Vec<&str> = items.in_order().iter().map(|&n| items.id(n)).collect();
+        assert_eq!(ordered, ["", "q1", "q10", "q2", "é"]);
     }
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable_by(f64::total_cmp);
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-    Some(Latency {
-        mean: values.iter().sum::<f64>() / values.len() as f64,
-        p50: at(0.5),
-        p95: at(0.95),
-        max: sorted[sorted.len() - 1],
-    })
+
+    #[test]
+    fn an_id_whose_hash_another_id_has_is_still_its_own_item() {
+        let mut items = Items::default();
+        assert_eq!(items.number("a"), 0);
+        // "b" finds the slot of its hash taken by item 0, as a collision would.
+        items.by_hash.insert_new(id_hash("b"), 0);
+        assert_eq!(items.number("b"), 1);
+        assert_eq!(items.number("b"), 1);
+        assert_eq!(items.number("a"), 0);
+        assert_eq!(items.id(1), "b");
+        assert_eq!(items.in_order(), [0, 1]);
+    }
+
+    #[test]
+    fn run_values_keep_the_last_value_of_each_run_past_the_codes() {
+        let mut values = RunValues::default();
+        values.set(1, 2, 3, 1.0);
+        values.set(0, 0, 3, 0.0);
+        values.set(0, 0, 3, -0.0);
+        assert!(matches!(values.cells, Cells::Coded { .. }));
+        assert_eq!(
+            values.get(0, 0).map(f64::to_bits),
+            Some((-0.0f64).to_bits())
+        );
+        assert_eq!(values.get(0, 1), None);
+        assert_eq!(values.get(5, 0), None);
+        // More distinct values than a byte codes: kept whole, the earlier ones too.
+        for item in 2..400 {
+            values.set(item, 1, 3, f64::from(item) / 7.0);
+        }
+        assert!(matches!(values.cells, Cells::Whole(_)));
+        assert_eq!(values.get(1, 2), Some(1.0));
+        assert_eq!(values.get(399, 1), Some(399.0 / 7.0));
+        assert_eq!(values.values(1).collect::<Vec<_>>(), [1.0]);
+        assert_eq!(values.count(), 2 + 398);
+        assert_eq!(values.last_run, Some(2));
+    }
 }

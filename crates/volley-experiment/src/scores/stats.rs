@@ -122,12 +122,28 @@ impl Default for Bootstrap {
 /// index draws and additions, not a pass over every value; 10,000 resamples of
 /// 200 items × 3 runs take about 3.5 ms in a release build.
 pub fn bootstrap_mean<I: AsRef<[f64]>>(items: &[I], bootstrap: Bootstrap) -> Option<Estimate> {
-    let clusters: Vec<Cluster> = items
-        .iter()
-        .filter_map(|values| Cluster::of(values.as_ref()))
-        .collect();
-    let value = pooled_mean(&clusters)?;
-    let mut resampled = resampled_means(&clusters, bootstrap);
+    bootstrap_mean_of(
+        items.iter().map(|values| values.as_ref().iter().copied()),
+        bootstrap,
+    )
+}
+
+/// [`bootstrap_mean`] of items given one by one, each as its values in order: the same
+/// result for the same values, without the values being held together (only a sum
+/// and a count per item are kept).
+pub fn bootstrap_mean_of<I, V>(items: I, bootstrap: Bootstrap) -> Option<Estimate>
+where
+    I: IntoIterator<Item = V>,
+    V: IntoIterator<Item = f64>,
+{
+    let clusters: Vec<Cluster> = items.into_iter().filter_map(Cluster::of).collect();
+    clustered_mean(&clusters, bootstrap)
+}
+
+/// The pooled mean of `clusters` and its interval (see [`bootstrap_mean`]).
+fn clustered_mean(clusters: &[Cluster], bootstrap: Bootstrap) -> Option<Estimate> {
+    let value = pooled_mean(clusters)?;
+    let mut resampled = resampled_means(clusters, bootstrap);
     if resampled.is_empty() {
         return None;
     }
@@ -151,14 +167,11 @@ struct Cluster {
 impl Cluster {
     /// `None` for an item with no values: it carries no information and is
     /// dropped before resampling.
-    fn of(values: &[f64]) -> Option<Cluster> {
-        if values.is_empty() {
-            return None;
-        }
-        Some(Cluster {
-            sum: values.iter().sum(),
-            count: values.len(),
-        })
+    fn of(values: impl IntoIterator<Item = f64>) -> Option<Cluster> {
+        let mut count = 0;
+        // Summed as `Iterator::sum` does, in order.
+        let sum = values.into_iter().inspect(|_| count += 1).sum();
+        (count > 0).then_some(Cluster { sum, count })
     }
 }
 
@@ -254,11 +267,25 @@ pub struct RunSpread {
 /// that have a mean (runs with no observation are left out, not counted as 0).
 /// Returns `None` when no run has any observation.
 pub fn run_spread<I: AsRef<[Option<f64>]>>(items: &[I]) -> Option<RunSpread> {
-    let runs = items.iter().map(|row| row.as_ref().len()).max()?;
-    let mut sums = vec![0.0; runs];
-    let mut counts = vec![0usize; runs];
+    run_spread_of(items.iter().map(|row| row.as_ref().iter().copied()))
+}
+
+/// [`run_spread`] of items given one by one, each as its row (`None` where a run is
+/// missing): the same result for the same rows, holding only a sum and a count per run.
+pub fn run_spread_of<I, R>(items: I) -> Option<RunSpread>
+where
+    I: IntoIterator<Item = R>,
+    R: IntoIterator<Item = Option<f64>>,
+{
+    let mut sums: Vec<f64> = Vec::new();
+    let mut counts: Vec<usize> = Vec::new();
     for row in items {
-        for (run, value) in row.as_ref().iter().enumerate() {
+        for (run, value) in row.into_iter().enumerate() {
+            // The number of runs is the longest row, a missing last run included.
+            if sums.len() <= run {
+                sums.resize(run + 1, 0.0);
+                counts.resize(run + 1, 0);
+            }
             if let Some(value) = value {
                 sums[run] += value;
                 counts[run] += 1;
@@ -374,20 +401,36 @@ fn mcnemar_exact_p(a_only: u64, b_only: u64) -> f64 {
 ///   pairs as independent, which the runs of one item are not; the bootstrap
 ///   interval of the difference is the one that accounts for clustering.
 pub fn paired<I: AsRef<[(f64, f64)]>>(items: &[I], bootstrap: Bootstrap) -> Option<Paired> {
-    let differences: Vec<Vec<f64>> = items
-        .iter()
-        .map(|pairs| pairs.as_ref().iter().map(|&(a, b)| a - b).collect())
-        .collect();
-    let difference = bootstrap_mean(&differences, bootstrap)?;
-    let all_pairs = || items.iter().flat_map(|pairs| pairs.as_ref().iter());
-    let n_pairs = all_pairs().count() as u64;
+    paired_of(
+        items.iter().map(|pairs| pairs.as_ref().iter().copied()),
+        bootstrap,
+    )
+}
+
+/// [`paired`] of items given one by one, each as its pairs in order: the same result
+/// for the same pairs, holding only a sum and a count per item.
+pub fn paired_of<I, P>(items: I, bootstrap: Bootstrap) -> Option<Paired>
+where
+    I: IntoIterator<Item = P>,
+    P: IntoIterator<Item = (f64, f64)>,
+{
+    let (mut n_pairs, mut a_only, mut b_only) = (0u64, 0u64, 0u64);
+    let mut binary = true;
     let is_verdict = |value: f64| value == 0.0 || value == 1.0;
-    let binary = all_pairs().all(|&(a, b)| is_verdict(a) && is_verdict(b));
-    let mcnemar = binary.then(|| {
-        let a_only = all_pairs().filter(|&&(a, b)| a > b).count() as u64;
-        let b_only = all_pairs().filter(|&&(a, b)| a < b).count() as u64;
-        McNemar::from_counts(a_only, b_only)
-    });
+    let clusters: Vec<Cluster> = items
+        .into_iter()
+        .filter_map(|pairs| {
+            Cluster::of(pairs.into_iter().map(|(a, b)| {
+                n_pairs += 1;
+                binary &= is_verdict(a) && is_verdict(b);
+                a_only += u64::from(a > b);
+                b_only += u64::from(a < b);
+                a - b
+            }))
+        })
+        .collect();
+    let difference = clustered_mean(&clusters, bootstrap)?;
+    let mcnemar = binary.then(|| McNemar::from_counts(a_only, b_only));
     Some(Paired {
         n_pairs,
         difference,
