@@ -69,6 +69,9 @@ pub struct ConfigFile {
     pub run: Vec<FlagDefault>,
     /// `[serve]`: defaults for `volley serve`'s flags, in file order.
     pub serve: Vec<FlagDefault>,
+    /// `[experiment]`: defaults for the flags of `volley experiment run` and
+    /// `rejudge`, in file order.
+    pub experiment: Vec<FlagDefault>,
     /// `[providers]`, in file order: the engine has one upstream per provider, in this
     /// order, and the first is the default upstream (lines naming no configured model
     /// go there).
@@ -142,6 +145,7 @@ impl ConfigFile {
             dir,
             run: Vec::new(),
             serve: Vec::new(),
+            experiment: Vec::new(),
             providers: Vec::new(),
             models: Vec::new(),
             datasets: Vec::new(),
@@ -165,12 +169,13 @@ impl ConfigFile {
         })
     }
 
-    /// The flag defaults of the command `command` (`"run"`, `"serve"`); `None` for a
-    /// command the file has no section for.
+    /// The flag defaults of the command `command` (`"run"`, `"serve"`, `"experiment"`);
+    /// `None` for a command the file has no section for.
     pub fn flag_defaults(&self, command: &str) -> Option<&[FlagDefault]> {
         match command {
             "run" => Some(&self.run),
             "serve" => Some(&self.serve),
+            "experiment" => Some(&self.experiment),
             _ => None,
         }
     }
@@ -204,7 +209,11 @@ impl ConfigFile {
     /// and fills in the resolved ones.
     fn resolve(&mut self, raw: RawFile) -> Result<(), ConfigError> {
         let top = KeyPath::root();
-        for (section, flags) in [("run", raw.run), ("serve", raw.serve)] {
+        for (section, flags) in [
+            ("run", raw.run),
+            ("serve", raw.serve),
+            ("experiment", raw.experiment),
+        ] {
             let at = top.key(section);
             let resolved = flags
                 .unwrap_or_default()
@@ -222,7 +231,8 @@ impl ConfigFile {
                 .collect();
             match section {
                 "run" => self.run = resolved,
-                _ => self.serve = resolved,
+                "serve" => self.serve = resolved,
+                _ => self.experiment = resolved,
             }
         }
         self.providers = self.section("providers", raw.providers, Self::provider_from)?;

@@ -15,6 +15,7 @@ use crate::types::{Expect, Lanes, Verdict};
 pub(crate) struct RawFile {
     pub run: Option<Named<FlagValue>>,
     pub serve: Option<Named<FlagValue>>,
+    pub experiment: Option<Named<FlagValue>>,
     pub providers: Option<Named<RawProvider>>,
     pub models: Option<Named<RawModel>>,
     pub datasets: Option<Named<RawDataset>>,

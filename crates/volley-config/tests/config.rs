@@ -253,7 +253,7 @@ fn unknown_keys_are_named_with_their_line() {
     );
     assert_eq!(
         error("volley.toml", "[run]\nconcurrency = 4\n\n[model.small]\n"),
-        "volley.toml:4: model: unknown key (expected one of run, serve, providers, models, datasets, prompts, experiments)"
+        "volley.toml:4: model: unknown key (expected one of run, serve, experiment, providers, models, datasets, prompts, experiments)"
     );
 }
 

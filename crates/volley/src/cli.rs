@@ -83,6 +83,8 @@ pub struct ExperimentRunArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
+    pub display: DisplayArgs,
+    #[command(flatten)]
     pub engine: EngineArgs,
 }
 
@@ -99,6 +101,8 @@ pub struct RejudgeArgs {
     /// The configuration file [default: the one the run was made with].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub display: DisplayArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -192,15 +196,8 @@ pub struct RunArgs {
     /// Write the final report as JSON to FILE (schema: docs/report.md).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Progress display.
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
-    pub progress: ProgressMode,
-    /// Print only warnings and errors.
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub display: DisplayArgs,
     /// Write every engine event to FILE as JSON lines.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
@@ -211,6 +208,20 @@ pub struct RunArgs {
     /// the final figures (Ctrl-C ends the wait).
     #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "metrics_addr", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
     pub metrics_linger: f64,
+}
+
+/// How a long command shows itself on standard error: progress, and log lines.
+#[derive(Debug, Args)]
+pub struct DisplayArgs {
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Print only warnings and errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// How requests are sent: the provider, keys, limits, retries and prices. Shared by

@@ -1,5 +1,6 @@
 //! `--config FILE` on the command line: the file's section for the command (`[run]`,
-//! `[serve]`) gives defaults for any of the command's flags, by long name.
+//! `[serve]`, and `[experiment]` for `volley experiment run CONFIG`) gives defaults for
+//! any of the command's flags, by long name.
 //!
 //! Done generically, not flag by flag: the command line is parsed once; each key of
 //! the section is matched to the command's flag of that long name and its value judged
@@ -41,37 +42,57 @@ impl From<ConfigError> for ArgsError {
     }
 }
 
+/// The command a configuration file gives defaults to: its subcommand names, its
+/// matches and the file. `volley run|serve --config FILE` take the `[run]`/`[serve]`
+/// section; `volley experiment run CONFIG` takes `[experiment]` from its CONFIG.
+fn configured(matches: &ArgMatches) -> Option<(Vec<&str>, &ArgMatches, &std::path::PathBuf)> {
+    let (name, sub) = matches.subcommand()?;
+    if name == "experiment" {
+        let (inner, m) = sub.subcommand()?;
+        let path = (inner == "run")
+            .then(|| m.try_get_one::<std::path::PathBuf>("config").ok().flatten())
+            .flatten()?;
+        return Some((vec![name, inner], m, path));
+    }
+    let path = sub
+        .try_get_one::<std::path::PathBuf>(CONFIG_FLAG)
+        .ok()
+        .flatten()?;
+    Some((vec![name], sub, path))
+}
+
 /// Parses the command line `argv` (the program's name first), with the defaults of the
 /// file `--config` names, if any; returns the flags and the loaded file.
 pub fn parse_args(mut argv: Vec<OsString>) -> Result<(Cli, Option<ConfigFile>), ArgsError> {
     let command = Cli::command();
     let matches = command.clone().try_get_matches_from(&argv)?;
-    let Some((name, sub)) = matches.subcommand() else {
-        return Ok((Cli::from_arg_matches(&matches)?, None));
-    };
-    let path = sub
-        .try_get_one::<std::path::PathBuf>(CONFIG_FLAG)
-        .ok()
-        .flatten();
-    let Some(path) = path else {
+    let Some((names, sub, path)) = configured(&matches) else {
         return Ok((Cli::from_arg_matches(&matches)?, None));
     };
     let file = ConfigFile::load(path)?;
-    let subcommand = command.find_subcommand(name).ok_or_else(|| {
-        command
-            .clone()
-            .error(clap::error::ErrorKind::InvalidSubcommand, name)
-    })?;
+    let mut subcommand = &command;
+    for name in &names {
+        subcommand = subcommand.find_subcommand(name).ok_or_else(|| {
+            command
+                .clone()
+                .error(clap::error::ErrorKind::InvalidSubcommand, name)
+        })?;
+    }
+    let name = names[0];
     let defaults = file.flag_defaults(name).unwrap_or_default();
-    let extra = flag_arguments(&file, subcommand, sub, defaults)?;
+    let extra = flag_arguments(&file, &names.join(" "), subcommand, sub, defaults)?;
     if extra.is_empty() {
         return Ok((Cli::from_arg_matches(&matches)?, Some(file)));
     }
-    // Right after the subcommand's name: before any `--` that would make them inputs.
-    let at = argv
-        .iter()
-        .position(|a| a.as_os_str() == OsStr::new(name))
-        .map_or(argv.len(), |i| i + 1);
+    // Right after the (last) subcommand's name: before any `--` that would make them
+    // inputs.
+    let mut at = 0;
+    for n in &names {
+        at = argv[at..]
+            .iter()
+            .position(|a| a.as_os_str() == OsStr::new(n))
+            .map_or(argv.len(), |i| at + i + 1);
+    }
     argv.splice(at..at, extra);
     // The file's values passed their parsers; what can still fail is how flags go
     // together (`--metrics-linger` needs `--metrics-addr`): said at the section.
@@ -91,6 +112,7 @@ pub fn parse_args(mut argv: Vec<OsString>) -> Result<(Cli, Option<ConfigFile>), 
 /// each checked by its flag's parser, every error at its line and key.
 pub fn flag_arguments(
     file: &ConfigFile,
+    name: &str,
     command: &clap::Command,
     matches: &ArgMatches,
     defaults: &[FlagDefault],
@@ -109,7 +131,7 @@ pub fn flag_arguments(
             .find(|a| a.get_long() == Some(long.as_str()))
             .filter(|a| !matches!(a.get_long(), Some(CONFIG_FLAG | "help" | "version")));
         let Some(arg) = arg else {
-            return Err(file.error_at(&default.path, unknown(command, &long)));
+            return Err(file.error_at(&default.path, unknown(name, command, &long)));
         };
         let values = match &default.value {
             FlagValue::List(items) if matches!(arg.get_action(), ArgAction::Append) => {
@@ -221,9 +243,8 @@ fn clap_message(e: &clap::Error) -> String {
         .join(" ")
 }
 
-/// An unknown key: the command has no such flag; the closest one, if any is close.
-fn unknown(command: &clap::Command, long: &str) -> String {
-    let name = command.get_name();
+/// An unknown key: `volley NAME` has no such flag; the closest one, if any is close.
+fn unknown(name: &str, command: &clap::Command, long: &str) -> String {
     let mut message = format!(
         "unknown key: volley {name} has no flag --{long} (`volley {name} --help` lists them)"
     );
@@ -305,7 +326,7 @@ mod tests {
         let text = "[run]\nconcurrency = 3\nquiet = true\nskip-invalid = false\napi_key_env = [\"A\", \"B\"]\nmax_cost = 1.5\nexpect = \"json\"\n";
         let args = run_args(text, &["--max-retries", "2"]).unwrap();
         assert_eq!(args.engine.concurrency, 3);
-        assert!(args.quiet && !args.skip_invalid);
+        assert!(args.display.quiet && !args.skip_invalid);
         assert_eq!(args.engine.api_key_env, ["A", "B"]);
         assert_eq!(args.max_cost, Some(1.5));
         assert!(args.expect.is_some());

@@ -2,16 +2,21 @@
 //! line every interval in logs, plus a log line for each notable event (a key paused or
 //! retired, the retry budget spent). Both only read the event stream.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
+use volley_core::defaults;
 use volley_core::engine::SourceId;
 use volley_core::observe::events::{Event, Observer};
 use volley_core::observe::stats::{RunStats, Snapshot};
 use volley_core::provider::openrouter::PricesSource;
+use volley_experiment::pipeline::Progress as CellProgress;
 
+use crate::cli::{DisplayArgs, ProgressMode};
+use crate::logging::BarSlot;
 use crate::summary::{human_duration, usd};
 
 /// How often the bar redraws.
@@ -139,11 +144,75 @@ fn tokens_per_second(s: &Snapshot) -> f64 {
     }
 }
 
+/// What a progress display counts.
+#[derive(Clone)]
+pub enum Counted {
+    /// Requests (`volley run`): the totals of the stats themselves.
+    Requests,
+    /// An experiment's cells, and what its two stages have done this run; the request
+    /// figures (both stages together) still come from the stats.
+    Cells(Arc<CellProgress>),
+}
+
+/// How far along the counted things are at one moment.
+struct Position {
+    done: u64,
+    total: u64,
+    /// What the stages did, before the request figures (`answers 10 · judgements 8`).
+    stages: Option<String>,
+    eta: Option<Duration>,
+}
+
+impl Counted {
+    /// Where the run is, `start` being the cells done when the display began (those an
+    /// earlier run finished do not make this one look fast).
+    fn position(&self, s: &Snapshot, start: u64) -> Position {
+        match self {
+            Counted::Requests => Position {
+                done: s.finished(),
+                total: s.total,
+                stages: None,
+                eta: s.eta(),
+            },
+            Counted::Cells(p) => {
+                let (cells, done, answered, judged) = p.read();
+                let this_run = done.saturating_sub(start) as f64;
+                let eta = (this_run > 0.0)
+                    .then(|| {
+                        let left = cells.saturating_sub(done) as f64;
+                        Duration::try_from_secs_f64(left * s.elapsed.as_secs_f64() / this_run).ok()
+                    })
+                    .flatten();
+                Position {
+                    done,
+                    total: cells,
+                    stages: Some(format!("answers {answered} · judgements {judged}")),
+                    eta,
+                }
+            }
+        }
+    }
+
+    fn start(&self) -> u64 {
+        match self {
+            Counted::Requests => 0,
+            Counted::Cells(p) => p.read().1,
+        }
+    }
+
+    fn noun(&self) -> &'static str {
+        match self {
+            Counted::Requests => "",
+            Counted::Cells(_) => "cells ",
+        }
+    }
+}
+
 /// One periodic summary line (log mode): totals so far, and what the last interval
 /// saw of the limiter ("12 of 60 attempts throttled").
-pub fn summary_line(before: &Snapshot, s: &Snapshot) -> String {
-    let pct = if s.total > 0 {
-        100.0 * s.finished() as f64 / s.total as f64
+fn summary_line(counted: &Counted, at: &Position, before: &Snapshot, s: &Snapshot) -> String {
+    let pct = if at.total > 0 {
+        100.0 * at.done as f64 / at.total as f64
     } else {
         100.0
     };
@@ -154,10 +223,15 @@ pub fn summary_line(before: &Snapshot, s: &Snapshot) -> String {
     } else {
         0.0
     };
+    let stages = at
+        .stages
+        .as_ref()
+        .map_or(String::new(), |st| format!("{st} · "));
     format!(
-        "progress: {}/{} ({pct:.1}%) · {:.1} req/s · in flight {}{} · queued {} · last {}: {attempts} attempts, {throttled} throttled ({share:.0}%), {} 429s · retries {} · errors {} · {:.0} tok/s · cost {} · ETA {}",
-        s.finished(),
-        s.total,
+        "progress: {}{}/{} ({pct:.1}%) · {stages}{:.1} req/s · in flight {}{} · queued {} · last {}: {attempts} attempts, {throttled} throttled ({share:.0}%), {} 429s · retries {} · errors {} · {:.0} tok/s · cost {} · ETA {}",
+        counted.noun(),
+        at.done,
+        at.total,
         s.throughput(),
         s.in_flight,
         s.concurrency
@@ -169,30 +243,35 @@ pub fn summary_line(before: &Snapshot, s: &Snapshot) -> String {
         s.failed,
         tokens_per_second(s),
         usd(s.usage.cost),
-        s.eta().map_or("-".into(), human_duration),
+        at.eta.map_or("-".into(), human_duration),
     )
 }
 
-/// Renders progress until `done` fires.
-pub async fn show(
+/// Renders progress until `done` fires: the bar if there is one, else a summary line
+/// every `interval`.
+async fn show(
     stats: Arc<RunStats>,
+    counted: Counted,
     bar: Option<ProgressBar>,
     interval: Duration,
     done: CancellationToken,
 ) {
+    let start = counted.start();
     match bar {
         Some(bar) => loop {
             let s = stats.snapshot();
-            bar.set_length(s.total);
-            bar.set_position(s.finished());
+            let at = counted.position(&s, start);
+            bar.set_length(at.total);
+            bar.set_position(at.done);
+            let stages = at.stages.map_or(String::new(), |st| format!("{st} · "));
             bar.set_message(format!(
-                "{:.1} req/s · {:.0} tok/s · {} · retries {} · errors {} · ETA {}",
+                "{stages}{:.1} req/s · {:.0} tok/s · {} · retries {} · errors {} · ETA {}",
                 s.throughput(),
                 tokens_per_second(&s),
                 usd(s.usage.cost),
                 s.retries,
                 s.failed,
-                s.eta().map_or("-".into(), human_duration)
+                at.eta.map_or("-".into(), human_duration)
             ));
             tokio::select! {
                 _ = done.cancelled() => { bar.finish_and_clear(); return; }
@@ -206,7 +285,8 @@ pub async fn show(
                     _ = done.cancelled() => return,
                     _ = tokio::time::sleep(interval) => {
                         let now = stats.snapshot();
-                        tracing::info!("{}", summary_line(&before, &now));
+                        let at = counted.position(&now, start);
+                        tracing::info!("{}", summary_line(&counted, &at, &before, &now));
                         before = now;
                     }
                 }
@@ -215,12 +295,120 @@ pub async fn show(
     }
 }
 
+/// The progress display of a command, from start to [`Display::stop`]: a bar on a
+/// terminal (or with `--progress bar`), a summary line every `interval` in logs, or
+/// nothing (`--quiet`, `--progress off`).
+pub struct Display {
+    done: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    slot: BarSlot,
+}
+
+impl Display {
+    /// Starts showing `counted` (of which `total` are known now), log lines drawn
+    /// around the bar through `slot`.
+    pub fn start(
+        args: &DisplayArgs,
+        stats: Arc<RunStats>,
+        counted: Counted,
+        total: u64,
+        slot: &BarSlot,
+    ) -> Display {
+        let show_bar = match args.progress {
+            ProgressMode::Bar => true,
+            ProgressMode::Auto => !args.quiet && std::io::stderr().is_terminal(),
+            ProgressMode::Log | ProgressMode::Off => false,
+        };
+        let show_log = !show_bar
+            && !args.quiet
+            && matches!(args.progress, ProgressMode::Auto | ProgressMode::Log);
+        let done = CancellationToken::new();
+        let task = (show_bar || show_log).then(|| {
+            let bar = show_bar.then(|| new_bar(total));
+            slot.set(bar.clone());
+            tokio::spawn(show(
+                stats,
+                counted,
+                bar,
+                defaults::SUMMARY_INTERVAL,
+                done.clone(),
+            ))
+        });
+        Display {
+            done,
+            task,
+            slot: slot.clone(),
+        }
+    }
+
+    /// Clears the bar (log lines go straight to standard error again).
+    pub async fn stop(self) {
+        self.done.cancel();
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+        self.slot.set(None);
+    }
+}
+
 /// A bar drawn on standard error.
-pub fn new_bar(total: u64) -> ProgressBar {
+fn new_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     let style =
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    #[test]
+    fn an_experiments_line_counts_cells_and_both_stages_and_its_eta_only_this_run() {
+        let cells = Arc::new(CellProgress::default());
+        cells.cells.store(1000, Ordering::Relaxed);
+        // 100 cells were done by an earlier run when the display began.
+        cells.done.store(100, Ordering::Relaxed);
+        let counted = Counted::Cells(cells.clone());
+        let start = counted.start();
+        cells.done.store(300, Ordering::Relaxed);
+        cells.answered.store(210, Ordering::Relaxed);
+        cells.judged.store(200, Ordering::Relaxed);
+        let before = RunStats::new().snapshot();
+        let mut now = before.clone();
+        now.elapsed = Duration::from_secs(10);
+        let at = counted.position(&now, start);
+        // 200 cells in 10 s, 700 left.
+        assert_eq!(at.eta, Some(Duration::from_secs(35)));
+        let line = summary_line(&counted, &at, &before, &now);
+        assert!(
+            line.starts_with("progress: cells 300/1000 (30.0%) · answers 210 · judgements 200 · "),
+            "{line}"
+        );
+        assert!(line.ends_with("ETA 35.0 s"), "{line}");
+
+        // Nothing done yet this run: no estimate rather than a wrong one.
+        let fresh = counted.position(&now, 300);
+        assert_eq!(fresh.eta, None);
+    }
+
+    #[test]
+    fn a_runs_line_counts_requests() {
+        let before = RunStats::new().snapshot();
+        let mut now = before.clone();
+        now.total = 40;
+        now.succeeded = 10;
+        now.elapsed = Duration::from_secs(5);
+        let at = Counted::Requests.position(&now, 0);
+        let line = summary_line(&Counted::Requests, &at, &before, &now);
+        assert!(
+            line.starts_with("progress: 10/40 (25.0%) · 2.0 req/s"),
+            "{line}"
+        );
+        assert!(line.ends_with("ETA 15.0 s"), "{line}");
+    }
 }

@@ -270,3 +270,47 @@ fn a_template_naming_a_missing_field_stops_before_any_request() {
     );
     assert_eq!(mock.stats()["requests"], 0);
 }
+
+#[test]
+fn the_files_experiment_section_sets_the_run_s_flags() {
+    // A mock that refuses a third request in flight: only a run held to two at once
+    // is never refused.
+    let mock = graded_mock(&["--in-flight-budget", "3", "--latency-ms", "5"]);
+    let ws = Workspace::new();
+    let config = example(&ws, &mock);
+    let rows: Vec<String> = std::fs::read_to_string(ws.path("arith.jsonl"))
+        .unwrap()
+        .lines()
+        .take(20)
+        .map(String::from)
+        .collect();
+    ws.write("arith.jsonl", &(rows.join("\n") + "\n"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let refusals = |mock: &MockProc| mock.stats()["by_status"]["402"].as_u64().unwrap_or(0);
+
+    ws.write(
+        "arith.toml",
+        &format!("[experiment]\nconcurrency = 2\nquiet = true\n\n{text}"),
+    );
+    let out = ws.run(&["experiment", "run", "arith.toml", "--out", "narrow"]);
+    assert_exit(&out, 0);
+    // (Without the section, at the default concurrency, this mock refuses hundreds.)
+    assert_eq!(refusals(&mock), 0, "{}", explain(&out));
+    assert_eq!(read_jsonl(&ws.path("narrow/judgements.jsonl")).len(), 120);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("cells done"), "not quiet: {stderr}");
+
+    // A key that is no flag is named at its line, with the flag it resembles.
+    ws.write(
+        "arith.toml",
+        &format!("[experiment]\nconcurency = 2\n\n{text}"),
+    );
+    let out = ws.run(&["experiment", "run", "arith.toml", "--out", "typo"]);
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("arith.toml:2: experiment.concurency: unknown key: volley experiment run has no flag --concurency")
+            && stderr.contains("did you mean concurrency?"),
+        "{stderr}"
+    );
+}

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use volley_config::{ConfigFile, Expect, Verdict};
 use volley_core::defaults;
 use volley_core::observe::events::EventBus;
+use volley_core::observe::stats::RunStats;
 use volley_core::provider::validate::ResponseCheck;
 use volley_core::runner::Target;
 use volley_core::store::claim::{NamedFile, check_distinct};
@@ -19,10 +20,13 @@ use volley_experiment::plan::{
 use volley_experiment::{record, run_info, scores};
 
 use crate::cli::{
-    EngineArgs, ExperimentCommand, ExperimentReportArgs, ExperimentRunArgs, RejudgeArgs,
+    DisplayArgs, EngineArgs, ExperimentCommand, ExperimentReportArgs, ExperimentRunArgs,
+    RejudgeArgs,
 };
 use crate::commands::engine;
 use crate::exit::Exit;
+use crate::logging::{self, BarSlot};
+use crate::progress::{self, Counted, EventLog};
 
 pub async fn experiment(command: ExperimentCommand) -> anyhow::Result<Exit> {
     match command {
@@ -52,7 +56,13 @@ async fn run(args: ExperimentRunArgs) -> anyhow::Result<Exit> {
         Some(dir) => dir.clone(),
         None => default_out(&args.config),
     };
-    let end = execute(&args.engine, &file, upstreams, &plans, &out, true).await?;
+    let slot = BarSlot::default();
+    logging::init(args.display.log_format, args.display.quiet, slot.clone());
+    let shown = Shown {
+        args: &args.display,
+        slot: &slot,
+    };
+    let end = execute(&args.engine, shown, &file, upstreams, &plans, &out, true).await?;
     finish(&out, &end)
 }
 
@@ -130,7 +140,22 @@ async fn rejudge(args: RejudgeArgs) -> anyhow::Result<Exit> {
             verdict,
         });
     }
-    let end = execute(&args.engine, &file, upstreams, &plans, &args.run_dir, false).await?;
+    let slot = BarSlot::default();
+    logging::init(args.display.log_format, args.display.quiet, slot.clone());
+    let shown = Shown {
+        args: &args.display,
+        slot: &slot,
+    };
+    let end = execute(
+        &args.engine,
+        shown,
+        &file,
+        upstreams,
+        &plans,
+        &args.run_dir,
+        false,
+    )
+    .await?;
     finish(&args.run_dir, &end)
 }
 
@@ -171,9 +196,18 @@ const RUN_FILES: [&str; 7] = [
     scores::SCORES_MD,
 ];
 
-/// Runs `plans` on an engine of the file's providers, recording into `out`.
+/// How a run shows its progress and log lines.
+#[derive(Clone, Copy)]
+struct Shown<'a> {
+    args: &'a DisplayArgs,
+    slot: &'a BarSlot,
+}
+
+/// Runs `plans` on an engine of the file's providers, recording into `out`; the
+/// progress display and the log read the engine's events, both stages together.
 async fn execute(
     args: &EngineArgs,
+    shown: Shown<'_>,
     file: &ConfigFile,
     upstreams: engine::Upstreams,
     plans: &[ExperimentPlan],
@@ -185,10 +219,11 @@ async fn execute(
     pipeline::validate(plans)?;
     let pricing = engine::pricing(args)?;
     let (targets, mock) = upstreams.start().await?;
+    let stats = Arc::new(RunStats::new());
     let engine = Target::connect_all(
         targets,
         engine::config(args, pricing, defaults::SHUTDOWN_GRACE),
-        EventBus::default(),
+        EventBus::new(vec![stats.clone(), Arc::new(EventLog)]),
     )
     .await?;
     let cancel = CancellationToken::new();
@@ -201,7 +236,13 @@ async fn execute(
         })
     };
     let progress = Arc::new(Progress::default());
-    let reporter = tokio::spawn(report_progress(progress.clone()));
+    let display = progress::Display::start(
+        shown.args,
+        stats.clone(),
+        Counted::Cells(progress.clone()),
+        0,
+        shown.slot,
+    );
     let options = RunOptions {
         progress: progress.clone(),
         dir: out.to_owned(),
@@ -213,31 +254,17 @@ async fn execute(
     errln!("run directory: {}", out.display());
     let end = pipeline::run(&engine, plans, &options, &cancel).await;
     interrupt.abort();
-    reporter.abort();
-    say_progress(&progress);
+    display.stop().await;
+    stats.end();
+    if !shown.args.quiet {
+        let (cells, done, answered, judged) = progress.read();
+        errln!("cells done {done}/{cells} · this run: {answered} answers, {judged} judgements");
+    }
     engine.shutdown(defaults::SHUTDOWN_GRACE).await;
     if let Some(mock) = mock {
         mock.shutdown().await;
     }
     Ok(end?)
-}
-
-/// How often the run says how far it is.
-const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Says how far the run is every [`PROGRESS_EVERY`], both stages.
-async fn report_progress(progress: Arc<Progress>) {
-    let mut tick = tokio::time::interval(PROGRESS_EVERY);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        say_progress(&progress);
-    }
-}
-
-fn say_progress(progress: &Progress) {
-    let (cells, done, answered, judged) = progress.read();
-    errln!("cells done {done}/{cells} · this run: {answered} answers, {judged} judgements");
 }
 
 /// Writes the scores and says how the run ended.

@@ -1,7 +1,6 @@
 //! `volley run`: flags → a validated plan → the engine, with progress, signals, the
 //! final summary and the exit code.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +22,7 @@ use volley_core::store::OutputFiles;
 use volley_core::store::checkpoint::Tail;
 use volley_core::store::claim::{self, HeldFiles, NamedFile, OutputLock};
 
-use crate::cli::{Expect, LogFormat, ProgressMode, RunArgs};
+use crate::cli::{Expect, LogFormat, RunArgs};
 use crate::commands::engine::{self, Upstreams};
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
@@ -35,7 +34,7 @@ use crate::summary;
 /// already in `args`).
 pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit> {
     let slot = BarSlot::default();
-    logging::init(args.log_format, args.quiet, slot.clone());
+    logging::init(args.display.log_format, args.display.quiet, slot.clone());
 
     // Files first: nothing below may read or write a file before it is known that no
     // two of them are the same one.
@@ -208,26 +207,13 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
         observers.push(f.clone());
     }
 
-    let show_bar = match args.progress {
-        ProgressMode::Bar => true,
-        ProgressMode::Auto => !args.quiet && std::io::stderr().is_terminal(),
-        ProgressMode::Log | ProgressMode::Off => false,
-    };
-    let show_log =
-        !show_bar && !args.quiet && matches!(args.progress, ProgressMode::Auto | ProgressMode::Log);
-    let progress_done = CancellationToken::new();
-    let progress_task = if show_bar || show_log {
-        let bar = show_bar.then(|| progress::new_bar(scan.to_send));
-        slot.set(bar.clone());
-        Some(tokio::spawn(progress::show(
-            stats.clone(),
-            bar,
-            defaults::SUMMARY_INTERVAL,
-            progress_done.clone(),
-        )))
-    } else {
-        None
-    };
+    let display = progress::Display::start(
+        &args.display,
+        stats.clone(),
+        progress::Counted::Requests,
+        scan.to_send,
+        &slot,
+    );
 
     let cancel = CancellationToken::new();
     let grace = defaults::SHUTDOWN_GRACE;
@@ -250,11 +236,7 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
     )
     .await;
 
-    progress_done.cancel();
-    if let Some(task) = progress_task {
-        let _ = task.await;
-    }
-    slot.set(None);
+    display.stop().await;
     if let Some(f) = &event_file
         && let Err(e) = f.finish()
     {
@@ -294,12 +276,12 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
     // Every file of the run is closed: a next run may start.
     drop(held);
     drop(lock);
-    if !args.quiet {
+    if !args.display.quiet {
         let (results, errors) = (
             files.results.display().to_string(),
             files.errors.display().to_string(),
         );
-        let text = match args.log_format {
+        let text = match args.display.log_format {
             LogFormat::Text => summary::render(&report, &results, &errors),
             LogFormat::Json => logging::json_record(
                 tracing::Level::INFO,
