@@ -8,9 +8,7 @@ use std::fmt::Write;
 use volley_charts::{Interval, Scale, escape, intervals, page};
 
 use super::compute::Scores;
-use super::view::{
-    Section, cost, failed, interval, latency, p_value, sections, signed, spread, value,
-};
+use super::view::{Section, cells, headers, interval, p_value, sections, signed, value};
 
 /// The page for `scores`, titled `title`.
 pub fn render(scores: &Scores, title: &str) -> String {
@@ -83,37 +81,23 @@ fn render_section(body: &mut String, n: usize, section: &Section<'_>) {
             scale,
         ));
     }
+    // Every column but the model's is a number, right-aligned.
     let _ = write!(
         body,
-        "<div class=\"wide\"><table class=\"grid\" id=\"table-{n}\"><tr><th>model</th>\
-         <th class=\"n\">{}</th><th class=\"n\">95% CI</th><th class=\"n\">runs (min–max, sd)</th>\
-         <th class=\"n\">judged</th><th class=\"n\">failed</th><th class=\"n\">unjudged</th>\
-         <th class=\"n\">missing</th><th class=\"n\">tokens</th><th class=\"n\">cost</th>\
-         <th class=\"n\">judge cost</th><th class=\"n\">latency p50 / p95</th></tr>",
-        escape(section.metric)
+        "<div class=\"wide\"><table class=\"grid\" id=\"table-{n}\"><tr>"
     );
+    for (i, h) in headers(section.metric).iter().enumerate() {
+        let class = if i == 0 { "" } else { " class=\"n\"" };
+        let _ = write!(body, "<th{class}>{}</th>", escape(h));
+    }
+    body.push_str("</tr>");
     for r in &section.rows {
-        let (score, ci) = match &r.score {
-            Some(e) => (value(e.value, pct), interval(e, pct)),
-            None => ("–".into(), "–".into()),
-        };
-        let c = &r.counts;
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td class=\"n\">{score}</td><td class=\"n\">{ci}</td><td class=\"n\">{}</td>\
-             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-            escape(&r.model),
-            spread(r, pct),
-            c.judged,
-            failed(r),
-            c.unjudged,
-            c.missing,
-            r.tokens.total,
-            cost(r.cost_usd),
-            cost(r.judge_cost_usd),
-            latency(r),
-        );
+        body.push_str("<tr>");
+        for (i, cell) in cells(r, pct).iter().enumerate() {
+            let class = if i == 0 { "" } else { " class=\"n\"" };
+            let _ = write!(body, "<td{class}>{}</td>", escape(cell));
+        }
+        body.push_str("</tr>");
     }
     body.push_str("</table></div>");
     let differences: Vec<Interval> = section

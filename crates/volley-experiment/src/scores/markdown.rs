@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::compute::Scores;
-use super::view::{cost, failed, interval, latency, p_value, sections, signed, spread, value};
+use super::view::{cells, headers, p_value, sections, signed};
 
 /// The scores as Markdown.
 pub fn render(scores: &Scores) -> String {
@@ -22,32 +22,11 @@ pub fn render(scores: &Scores) -> String {
             }
             None => out.push_str("\n\nNot judged.\n\n"),
         }
-        let _ = writeln!(
-            out,
-            "| model | {} | 95% CI | runs (min–max, sd) | judged | failed | unjudged | missing | tokens | cost | judge cost | latency p50 / p95 |",
-            section.metric
-        );
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        let headers = headers(section.metric);
+        let _ = writeln!(out, "| {} |", headers.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(headers.len()));
         for r in &section.rows {
-            let c = &r.counts;
-            let (score, ci) = match &r.score {
-                Some(e) => (value(e.value, pct), interval(e, pct)),
-                None => ("–".into(), "–".into()),
-            };
-            let _ = writeln!(
-                out,
-                "| {} | {score} | {ci} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.model,
-                spread(r, pct),
-                c.judged,
-                failed(r),
-                c.unjudged,
-                c.missing,
-                r.tokens.total,
-                cost(r.cost_usd),
-                cost(r.judge_cost_usd),
-                latency(r),
-            );
+            let _ = writeln!(out, "| {} |", cells(r, pct).join(" | "));
         }
         if !section.pairs.is_empty() {
             out.push_str("\nPaired differences (same items and runs):\n\n");

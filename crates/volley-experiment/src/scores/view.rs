@@ -74,6 +74,47 @@ pub fn sections(scores: &Scores) -> Vec<Section<'_>> {
         .collect()
 }
 
+/// The headers of a section's table, the metric's name second.
+pub fn headers(metric: &str) -> [&str; 12] {
+    [
+        "model",
+        metric,
+        "95% CI",
+        "runs (min–max, sd)",
+        "judged",
+        "failed",
+        "unjudged",
+        "missing",
+        "tokens",
+        "cost",
+        "judge cost",
+        "latency p50 / p95",
+    ]
+}
+
+/// A model's row of its section's table, under [`headers`].
+pub fn cells(row: &ScoreRow, pct: bool) -> [String; 12] {
+    let (score, ci) = match &row.score {
+        Some(e) => (value(e.value, pct), interval(e, pct)),
+        None => ("–".into(), "–".into()),
+    };
+    let c = &row.counts;
+    [
+        row.model.clone(),
+        score,
+        ci,
+        spread(row, pct),
+        c.judged.to_string(),
+        failed(row).to_string(),
+        c.unjudged.to_string(),
+        c.missing.to_string(),
+        row.tokens.total.to_string(),
+        cost(row.cost_usd),
+        cost(row.judge_cost_usd),
+        latency(row),
+    ]
+}
+
 /// An accuracy as a percentage, a mean score as it is.
 pub fn value(v: f64, pct: bool) -> String {
     if pct {
@@ -96,7 +137,7 @@ pub fn interval(e: &Estimate, pct: bool) -> String {
     format!("{} – {}", value(e.low, pct), value(e.high, pct))
 }
 
-pub fn cost(cost: Option<f64>) -> String {
+fn cost(cost: Option<f64>) -> String {
     cost.map_or("unknown".into(), |c| format!("${c:.4}"))
 }
 
@@ -110,7 +151,7 @@ pub fn p_value(p: f64) -> String {
 }
 
 /// A model's spread across runs: `min–max, sd`.
-pub fn spread(row: &ScoreRow, pct: bool) -> String {
+fn spread(row: &ScoreRow, pct: bool) -> String {
     row.runs.as_ref().map_or("–".into(), |s| {
         format!(
             "{}–{}, {}",
@@ -122,13 +163,13 @@ pub fn spread(row: &ScoreRow, pct: bool) -> String {
 }
 
 /// Every cell that failed at some stage.
-pub fn failed(row: &ScoreRow) -> u64 {
+fn failed(row: &ScoreRow) -> u64 {
     let c = &row.counts;
     c.answer_failed + c.postprocess_failed + c.judge_failed
 }
 
 /// p50 / p95 of the answers' latency.
-pub fn latency(row: &ScoreRow) -> String {
+fn latency(row: &ScoreRow) -> String {
     row.latency_ms
         .as_ref()
         .map_or("–".into(), |l| format!("{:.0} / {:.0} ms", l.p50, l.p95))
