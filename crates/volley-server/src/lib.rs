@@ -10,6 +10,7 @@
 
 pub mod auth;
 mod batches;
+pub mod dashboard;
 mod db;
 pub mod error;
 mod execution;
@@ -55,6 +56,8 @@ pub struct GatewayConfig {
     pub limits: upload::Limits,
     /// How long a proxied request may wait for its turn before it is answered 429.
     pub proxy_max_wait: Duration,
+    /// The engine's concurrency limit, for the dashboard to show in flight against.
+    pub concurrency: Option<usize>,
 }
 
 impl GatewayConfig {
@@ -66,6 +69,7 @@ impl GatewayConfig {
             completion_window: Duration::from_secs(24 * 3600),
             limits: upload::Limits::default(),
             proxy_max_wait: Duration::from_secs(60),
+            concurrency: None,
         }
     }
 }
@@ -112,6 +116,8 @@ pub struct AppInner {
     _lock: volley_core::store::claim::OutputLock,
     /// Forgets old idempotency keys now and then.
     expiry: tokio::task::JoinHandle<()>,
+    /// The dashboard's snapshot, rebuilt every second.
+    board: dashboard::Board,
 }
 
 impl std::ops::Deref for App {
@@ -162,11 +168,13 @@ impl Gateway {
     /// Opens the store in the data directory, clears what a crash left, and takes up
     /// the batches an earlier process left unfinished.
     /// `stats` must observe `engine`'s events: `/metrics` reads it, and each finished
-    /// batch's figures leave it (the store keeps them).
+    /// batch's figures leave it (the store keeps them). `failures` observes them too,
+    /// after `stats`: the dashboard's latest errors.
     pub async fn open(
         config: GatewayConfig,
         engine: Engine,
         stats: Arc<StatsBySource>,
+        failures: Arc<dashboard::Failures>,
     ) -> Result<Gateway, GatewayError> {
         let dir_error = |source| GatewayError::DataDir {
             path: config.data_dir.display().to_string(),
@@ -216,22 +224,23 @@ impl Gateway {
             tracing::info!("taking up {resumed} unfinished batch(es)");
         }
         let proxy = proxy::Proxy::new(engine.clone(), config.proxy_max_wait, routes);
-        Ok(Gateway {
-            app: App {
-                inner: Arc::new(AppInner {
-                    proxy,
-                    config,
-                    engine,
-                    stats,
-                    db,
-                    files,
-                    batches,
-                    uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
-                    _lock: lock,
-                    expiry,
-                }),
-            },
-        })
+        let app = App {
+            inner: Arc::new(AppInner {
+                proxy,
+                config,
+                engine,
+                stats,
+                db,
+                files,
+                batches,
+                uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+                _lock: lock,
+                expiry,
+                board: dashboard::Board::new(failures),
+            }),
+        };
+        dashboard::Board::start(&app).await;
+        Ok(Gateway { app })
     }
 
     /// The HTTP routes.
@@ -261,16 +270,19 @@ impl Gateway {
                     .fallback(not_found),
             )
             .fallback(not_found);
-        // Everything but the health check needs a token, when the gateway has any:
-        // metrics name tenants and batches.
+        // Everything but the health check and the dashboard's empty page needs a
+        // token, when the gateway has any: metrics name tenants and batches.
         let guarded = Router::new()
             .route("/metrics", get(metrics::scrape))
+            .route("/dashboard/state", get(dashboard::routes::state))
             .nest("/v1", v1)
             .layer(axum::middleware::from_fn_with_state(
                 app.config.auth.clone(),
                 auth::require_token,
             ));
+        // The dashboard's page holds no data: it asks for the token itself.
         Router::new()
+            .route("/", get(dashboard::routes::index))
             .route("/healthz", get(healthz))
             .merge(guarded)
             .layer(axum::middleware::from_fn(close_after_refusal))
@@ -298,6 +310,7 @@ impl Gateway {
     pub async fn shutdown(&self) {
         self.app.batches.shutdown().await;
         self.app.expiry.abort();
+        self.app.board.stop();
         if let Err(e) = self.app.db.flush().await {
             tracing::error!("store: {e}");
         }

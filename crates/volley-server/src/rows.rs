@@ -523,6 +523,20 @@ impl BatchRow {
         rows.collect()
     }
 
+    /// Each tenant's latest `per_tenant` batches and every unfinished one, newest
+    /// first: what the dashboard lists.
+    pub fn recent(conn: &Connection, per_tenant: usize) -> rusqlite::Result<Vec<BatchRow>> {
+        let sql = format!(
+            "SELECT {} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY seq DESC) AS nth FROM batches)
+             WHERE nth <= ?1 OR status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+             ORDER BY seq DESC",
+            Self::COLUMNS
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![per_tenant as i64], Self::from_row)?;
+        rows.collect()
+    }
+
     /// Batches the gateway has not finished: to take up again after a restart.
     pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<BatchRow>> {
         let sql = format!(

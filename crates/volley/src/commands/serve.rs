@@ -15,6 +15,7 @@ use volley_core::observe::events::{EventBus, Observer};
 use volley_core::observe::sources::StatsBySource;
 use volley_core::runner::Target;
 use volley_server::auth::Auth;
+use volley_server::dashboard::Failures;
 use volley_server::{Gateway, GatewayConfig};
 
 use crate::cli::ServeArgs;
@@ -78,17 +79,17 @@ pub async fn serve(args: ServeArgs, file: Option<ConfigFile>) -> anyhow::Result<
     let (targets, mock) = upstreams.start().await?;
     let grace = defaults::SHUTDOWN_GRACE;
     let stats = Arc::new(StatsBySource::new());
-    let observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
-    let engine = Target::connect_all(
-        targets,
-        EngineConfig {
-            // Proxied requests have a client waiting: they go ahead of batches.
-            clients_first: true,
-            ..engine::config(&args.engine, pricing, grace)
-        },
-        EventBus::new(observers),
-    )
-    .await?;
+    // After `stats`, which names a failure's source.
+    let failures = Arc::new(Failures::new(stats.clone()));
+    let observers: Vec<Arc<dyn Observer>> =
+        vec![stats.clone(), failures.clone(), Arc::new(EventLog)];
+    let engine_config = EngineConfig {
+        // Proxied requests have a client waiting: they go ahead of batches.
+        clients_first: true,
+        ..engine::config(&args.engine, pricing, grace)
+    };
+    let concurrency = engine_config.concurrency;
+    let engine = Target::connect_all(targets, engine_config, EventBus::new(observers)).await?;
     let mut config = GatewayConfig::new(args.data_dir.clone());
     config.auth = auth;
     config.defaults = LineDefaults {
@@ -96,10 +97,11 @@ pub async fn serve(args: ServeArgs, file: Option<ConfigFile>) -> anyhow::Result<
         routes,
     };
     config.proxy_max_wait = Duration::from_secs_f64(args.proxy_max_wait);
+    config.concurrency = Some(concurrency);
     if let Some(secs) = args.batch_window {
         config.completion_window = Duration::from_secs_f64(secs);
     }
-    let gateway = Gateway::open(config, engine.clone(), stats).await?;
+    let gateway = Gateway::open(config, engine.clone(), stats, failures).await?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("--addr {}: cannot listen", args.addr))?;
@@ -107,7 +109,7 @@ pub async fn serve(args: ServeArgs, file: Option<ConfigFile>) -> anyhow::Result<
     // The first line of stdout is the base URL, for scripts and tests to read.
     outln!("http://{addr}/v1");
     tracing::info!(
-        "volley serve: OpenAI's Batch API at http://{addr}/v1 (data in {}); Ctrl-C stops it",
+        "volley serve: OpenAI's Batch API at http://{addr}/v1, the dashboard at http://{addr}/ (data in {}); Ctrl-C stops it",
         args.data_dir.display()
     );
     let stop = CancellationToken::new();

@@ -1,0 +1,647 @@
+//! The dashboard's one snapshot: once a second the board reads the store, the figures
+//! of every source, the lanes and the latest failures, draws the charts, and keeps the
+//! result as JSON bytes. Every open page polls that same snapshot, so the cost of the
+//! dashboard does not grow with the requests the gateway serves or with its viewers:
+//! one aggregation a second, and at most one serialization per tenant per second.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::time::Instant;
+use volley_charts::{Bar, Series, bars, lines};
+use volley_core::limits::lane::LaneView;
+use volley_core::observe::stats::{LatencyBuckets, Snapshot};
+
+use crate::dashboard::failures::Failure;
+use crate::rows::{BatchRow, Status};
+
+/// How often the snapshot is rebuilt.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How far back the throughput chart reaches.
+pub const WINDOW: Duration = Duration::from_secs(300);
+/// Finished batches shown per tenant (running ones are always shown).
+pub const RECENT_PER_TENANT: usize = 50;
+
+/// Latency buckets' upper bounds, in seconds: where a chat's latency usually falls.
+const LATENCY_BOUNDS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// One second of the throughput chart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Sample {
+    at: Instant,
+    completed: f64,
+    rate_limited: f64,
+}
+
+/// A sample as the page gets it: `ago` seconds before the snapshot.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct SamplePoint {
+    pub ago: f64,
+    /// Requests finished per second (either way).
+    pub completed: f64,
+    /// Attempts answered 429 per second.
+    pub rate_limited: f64,
+}
+
+/// Per-second rates over the last [`WINDOW`], from the engine's running counters: each
+/// sample is the counters' growth since the one before, over the time between them.
+#[derive(Debug, Default)]
+pub struct Samples {
+    points: VecDeque<Sample>,
+    /// The counters at the last sample: (when, finished, rate limited).
+    last: Option<(Instant, u64, u64)>,
+}
+
+impl Samples {
+    /// Records the counters as they are `now`.
+    pub fn record(&mut self, now: Instant, finished: u64, rate_limited: u64) {
+        if let Some((then, f, r)) = self.last {
+            let secs = now.saturating_duration_since(then).as_secs_f64();
+            if secs <= 0.0 {
+                return;
+            }
+            self.points.push_back(Sample {
+                at: now,
+                completed: finished.saturating_sub(f) as f64 / secs,
+                rate_limited: rate_limited.saturating_sub(r) as f64 / secs,
+            });
+        }
+        self.last = Some((now, finished, rate_limited));
+        while self
+            .points
+            .front()
+            .is_some_and(|p| now.saturating_duration_since(p.at) > WINDOW)
+        {
+            self.points.pop_front();
+        }
+    }
+
+    /// The samples, oldest first, as seen from `now`.
+    pub fn points(&self, now: Instant) -> Vec<SamplePoint> {
+        self.points
+            .iter()
+            .map(|p| SamplePoint {
+                ago: now.saturating_duration_since(p.at).as_secs_f64(),
+                completed: p.completed,
+                rate_limited: p.rate_limited,
+            })
+            .collect()
+    }
+}
+
+/// A source's counts, in the Batch API's `request_counts` shape.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub total: i64,
+    pub completed: i64,
+    pub failed: i64,
+}
+
+/// One row of the sources table: a batch, or a tenant's proxied calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRow {
+    pub id: String,
+    /// `batch` or `proxy`.
+    pub kind: &'static str,
+    /// A batch's status; `serving` for the proxy.
+    pub status: &'static str,
+    pub request_counts: Counts,
+    /// Unix seconds (batches only).
+    pub created_at: Option<i64>,
+    /// Attempts on the wire now.
+    pub in_flight: u64,
+    /// Requests finished per second since the source (re)started, while it runs.
+    pub per_second: Option<f64>,
+    /// Seconds left at that pace, while a batch runs and has a pace.
+    pub eta_seconds: Option<f64>,
+    /// Whether `POST /v1/batches/{id}/cancel` would cancel it.
+    pub cancellable: bool,
+    /// Whose it is: the page of another tenant never shows it.
+    #[serde(skip)]
+    pub tenant: Arc<str>,
+}
+
+/// The engine as a whole, since the gateway started.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub in_flight: u64,
+    /// The concurrency limit in force (the adaptive one once it moved).
+    pub concurrency: Option<u64>,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub attempts: u64,
+    pub rate_limited: u64,
+    pub retries: u64,
+    pub tokens: u64,
+    /// USD; `None` while no cost is known.
+    pub cost: Option<f64>,
+}
+
+/// Tokens and cost of one model, since the gateway started.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRow {
+    pub model: String,
+    pub requests: u64,
+    pub tokens: u64,
+    pub cost: Option<f64>,
+}
+
+/// The charts, as volley-charts draws them (`<figure id=…>` with an SVG).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Charts {
+    pub throughput: String,
+    pub latency: String,
+    pub tokens: String,
+    pub cost: String,
+}
+
+/// The whole snapshot.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Unix milliseconds when it was built.
+    pub at: i64,
+    /// Counts snapshots: the page shows a fresh one arrived.
+    pub seq: u64,
+    pub sources: Vec<SourceRow>,
+    pub totals: Totals,
+    pub samples: Vec<SamplePoint>,
+    pub lanes: Vec<LaneView>,
+    pub models: Vec<ModelRow>,
+    pub errors: Vec<Failure>,
+    pub charts: Charts,
+}
+
+/// What one tenant's page gets: the snapshot with only that tenant's sources and
+/// their failures.
+#[derive(Serialize)]
+struct View<'a> {
+    at: i64,
+    seq: u64,
+    sources: Vec<&'a SourceRow>,
+    totals: &'a Totals,
+    samples: &'a [SamplePoint],
+    lanes: &'a [LaneView],
+    models: &'a [ModelRow],
+    errors: Vec<&'a Failure>,
+    charts: &'a Charts,
+}
+
+impl State {
+    /// The snapshot as `tenant` may see it, as JSON.
+    pub fn view_json(&self, tenant: &str) -> Vec<u8> {
+        let sources: Vec<&SourceRow> = self
+            .sources
+            .iter()
+            .filter(|s| &*s.tenant == tenant)
+            .collect();
+        let visible: HashSet<&str> = sources.iter().map(|s| s.id.as_str()).collect();
+        let view = View {
+            at: self.at,
+            seq: self.seq,
+            totals: &self.totals,
+            samples: &self.samples,
+            lanes: &self.lanes,
+            models: &self.models,
+            errors: self
+                .errors
+                .iter()
+                .filter(|e| e.source.as_deref().is_some_and(|s| visible.contains(s)))
+                .collect(),
+            charts: &self.charts,
+            sources,
+        };
+        // Plain data: serializing it cannot fail.
+        serde_json::to_vec(&view).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
+/// A built snapshot and its JSON per tenant, made the first time a tenant asks.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub state: State,
+    views: Mutex<HashMap<Arc<str>, Bytes>>,
+}
+
+impl Published {
+    pub fn new(state: State) -> Published {
+        Published {
+            state,
+            views: Mutex::default(),
+        }
+    }
+
+    /// The snapshot's JSON for `tenant`.
+    pub fn for_tenant(&self, tenant: &Arc<str>) -> Bytes {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        views
+            .entry(tenant.clone())
+            .or_insert_with(|| Bytes::from(self.state.view_json(tenant)))
+            .clone()
+    }
+}
+
+/// The proxy's source name for a tenant, as the proxy opens it.
+pub fn proxy_name(tenant: &str) -> String {
+    format!("proxy:{tenant}")
+}
+
+/// Everything a snapshot is made of, read by the board's task.
+pub struct Inputs {
+    pub at: i64,
+    pub seq: u64,
+    /// Recent and running batches, newest first.
+    pub rows: Vec<BatchRow>,
+    /// Live figures of the sources still open, by source name.
+    pub live: HashMap<Arc<str>, Snapshot>,
+    /// Each tenant's proxy figures.
+    pub proxies: Vec<(Arc<str>, Snapshot)>,
+    pub total: Snapshot,
+    /// The configured concurrency limit.
+    pub concurrency: Option<u64>,
+    pub lanes: Vec<LaneView>,
+    pub errors: Vec<Failure>,
+    pub samples: Vec<SamplePoint>,
+    pub latency: LatencyBuckets,
+}
+
+/// Merges the inputs into one snapshot and draws its charts.
+pub fn build(inputs: Inputs) -> State {
+    let Inputs {
+        at,
+        seq,
+        rows,
+        live,
+        proxies,
+        total,
+        concurrency,
+        lanes,
+        errors,
+        samples,
+        latency,
+    } = inputs;
+    let mut sources: Vec<SourceRow> = rows.into_iter().map(|row| batch_row(row, &live)).collect();
+    for (tenant, s) in proxies {
+        let completed = s.succeeded as i64;
+        let failed = s.failed as i64;
+        sources.push(SourceRow {
+            id: proxy_name(&tenant),
+            kind: "proxy",
+            status: "serving",
+            request_counts: Counts {
+                total: completed + failed + s.pending as i64,
+                completed,
+                failed,
+            },
+            created_at: None,
+            in_flight: s.in_flight,
+            per_second: Some(s.throughput()),
+            eta_seconds: None,
+            cancellable: false,
+            tenant,
+        });
+    }
+    let mut models: Vec<ModelRow> = total
+        .models
+        .iter()
+        .map(|(model, m)| ModelRow {
+            model: model.clone(),
+            requests: m.requests,
+            tokens: m.usage.total_tokens,
+            cost: m.usage.cost,
+        })
+        .collect();
+    models.sort_by(|a, b| b.tokens.cmp(&a.tokens).then(a.model.cmp(&b.model)));
+    let charts = Charts {
+        throughput: throughput_chart(&samples),
+        latency: latency_chart(&latency),
+        tokens: bars(
+            "tokens",
+            "Tokens per model",
+            &models
+                .iter()
+                .map(|m| Bar::new(&m.model, m.tokens as f64, grouped(m.tokens)))
+                .collect::<Vec<_>>(),
+        ),
+        cost: bars(
+            "cost",
+            "Cost per model (USD)",
+            &models
+                .iter()
+                .filter_map(|m| Some(Bar::new(&m.model, m.cost?, format!("${:.4}", m.cost?))))
+                .collect::<Vec<_>>(),
+        ),
+    };
+    State {
+        at,
+        seq,
+        totals: Totals {
+            in_flight: total.in_flight,
+            concurrency: total.concurrency.or(concurrency),
+            succeeded: total.succeeded,
+            failed: total.failed,
+            attempts: total.attempts,
+            rate_limited: total.rate_limited,
+            retries: total.retries,
+            tokens: total.usage.total_tokens,
+            cost: total.usage.cost,
+        },
+        sources,
+        samples,
+        lanes,
+        models,
+        errors,
+        charts,
+    }
+}
+
+/// A batch's row: its counts from the store (exact, and all there is once it ended),
+/// its pace and requests in flight from its live figures while it runs.
+fn batch_row(row: BatchRow, live: &HashMap<Arc<str>, Snapshot>) -> SourceRow {
+    let running = !row.status.is_terminal();
+    let figures = live.get(row.id.as_str()).filter(|_| running);
+    let per_second = figures.map(Snapshot::throughput);
+    let left = row.total.saturating_sub(row.completed + row.failed).max(0) as f64;
+    let eta_seconds = per_second
+        .filter(|r| *r > 0.0 && matches!(row.status, Status::InProgress))
+        .map(|r| (left / r).round());
+    SourceRow {
+        kind: "batch",
+        status: row.status.as_str(),
+        request_counts: Counts {
+            total: row.total,
+            completed: row.completed,
+            failed: row.failed,
+        },
+        created_at: Some(row.created_at),
+        in_flight: figures.map_or(0, |s| s.in_flight),
+        per_second,
+        eta_seconds,
+        cancellable: matches!(row.status, Status::Validating | Status::InProgress),
+        tenant: Arc::from(row.tenant.as_str()),
+        id: row.id,
+    }
+}
+
+fn throughput_chart(samples: &[SamplePoint]) -> String {
+    let oldest = samples.first().map_or(0.0, |s| s.ago);
+    let series = |f: fn(&SamplePoint) -> f64| -> Vec<(f64, f64)> {
+        samples.iter().map(|s| (oldest - s.ago, f(s))).collect()
+    };
+    lines(
+        "throughput",
+        "Requests finished and 429s per second, last 5 minutes",
+        &[
+            Series {
+                name: "finished",
+                class: "line",
+                points: series(|s| s.completed),
+            },
+            Series {
+                name: "429s",
+                class: "line-failed",
+                points: series(|s| s.rate_limited),
+            },
+        ],
+        "seconds",
+        "per second",
+    )
+}
+
+/// Request latencies by bucket (not cumulative), since the gateway started.
+fn latency_chart(buckets: &LatencyBuckets) -> String {
+    let mut below = 0;
+    let mut items: Vec<Bar> = Vec::new();
+    for (bound, cumulative) in &buckets.cumulative {
+        let n = cumulative.saturating_sub(below);
+        below = *cumulative;
+        items.push(Bar::new(
+            format!("≤ {}", seconds_label(*bound)),
+            n as f64,
+            grouped(n),
+        ));
+    }
+    let last = LATENCY_BOUNDS[LATENCY_BOUNDS.len() - 1];
+    let over = buckets.count.saturating_sub(below);
+    items.push(Bar::new(
+        format!("> {}", seconds_label(last)),
+        over as f64,
+        grouped(over),
+    ));
+    if buckets.count == 0 {
+        items.clear();
+    }
+    bars("latency", "Request latency (retries included)", &items)
+}
+
+/// The bounds the latency chart counts by.
+pub fn latency_bounds() -> &'static [f64] {
+    &LATENCY_BOUNDS
+}
+
+fn seconds_label(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1000.0)
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volley_core::observe::stats::RunStats;
+
+    #[tokio::test(start_paused = true)]
+    async fn samples_are_rates_per_second_over_the_last_five_minutes() {
+        let mut samples = Samples::default();
+        let start = Instant::now();
+        samples.record(start, 0, 0);
+        assert!(samples.points(start).is_empty(), "one reading is no rate");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        samples.record(Instant::now(), 10, 4);
+        let points = samples.points(Instant::now());
+        assert_eq!(
+            points,
+            vec![SamplePoint {
+                ago: 0.0,
+                completed: 5.0,
+                rate_limited: 2.0
+            }]
+        );
+        // The same instant again adds nothing (no division by zero).
+        samples.record(Instant::now(), 20, 4);
+        assert_eq!(samples.points(Instant::now()).len(), 1);
+        for i in 1..=400u64 {
+            tokio::time::advance(TICK).await;
+            samples.record(Instant::now(), 10 + i, 4);
+        }
+        let points = samples.points(Instant::now());
+        assert_eq!(points.len(), WINDOW.as_secs() as usize + 1);
+        assert!(points.iter().all(|p| p.ago <= WINDOW.as_secs_f64()));
+        assert!(
+            points
+                .iter()
+                .all(|p| p.completed == 1.0 && p.rate_limited == 0.0)
+        );
+        // Counters that go back (a restarted source) give zero, not a huge rate.
+        tokio::time::advance(TICK).await;
+        samples.record(Instant::now(), 0, 0);
+        assert_eq!(
+            samples.points(Instant::now()).last().unwrap().completed,
+            0.0
+        );
+    }
+
+    fn batch(id: &str, tenant: &str, status: Status, counts: (i64, i64, i64)) -> BatchRow {
+        BatchRow {
+            id: id.into(),
+            tenant: tenant.into(),
+            input_file_id: "file-x".into(),
+            endpoint: "/v1/chat/completions".into(),
+            completion_window: "24h".into(),
+            status,
+            ending: None,
+            created_at: 1,
+            expires_at: 2,
+            in_progress_at: None,
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            output_file_id: None,
+            error_file_id: None,
+            errors: vec![],
+            metadata: None,
+            model: None,
+            max_cost: None,
+            total: counts.0,
+            completed: counts.1,
+            failed: counts.2,
+            input_tokens: 0,
+            cached_tokens: 0,
+            output_tokens: 0,
+            reasoning_tokens: 0,
+            cost: 0.0,
+            cost_known: true,
+        }
+    }
+
+    fn inputs(rows: Vec<BatchRow>, errors: Vec<Failure>) -> Inputs {
+        let stats = RunStats::new();
+        Inputs {
+            at: 5,
+            seq: 1,
+            rows,
+            live: HashMap::new(),
+            proxies: vec![(Arc::from("alice"), stats.snapshot())],
+            latency: stats.latency_buckets(latency_bounds()),
+            total: stats.snapshot(),
+            concurrency: Some(16),
+            lanes: vec![],
+            errors,
+            samples: vec![],
+        }
+    }
+
+    fn failure(source: &str) -> Failure {
+        Failure {
+            at: 0,
+            source: Some(Arc::from(source)),
+            custom_id: "c".into(),
+            code: "server_error",
+            model: None,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_tenant_sees_its_own_sources_and_their_failures_only() {
+        let state = build(inputs(
+            vec![
+                batch("batch_a", "alice", Status::InProgress, (10, 3, 1)),
+                batch("batch_b", "bob", Status::Completed, (5, 5, 0)),
+            ],
+            vec![
+                failure("batch_a"),
+                failure("batch_b"),
+                failure("proxy:alice"),
+            ],
+        ));
+        let view =
+            |t: &str| -> serde_json::Value { serde_json::from_slice(&state.view_json(t)).unwrap() };
+        let alice = view("alice");
+        let ids: Vec<&str> = alice["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["batch_a", "proxy:alice"]);
+        assert_eq!(alice["errors"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            alice["sources"][0]["request_counts"],
+            serde_json::json!({"total": 10, "completed": 3, "failed": 1})
+        );
+        assert_eq!(alice["sources"][0]["cancellable"], true);
+        assert!(alice["sources"][0].get("tenant").is_none());
+        let bob = view("bob");
+        assert_eq!(bob["sources"].as_array().unwrap().len(), 1);
+        assert_eq!(bob["sources"][0]["cancellable"], false);
+        assert_eq!(bob["errors"].as_array().unwrap().len(), 1);
+        assert_eq!(view("carol")["sources"], serde_json::json!([]));
+        assert_eq!(alice["totals"]["concurrency"], 16);
+        for chart in ["throughput", "latency", "tokens", "cost"] {
+            let svg = alice["charts"][chart].as_str().unwrap();
+            assert!(svg.starts_with(&format!("<figure id=\"{chart}\"")), "{svg}");
+        }
+    }
+
+    #[test]
+    fn a_running_batch_has_a_pace_and_an_eta() {
+        let stats = RunStats::new();
+        let mut i = inputs(
+            vec![batch("batch_a", "t", Status::InProgress, (100, 40, 0))],
+            vec![],
+        );
+        i.live.insert(Arc::from("batch_a"), stats.snapshot());
+        let state = build(i);
+        let row = &state.sources[0];
+        // Nothing finished in this process yet: no pace, so no ETA.
+        assert_eq!((row.per_second, row.eta_seconds), (Some(0.0), None));
+    }
+
+    #[test]
+    fn latency_buckets_are_not_cumulative() {
+        let chart = latency_chart(&LatencyBuckets {
+            cumulative: LATENCY_BOUNDS
+                .iter()
+                .map(|b| (*b, if *b >= 1.0 { 3 } else { 1 }))
+                .collect(),
+            count: 4,
+            sum_seconds: 1.0,
+        });
+        assert!(chart.contains("≤ 100 ms: 1"), "{chart}");
+        assert!(chart.contains("≤ 1 s: 2"), "{chart}");
+        assert!(chart.contains("&gt; 300 s: 1"), "{chart}");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+        assert_eq!(grouped(12), "12");
+    }
+}
