@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::browser::{assert_self_contained, figure};
+use common::browser::{assert_self_contained, chromium, figure, headless};
 use common::gateway::{GATEWAY_TOKEN, Reply, ServeProc, batch_lines, http, upload_as};
 use common::{MockProc, Workspace, assert_no_key};
 use serde_json::{Value, json};
@@ -129,6 +129,53 @@ fn the_dashboard_shows_a_finished_batch_as_the_store_counts_it_with_charts_and_n
     });
     assert_no_key("the dashboard page", &html);
     assert_no_key("the dashboard state", &serve.get("/dashboard/state").text());
+
+    // The page's script renders the state as the DOM contract says.
+    let dom = dump_dom(&ws, "open", &format!("http://{}/", serve.addr));
+    let row = dom
+        .split("<tr ")
+        .find(|r| r.contains(&format!("data-source=\"{id}\"")))
+        .unwrap_or_else(|| panic!("no row of {id} in the page: {dom}"));
+    let row = row.split("</tr>").next().unwrap_or_default();
+    assert!(row.contains("data-status=\"completed\""), "{row}");
+    let counts = &done["request_counts"];
+    for (class, text) in [
+        ("progress", "100%".to_string()),
+        ("completed", counts["completed"].to_string()),
+        ("failed", counts["failed"].to_string()),
+        ("total", counts["total"].to_string()),
+    ] {
+        assert!(
+            row.contains(&format!("<td class=\"{class}\">{text}</td>")),
+            "{class} is not {text}: {row}"
+        );
+    }
+    assert!(!row.contains("data-cancel"), "{row}");
+    for chart in CHARTS {
+        assert!(figure(&dom, chart).contains("<svg"), "{chart}");
+    }
+    assert!(!dom.contains("data-polls=\"0\""), "the page never polled");
+    assert!(
+        dom.contains("<div id=\"auth\" hidden"),
+        "the page asks for a token"
+    );
+    assert_no_key("the rendered dashboard", &dom);
+}
+
+/// The dashboard's DOM after headless Chromium ran its script for a few seconds.
+fn dump_dom(ws: &Workspace, name: &str, url: &str) -> String {
+    let work = ws.path("browser");
+    std::fs::create_dir_all(&work).expect("browser dir");
+    let status = headless(
+        &chromium(),
+        &work,
+        name,
+        &["--dump-dom".into(), "--virtual-time-budget=3000".into()],
+        url,
+    );
+    let dom = std::fs::read_to_string(work.join(format!("{name}.stdout"))).unwrap_or_default();
+    assert!(status.success() && !dom.is_empty(), "chromium: {status}");
+    dom
 }
 
 #[test]
@@ -168,6 +215,19 @@ fn with_a_token_the_state_needs_it_and_the_page_holds_no_data() {
             .text()
             .contains(GATEWAY_TOKEN)
     );
+
+    // Without a token the page asks for one; with `#token=` it shows the batch.
+    let asking = dump_dom(&ws, "asking", &format!("http://{}/", serve.addr));
+    assert!(
+        asking.contains("<div id=\"auth\">"),
+        "no token box: {asking}"
+    );
+    assert!(asking.contains("<input id=\"token\""), "{asking}");
+    assert!(!asking.contains(&id), "{asking}");
+    let url = format!("http://{}/#token={GATEWAY_TOKEN}", serve.addr);
+    let shown = dump_dom(&ws, "with-token", &url);
+    assert!(shown.contains(&format!("data-source=\"{id}\"")), "{shown}");
+    assert!(shown.contains("<div id=\"auth\" hidden"), "{shown}");
 }
 
 #[test]

@@ -430,10 +430,17 @@ fn latency_chart(buckets: &LatencyBuckets) -> String {
         over as f64,
         grouped(over),
     ));
-    if buckets.count == 0 {
-        items.clear();
-    }
-    bars("latency", "Request latency (retries included)", &items)
+    // Empty buckets below the fastest request and above the slowest say nothing.
+    let first = items
+        .iter()
+        .position(|b| b.value > 0.0)
+        .unwrap_or(items.len());
+    let last = items
+        .iter()
+        .rposition(|b| b.value > 0.0)
+        .map_or(0, |i| i + 1);
+    let shown = items.get(first..last).unwrap_or_default();
+    bars("latency", "Request latency (retries included)", shown)
 }
 
 /// The bounds the latency chart counts by.
@@ -641,6 +648,25 @@ mod tests {
         assert!(chart.contains("≤ 100 ms: 1"), "{chart}");
         assert!(chart.contains("≤ 1 s: 2"), "{chart}");
         assert!(chart.contains("&gt; 300 s: 1"), "{chart}");
+        let fast = latency_chart(&LatencyBuckets {
+            cumulative: LATENCY_BOUNDS
+                .iter()
+                .map(|b| (*b, u64::from(*b >= 0.5)))
+                .collect(),
+            count: 1,
+            sum_seconds: 0.3,
+        });
+        assert!(fast.contains("≤ 500 ms: 1"), "{fast}");
+        assert!(
+            !fast.contains("≤ 250 ms") && !fast.contains("≤ 1 s"),
+            "{fast}"
+        );
+        let none = latency_chart(&LatencyBuckets {
+            cumulative: LATENCY_BOUNDS.iter().map(|b| (*b, 0)).collect(),
+            count: 0,
+            sum_seconds: 0.0,
+        });
+        assert!(none.contains("nothing to show"), "{none}");
         assert_eq!(grouped(1_234_567), "1,234,567");
         assert_eq!(grouped(12), "12");
     }
