@@ -330,7 +330,12 @@ pub fn build(inputs: Inputs) -> State {
             "Cost per model (USD)",
             &models
                 .iter()
-                .filter_map(|m| Some(Bar::new(&m.model, m.cost?, format!("${:.4}", m.cost?))))
+                .map(|m| match m.cost {
+                    Some(cost) => Bar::new(&m.model, cost, format!("${cost:.4}")),
+                    // Said, rather than left out: a model missing from the chart
+                    // would look free.
+                    None => Bar::new(&m.model, 0.0, "unknown"),
+                })
                 .collect::<Vec<_>>(),
         ),
     };
@@ -633,6 +638,40 @@ mod tests {
         let row = &state.sources[0];
         // Nothing finished in this process yet: no pace, so no ETA.
         assert_eq!((row.per_second, row.eta_seconds), (Some(0.0), None));
+    }
+
+    #[tokio::test]
+    async fn the_store_lists_each_tenants_latest_batches_and_every_unfinished_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("t.sqlite")).unwrap();
+        let mut rows = vec![batch(
+            "batch_old_running",
+            "alice",
+            Status::InProgress,
+            (1, 0, 0),
+        )];
+        rows.extend((0..RECENT_PER_TENANT + 10).map(|i| {
+            batch(
+                &format!("batch_a{i:03}"),
+                "alice",
+                Status::Completed,
+                (1, 1, 0),
+            )
+        }));
+        rows.push(batch("batch_b", "bob", Status::Failed, (1, 0, 1)));
+        db.write(move |c| rows.iter().try_for_each(|r| r.insert(c)))
+            .await
+            .unwrap();
+        let listed = db
+            .read(|c| BatchRow::recent(c, RECENT_PER_TENANT))
+            .await
+            .unwrap();
+        let ids: Vec<&str> = listed.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids.len(), RECENT_PER_TENANT + 2, "{ids:?}");
+        assert_eq!(ids[0], "batch_b", "newest first");
+        assert_eq!(ids[1], format!("batch_a{:03}", RECENT_PER_TENANT + 9));
+        assert_eq!(ids[RECENT_PER_TENANT], "batch_a010");
+        assert_eq!(ids[RECENT_PER_TENANT + 1], "batch_old_running");
     }
 
     #[test]
