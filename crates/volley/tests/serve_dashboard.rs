@@ -86,8 +86,12 @@ fn the_dashboard_shows_a_finished_batch_as_the_store_counts_it_with_charts_and_n
         .unwrap()
         .to_string();
     let done = serve.wait_for(&id, &["completed"], Duration::from_secs(60));
+    // A proxied call: the proxy has a row of its own.
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    serve.post("/v1/chat/completions", &chat);
     let state = state_until(&serve, None, Duration::from_secs(20), |s| {
-        source(s, &id).is_some_and(|b| b["status"] == "completed")
+        source(s, "proxy:default").is_some_and(|p| p["request_counts"]["total"] == 1)
+            && source(s, &id).is_some_and(|b| b["status"] == "completed")
             && CHARTS
                 .iter()
                 .all(|c| s["charts"][c].as_str().unwrap_or("").contains("<svg"))
@@ -97,15 +101,25 @@ fn the_dashboard_shows_a_finished_batch_as_the_store_counts_it_with_charts_and_n
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let row = source(&state, &id).unwrap();
     assert_eq!(row["request_counts"], done["request_counts"], "{state:#}");
+    assert_eq!(source(&state, "proxy:default").unwrap()["kind"], "proxy");
     assert_eq!(row["kind"], "batch");
     assert_eq!(row["cancellable"], false);
     assert!(row["eta_seconds"].is_null());
     let failed = done["request_counts"]["failed"].as_u64().unwrap();
     assert!(failed > 0, "the mock's faults fail some requests: {done}");
     let errors = state["errors"].as_array().unwrap();
-    assert_eq!(errors.len() as u64, failed.min(20), "{state:#}");
+    let proxy_failed = source(&state, "proxy:default").unwrap()["request_counts"]["failed"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        errors.len() as u64,
+        (failed + proxy_failed).min(20),
+        "{state:#}"
+    );
     assert!(
-        errors.iter().all(|e| e["source"] == id.as_str()),
+        errors
+            .iter()
+            .all(|e| e["source"] == id.as_str() || e["source"] == "proxy:default"),
         "{state:#}"
     );
     assert_eq!(errors[0]["code"], "server_error", "{state:#}");
@@ -113,7 +127,7 @@ fn the_dashboard_shows_a_finished_batch_as_the_store_counts_it_with_charts_and_n
     assert_eq!(
         state["totals"]["succeeded"].as_u64().unwrap()
             + state["totals"]["failed"].as_u64().unwrap(),
-        40
+        41
     );
     assert_eq!(state["lanes"][0]["label"], "key#1", "{state:#}");
     assert_eq!(state["models"][0]["model"], "m");
