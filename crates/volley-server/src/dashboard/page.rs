@@ -67,6 +67,7 @@ const SCRIPT: &str = r##""use strict";
   function swap(key, el, html) { if (last[key] !== html) { last[key] = html; el.innerHTML = html; } }
   function askToken(why) {
     needToken = true;
+    if (token) { token = null; try { sessionStorage.removeItem(KEY); } catch (e) {} }
     $("auth-why").textContent = why;
     $("auth").hidden = false;
     $("token").focus();
