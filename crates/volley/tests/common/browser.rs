@@ -62,11 +62,20 @@ pub fn headless(
         // Its own process group, so a hung browser is killed with its helpers.
         cmd.process_group(0);
     }
-    let mut child = cmd.spawn().expect("start chromium");
-    let deadline = Instant::now() + BROWSER_LIMIT;
+    let child = cmd.spawn().expect("start chromium");
+    wait_or_kill(child, BROWSER_LIMIT).unwrap_or_else(|| {
+        let log = std::fs::read_to_string(work.join(format!("{name}.stderr"))).unwrap_or_default();
+        panic!("chromium ({name}) did not finish within {BROWSER_LIMIT:?}; killed it\n{log}")
+    })
+}
+
+/// Waits for `child` (started in its own process group) to end; after `limit`, kills
+/// the whole group (a browser's helpers with it) and returns `None`.
+fn wait_or_kill(mut child: std::process::Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
     loop {
-        if let Some(status) = child.try_wait().expect("wait for chromium") {
-            return status;
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            return Some(status);
         }
         if Instant::now() > deadline {
             #[cfg(unix)]
@@ -75,9 +84,7 @@ pub fn headless(
                 .status();
             let _ = child.kill();
             let _ = child.wait();
-            let log =
-                std::fs::read_to_string(work.join(format!("{name}.stderr"))).unwrap_or_default();
-            panic!("chromium ({name}) did not finish within {BROWSER_LIMIT:?}; killed it\n{log}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -128,4 +135,56 @@ pub fn assert_self_contained(html: &str) {
     let lower = html.to_ascii_lowercase();
     assert!(!lower.contains("<script src"), "the page loads a script");
     assert!(!lower.contains("<link"), "the page links a resource");
+}
+
+/// How long the dashboard driver may take before the test gives up on it.
+pub const DRIVER_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `tests/browser/dashboard.mjs` (playwright-core driving the system's Chromium)
+/// with `plan` and returns what it printed; panics with the page it saw if it failed.
+pub fn drive_dashboard(plan: &serde_json::Value) -> serde_json::Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed in {}: scripts/test installs it (npm ci --prefix {})",
+        dir.display(),
+        dir.display()
+    );
+    let browser = chromium();
+    let out_path = std::env::temp_dir().join(format!(
+        "volley-driver-{}-{}.json",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("dashboard.mjs"))
+        .arg(plan.to_string())
+        .env("VOLLEY_CHROMIUM", &browser)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("driver output"))
+        .stderr(Stdio::inherit());
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start node ({e}): scripts/test installs nodejs"));
+    let status = wait_or_kill(child, DRIVER_LIMIT).unwrap_or_else(|| {
+        panic!("the dashboard driver did not finish within {DRIVER_LIMIT:?}; killed it")
+    });
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let value: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("the driver printed no JSON ({e}, {status}):\n{text}"));
+    assert!(
+        status.success() && value.get("error").is_none(),
+        "the dashboard driver failed ({status}): {}\n--- the page ---\n{}",
+        value["error"],
+        value["page"].as_str().unwrap_or("")
+    );
+    value
 }
