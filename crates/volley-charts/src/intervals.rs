@@ -30,6 +30,8 @@ pub struct Scale {
     pub max: f64,
     /// Tick labels as percentages of 1.
     pub percent: bool,
+    /// Zero is the reference (differences): its grid line is dashed.
+    pub zero: bool,
 }
 
 impl Scale {
@@ -39,6 +41,7 @@ impl Scale {
             min: 0.0,
             max: 1.0,
             percent,
+            zero: false,
         }
     }
 
@@ -53,12 +56,21 @@ impl Scale {
                     .chain(r.marks.iter().copied())
             })
             .filter(|v| v.is_finite());
-        let (low, high) = values.fold((0.0f64, 0.0f64), |(l, h), v| (l.min(v), h.max(v)));
-        let step = nice_step((high - low).max(1e-9), 5.0);
+        let (mut low, mut high) = values.fold((0.0f64, 0.0f64), |(l, h), v| (l.min(v), h.max(v)));
+        // Never narrower than 10 points (or 1): equal scores get an axis, not five
+        // ticks all reading 0.
+        let narrowest = if percent { 0.1 } else { 1.0 };
+        if high - low < narrowest {
+            let pad = (narrowest - (high - low)) / 2.0;
+            (low, high) = (low - pad, high + pad);
+        }
+        let step = nice_step(high - low, 5.0);
+        let min = (low / step).floor() * step;
         Scale {
-            min: (low / step).floor() * step,
-            max: ((high / step).ceil() * step).max((low / step).floor() * step + step),
+            min,
+            max: ((high / step).ceil() * step).max(min + step),
             percent,
+            zero: true,
         }
     }
 }
@@ -70,7 +82,9 @@ pub fn intervals(id: &str, title: &str, rows: &[Interval], scale: Scale) -> Stri
     if rows.is_empty() {
         return empty(id, title, "nothing to show");
     }
-    let (min, max) = if scale.min.is_finite() && scale.max.is_finite() && scale.max > scale.min {
+    // An axis whose ends or span are not finite numbers (values near f64::MAX) is
+    // replaced, never drawn as NaN.
+    let (min, max) = if (scale.max - scale.min).is_finite() && scale.max > scale.min {
         (scale.min, scale.max)
     } else {
         (0.0, 1.0)
@@ -109,7 +123,7 @@ pub fn intervals(id: &str, title: &str, rows: &[Interval], scale: Scale) -> Stri
     for i in first..=last {
         let v = i as f64 * step;
         let px = x(v);
-        let class = if i == 0 && min < 0.0 { "zero" } else { "grid" };
+        let class = if i == 0 && scale.zero { "zero" } else { "grid" };
         let _ = write!(
             svg,
             "<line class=\"{class}\" x1=\"{px:.1}\" y1=\"2\" x2=\"{px:.1}\" y2=\"{rows_height:.1}\"/>\
@@ -217,6 +231,18 @@ mod tests {
     }
 
     #[test]
+    fn equal_scores_get_an_axis_and_zero_is_dashed_when_all_differences_are_positive() {
+        let none = [row(0.0, 0.0, 0.0)];
+        let scale = Scale::fit(&none, true);
+        assert!(scale.min <= -0.05 && scale.max >= 0.05, "{scale:?}");
+        let svg = intervals("d", "D", &none, scale);
+        assert_eq!(svg.matches(">0%<").count(), 1, "{svg}");
+        let positive = [row(0.187, 0.137, 0.237)];
+        let svg = intervals("d", "D", &positive, Scale::fit(&positive, true));
+        assert_eq!(svg.matches("class=\"zero\"").count(), 1, "{svg}");
+    }
+
+    #[test]
     fn hostile_values_are_never_written_as_numbers_they_are_not() {
         let rows = [
             row(f64::NAN, f64::NEG_INFINITY, f64::INFINITY),
@@ -228,8 +254,13 @@ mod tests {
             min: f64::NAN,
             max: 1.0,
             percent: false,
+            zero: true,
         };
         assert!(!intervals("h", "H", &rows, broken).contains("NaN"));
+        // Near f64::MAX the fitted axis's span overflows.
+        let huge = [row(8e307, -8e307, 8e307)];
+        let svg = intervals("h", "H", &huge, Scale::fit(&huge, false));
+        assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
         assert!(intervals("h", "H", &[], Scale::unit(true)).contains("nothing to show"));
     }
 }

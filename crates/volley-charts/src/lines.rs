@@ -41,6 +41,21 @@ pub struct Series<'a> {
 /// Step lines through `(x, count)` points, with ticks and grid lines on both axes and a
 /// legend when there is more than one series.
 pub fn lines(id: &str, title: &str, series: &[Series<'_>], x_label: &str, y_label: &str) -> String {
+    // Points that are not finite numbers are left out, never written as NaN.
+    let finite: Vec<Series<'_>> = series
+        .iter()
+        .map(|s| Series {
+            name: s.name,
+            class: s.class,
+            points: s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect(),
+        })
+        .collect();
+    let series = &finite[..];
     if series.iter().all(|s| s.points.len() < 2) {
         return empty(id, title, "not enough data to plot");
     }
@@ -155,6 +170,23 @@ mod tests {
             points: vec![(0.0, 0.0)],
         };
         assert!(lines("l", "L", &[one], "s", "n").contains("not enough data"));
+    }
+
+    #[test]
+    fn points_that_are_not_numbers_are_left_out() {
+        let s = Series {
+            name: "n",
+            class: "line",
+            points: vec![
+                (0.0, 1.0),
+                (1.0, f64::NAN),
+                (f64::INFINITY, 2.0),
+                (2.0, 3.0),
+            ],
+        };
+        let svg = lines("l", "L", &[s], "s", "n");
+        assert!(svg.contains("<polyline"), "{svg}");
+        assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
     }
 
     #[test]

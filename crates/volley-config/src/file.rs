@@ -69,8 +69,8 @@ pub struct ConfigFile {
     pub run: Vec<FlagDefault>,
     /// `[serve]`: defaults for `volley serve`'s flags, in file order.
     pub serve: Vec<FlagDefault>,
-    /// `[experiment]`: defaults for the flags of `volley experiment run` and
-    /// `rejudge`, in file order.
+    /// `[experiment]`: defaults for the flags of `volley experiment run` (whose CONFIG
+    /// the file is), in file order.
     pub experiment: Vec<FlagDefault>,
     /// `[providers]`, in file order: the engine has one upstream per provider, in this
     /// order, and the first is the default upstream (lines naming no configured model

@@ -116,6 +116,13 @@ impl<'de> Visitor<'de> for FlagVisitor {
         Ok(FlagValue::String(s.to_string()))
     }
 
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<FlagValue, A::Error> {
+        // `[experiment.NAME]` is the likeliest: a typo for `[experiments.NAME]`.
+        Err(serde::de::Error::custom(
+            "expected a flag's value, found a table: flags take a value each (an experiment is [experiments.NAME], a provider [providers.NAME])",
+        ))
+    }
+
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FlagValue, A::Error> {
         if self.in_list {
             return Err(serde::de::Error::invalid_type(

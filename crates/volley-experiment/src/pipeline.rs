@@ -80,6 +80,9 @@ pub struct Progress {
     pub cells: AtomicU64,
     /// Cells with nothing left to do, those an earlier run finished included.
     pub done: AtomicU64,
+    /// Of `done`, the cells an earlier run finished (this run found them so): a pace
+    /// counts the others.
+    pub resumed: AtomicU64,
     /// Answers received in this run (failures included).
     pub answered: AtomicU64,
     /// Judgements received in this run (failures included).
@@ -91,15 +94,33 @@ impl Progress {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// (cells, done, answered, judged) now.
-    pub fn read(&self) -> (u64, u64, u64, u64) {
+    /// The counters now.
+    pub fn read(&self) -> ProgressCounts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        (
-            get(&self.cells),
-            get(&self.done),
-            get(&self.answered),
-            get(&self.judged),
-        )
+        ProgressCounts {
+            cells: get(&self.cells),
+            done: get(&self.done),
+            resumed: get(&self.resumed),
+            answered: get(&self.answered),
+            judged: get(&self.judged),
+        }
+    }
+}
+
+/// [`Progress`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgressCounts {
+    pub cells: u64,
+    pub done: u64,
+    pub resumed: u64,
+    pub answered: u64,
+    pub judged: u64,
+}
+
+impl ProgressCounts {
+    /// Cells this run finished.
+    pub fn done_now(&self) -> u64 {
+        self.done.saturating_sub(self.resumed)
     }
 }
 
@@ -436,6 +457,7 @@ async fn feed_rows(
                         run,
                     };
                     if !live.has_work(&cell) {
+                        Progress::add(&live.progress.resumed);
                         Progress::add(&live.progress.done);
                         continue;
                     }

@@ -157,10 +157,12 @@ async fn interrupted_in_both_stages_then_resumed_exactly_once() {
     let answered_first = cells_once(&out.join("answers.jsonl")).len();
     assert!(answered_first < 400, "{answered_first}");
 
+    let judged_first = cells_once(&out.join("judgements.jsonl")).len();
+    let again = options(&out);
     let end = pipeline::run(
         &engine(&server, 16),
         &[plan(dir.path(), 100, 2)],
-        &options(&out),
+        &again,
         &CancellationToken::new(),
     )
     .await
@@ -168,6 +170,12 @@ async fn interrupted_in_both_stages_then_resumed_exactly_once() {
     assert_eq!(end.unfinished, 0, "{end:?}");
     let answers = cells_once(&out.join("answers.jsonl"));
     assert_eq!(answers.len(), 400);
+    // Progress tells the cells the first run finished from this run's: a pace (the
+    // ETA) counts only the latter.
+    let progress = again.progress.read();
+    assert_eq!((progress.cells, progress.done), (400, 400));
+    assert_eq!(progress.resumed, judged_first as u64, "{progress:?}");
+    assert_eq!(progress.done_now(), 400 - judged_first as u64);
     assert_eq!(cells_once(&out.join("judgements.jsonl")), answers);
     // Answers are asked once each: the mock saw each answer request once.
     let stats = server.stats();

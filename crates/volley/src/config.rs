@@ -86,7 +86,8 @@ pub fn parse_args(mut argv: Vec<OsString>) -> Result<(Cli, Option<ConfigFile>), 
     }
     // Right after the (last) subcommand's name: before any `--` that would make them
     // inputs.
-    let mut at = 0;
+    // From argv[1]: a program named `run` is not its subcommand.
+    let mut at = 1;
     for n in &names {
         at = argv[at..]
             .iter()
@@ -121,9 +122,14 @@ pub fn flag_arguments(
     for default in defaults {
         let long = default.flag_name();
         if long == CONFIG_FLAG {
+            let how = if name.starts_with("experiment") {
+                "it is the command's CONFIG"
+            } else {
+                "give --config on the command line"
+            };
             return Err(file.error_at(
                 &default.path,
-                "the configuration file cannot name another one: give --config on the command line",
+                format!("the configuration file cannot name another one: {how}"),
             ));
         }
         let arg = command

@@ -59,7 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Mock(args) => commands::mock::mock(args).await,
             Command::Sort(args) => commands::sort::sort(args),
             Command::Report(args) => commands::report::report(args),
-            Command::Experiment(command) => commands::experiment::experiment(command).await,
+            Command::Experiment(command) => commands::experiment::experiment(command, file).await,
         }
     });
     // In-flight work that outlived the grace period must not keep the process alive.

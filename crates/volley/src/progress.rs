@@ -164,9 +164,9 @@ struct Position {
 }
 
 impl Counted {
-    /// Where the run is, `start` being the cells done when the display began (those an
-    /// earlier run finished do not make this one look fast).
-    fn position(&self, s: &Snapshot, start: u64) -> Position {
+    /// Where the run is. The ETA counts this run's pace only: cells an earlier run
+    /// finished, found done at once, would make it look fast.
+    fn position(&self, s: &Snapshot) -> Position {
         match self {
             Counted::Requests => Position {
                 done: s.finished(),
@@ -175,28 +175,30 @@ impl Counted {
                 eta: s.eta(),
             },
             Counted::Cells(p) => {
-                let (cells, done, answered, judged) = p.read();
-                let this_run = done.saturating_sub(start) as f64;
+                let c = p.read();
+                let this_run = c.done_now() as f64;
                 let eta = (this_run > 0.0)
                     .then(|| {
-                        let left = cells.saturating_sub(done) as f64;
+                        let left = c.cells.saturating_sub(c.done) as f64;
                         Duration::try_from_secs_f64(left * s.elapsed.as_secs_f64() / this_run).ok()
                     })
                     .flatten();
                 Position {
-                    done,
-                    total: cells,
-                    stages: Some(format!("answers {answered} · judgements {judged}")),
+                    done: c.done,
+                    total: c.cells,
+                    stages: Some(format!("answers {} · judgements {}", c.answered, c.judged)),
                     eta,
                 }
             }
         }
     }
 
-    fn start(&self) -> u64 {
+    /// The share done when nothing is counted yet: a run with nothing to send is
+    /// done, an experiment still counting its cells is not.
+    fn empty_share(&self) -> f64 {
         match self {
-            Counted::Requests => 0,
-            Counted::Cells(p) => p.read().1,
+            Counted::Requests => 100.0,
+            Counted::Cells(_) => 0.0,
         }
     }
 
@@ -214,7 +216,7 @@ fn summary_line(counted: &Counted, at: &Position, before: &Snapshot, s: &Snapsho
     let pct = if at.total > 0 {
         100.0 * at.done as f64 / at.total as f64
     } else {
-        100.0
+        counted.empty_share()
     };
     let attempts = s.attempts - before.attempts;
     let throttled = s.throttled_attempts - before.throttled_attempts;
@@ -256,11 +258,10 @@ async fn show(
     interval: Duration,
     done: CancellationToken,
 ) {
-    let start = counted.start();
     match bar {
         Some(bar) => loop {
             let s = stats.snapshot();
-            let at = counted.position(&s, start);
+            let at = counted.position(&s);
             bar.set_length(at.total);
             bar.set_position(at.done);
             let stages = at.stages.map_or(String::new(), |st| format!("{st} · "));
@@ -285,7 +286,7 @@ async fn show(
                     _ = done.cancelled() => return,
                     _ = tokio::time::sleep(interval) => {
                         let now = stats.snapshot();
-                        let at = counted.position(&now, start);
+                        let at = counted.position(&now);
                         tracing::info!("{}", summary_line(&counted, &at, &before, &now));
                         before = now;
                     }
@@ -370,19 +371,27 @@ mod tests {
     #[test]
     fn an_experiments_line_counts_cells_and_both_stages_and_its_eta_only_this_run() {
         let cells = Arc::new(CellProgress::default());
-        cells.cells.store(1000, Ordering::Relaxed);
-        // 100 cells were done by an earlier run when the display began.
-        cells.done.store(100, Ordering::Relaxed);
         let counted = Counted::Cells(cells.clone());
-        let start = counted.start();
-        cells.done.store(300, Ordering::Relaxed);
-        cells.answered.store(210, Ordering::Relaxed);
-        cells.judged.store(200, Ordering::Relaxed);
         let before = RunStats::new().snapshot();
         let mut now = before.clone();
         now.elapsed = Duration::from_secs(10);
-        let at = counted.position(&now, start);
-        // 200 cells in 10 s, 700 left.
+        // Still counting the cells: not done.
+        let at = counted.position(&now);
+        assert!(
+            summary_line(&counted, &at, &before, &now).starts_with("progress: cells 0/0 (0.0%)")
+        );
+        assert_eq!(at.eta, None);
+
+        cells.cells.store(1000, Ordering::Relaxed);
+        // 100 cells an earlier run finished, found done as the rows were read: no pace.
+        cells.resumed.store(100, Ordering::Relaxed);
+        cells.done.store(100, Ordering::Relaxed);
+        assert_eq!(counted.position(&now).eta, None);
+        // Then 200 cells done by this run in 10 s, 700 left.
+        cells.done.store(300, Ordering::Relaxed);
+        cells.answered.store(210, Ordering::Relaxed);
+        cells.judged.store(200, Ordering::Relaxed);
+        let at = counted.position(&now);
         assert_eq!(at.eta, Some(Duration::from_secs(35)));
         let line = summary_line(&counted, &at, &before, &now);
         assert!(
@@ -390,10 +399,6 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("ETA 35.0 s"), "{line}");
-
-        // Nothing done yet this run: no estimate rather than a wrong one.
-        let fresh = counted.position(&now, 300);
-        assert_eq!(fresh.eta, None);
     }
 
     #[test]
@@ -403,7 +408,7 @@ mod tests {
         now.total = 40;
         now.succeeded = 10;
         now.elapsed = Duration::from_secs(5);
-        let at = Counted::Requests.position(&now, 0);
+        let at = Counted::Requests.position(&now);
         let line = summary_line(&Counted::Requests, &at, &before, &now);
         assert!(
             line.starts_with("progress: 10/40 (25.0%) · 2.0 req/s"),

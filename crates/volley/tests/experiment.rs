@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::browser::{assert_self_contained, chromium, figure, headless};
+use common::browser::{assert_self_contained, figure, rendered_dom};
 use common::{
     KEY_ENV, MockProc, Workspace, assert_exit, assert_no_key, explain, read_jsonl, volley,
 };
@@ -52,22 +52,6 @@ fn once(lines: &[Value], what: &str) -> HashSet<(String, String, u64)> {
         assert!(seen.insert(cell.clone()), "{what} holds {cell:?} twice");
     }
     seen
-}
-
-/// The DOM headless Chromium builds from the page at `path`.
-fn rendered_dom(path: &Path) -> String {
-    let work = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", path.canonicalize().unwrap().display());
-    let status = headless(
-        &chromium(),
-        work.path(),
-        "dom",
-        &["--dump-dom".into()],
-        &url,
-    );
-    let log = std::fs::read_to_string(work.path().join("dom.stderr")).unwrap_or_default();
-    assert!(status.success(), "chromium: {status}\n{log}");
-    std::fs::read_to_string(work.path().join("dom.stdout")).unwrap()
 }
 
 #[test]
@@ -129,6 +113,10 @@ fn the_readme_example_scores_what_the_mock_was_told_and_report_recomputes_it() {
     // axis around zero, as Chromium builds the page; it can never replace the record.
     let refused = ws.run(&["experiment", "report", "run", "--html", "run/scores.json"]);
     assert_exit(&refused, 2);
+    let dataset = std::fs::read(ws.path("arith.jsonl")).unwrap();
+    let refused = ws.run(&["experiment", "report", "run", "--html", "arith.jsonl"]);
+    assert_exit(&refused, 2);
+    assert_eq!(std::fs::read(ws.path("arith.jsonl")).unwrap(), dataset);
     assert_eq!(std::fs::read(run.join("scores.json")).unwrap(), written);
     let out_html = ws.run(&["experiment", "report", "run", "--html", "scores.html"]);
     assert_exit(&out_html, 0);

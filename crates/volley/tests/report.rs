@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 
-use common::browser::{assert_self_contained, chromium, figure, headless};
+use common::browser::{assert_self_contained, chromium, figure, headless, rendered_dom};
 use common::*;
 use serde_json::{Value, json};
 
@@ -891,15 +891,7 @@ fn the_html_report_renders_in_headless_chromium_with_every_plot_and_nothing_fetc
     );
 
     // The DOM Chromium built holds every plot, each with something drawn.
-    let status = headless(
-        &browser,
-        work.path(),
-        "dom",
-        &["--dump-dom".to_string()],
-        &url,
-    );
-    assert!(status.success(), "chromium: {status}\n{}", log("dom"));
-    let dom = std::fs::read_to_string(work.path().join("dom.stdout")).expect("dumped DOM");
+    let dom = rendered_dom(&html_path);
     assert!(dom.contains("<svg"), "no SVG in the DOM:\n{dom}");
     for (id, caption, mark) in [
         ("completions", "Completions over time", "<polyline"),

@@ -28,16 +28,26 @@ use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::progress::{self, Counted, EventLog};
 
-pub async fn experiment(command: ExperimentCommand) -> anyhow::Result<Exit> {
+/// `file` is `experiment run`'s CONFIG as the command line's parse loaded it (its
+/// `[experiment]` defaults are in `command` already): read once, so the flags and the
+/// experiments come from the same text.
+pub async fn experiment(
+    command: ExperimentCommand,
+    file: Option<ConfigFile>,
+) -> anyhow::Result<Exit> {
     match command {
-        ExperimentCommand::Run(args) => run(*args).await,
+        ExperimentCommand::Run(args) => run(*args, file).await,
         ExperimentCommand::Rejudge(args) => rejudge(*args).await,
         ExperimentCommand::Report(args) => report(&args),
     }
 }
 
-async fn run(args: ExperimentRunArgs) -> anyhow::Result<Exit> {
-    let (file, upstreams) = crate::config::load(&args.config, &args.engine)?;
+async fn run(args: ExperimentRunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit> {
+    let file = match file {
+        Some(file) => file,
+        None => ConfigFile::load(&args.config)?,
+    };
+    let upstreams = engine::Upstreams::resolve(&args.engine, Some(&file))?;
     let mut plans = plans(&file)?;
     if !args.only.is_empty() {
         for name in &args.only {
@@ -56,13 +66,16 @@ async fn run(args: ExperimentRunArgs) -> anyhow::Result<Exit> {
         Some(dir) => dir.clone(),
         None => default_out(&args.config),
     };
-    let slot = BarSlot::default();
-    logging::init(args.display.log_format, args.display.quiet, slot.clone());
-    let shown = Shown {
-        args: &args.display,
-        slot: &slot,
-    };
-    let end = execute(&args.engine, shown, &file, upstreams, &plans, &out, true).await?;
+    let end = execute(
+        &args.engine,
+        &args.display,
+        &file,
+        upstreams,
+        &plans,
+        &out,
+        true,
+    )
+    .await?;
     finish(&out, &end)
 }
 
@@ -140,15 +153,9 @@ async fn rejudge(args: RejudgeArgs) -> anyhow::Result<Exit> {
             verdict,
         });
     }
-    let slot = BarSlot::default();
-    logging::init(args.display.log_format, args.display.quiet, slot.clone());
-    let shown = Shown {
-        args: &args.display,
-        slot: &slot,
-    };
     let end = execute(
         &args.engine,
-        shown,
+        &args.display,
         &file,
         upstreams,
         &plans,
@@ -161,14 +168,30 @@ async fn rejudge(args: RejudgeArgs) -> anyhow::Result<Exit> {
 
 fn report(args: &ExperimentReportArgs) -> anyhow::Result<Exit> {
     if let Some(html) = &args.html {
-        // `--html answers.jsonl` must not replace the run's record.
-        let record: Vec<(&str, PathBuf)> = RUN_FILES
+        // `--html answers.jsonl` must not replace the run's record, nor the
+        // configuration file and datasets a resume or a rejudge reads again.
+        let mut inputs: Vec<(String, PathBuf)> = RUN_FILES
             .iter()
-            .map(|name| (*name, args.run_dir.join(name)))
+            .map(|name| (name.to_string(), args.run_dir.join(name)))
             .collect();
-        let mut files: Vec<NamedFile<'_>> = record
+        if let Some(info) = run_info::read(&args.run_dir)? {
+            inputs.extend(
+                info.config
+                    .map(|c| ("the run's configuration file".to_string(), PathBuf::from(c))),
+            );
+            for experiment in info.experiments {
+                for d in experiment.datasets {
+                    let path = PathBuf::from(d.path);
+                    // Experiments share datasets: each file once.
+                    if !inputs.iter().any(|(_, p)| *p == path) {
+                        inputs.push((format!("dataset {}", d.name), path));
+                    }
+                }
+            }
+        }
+        let mut files: Vec<NamedFile<'_>> = inputs
             .iter()
-            .map(|(name, path)| NamedFile::read(name, path))
+            .map(|(label, path)| NamedFile::read(label, path))
             .collect();
         files.push(NamedFile::write("--html", html));
         check_distinct(&files)?;
@@ -196,18 +219,11 @@ const RUN_FILES: [&str; 7] = [
     scores::SCORES_MD,
 ];
 
-/// How a run shows its progress and log lines.
-#[derive(Clone, Copy)]
-struct Shown<'a> {
-    args: &'a DisplayArgs,
-    slot: &'a BarSlot,
-}
-
 /// Runs `plans` on an engine of the file's providers, recording into `out`; the
 /// progress display and the log read the engine's events, both stages together.
 async fn execute(
     args: &EngineArgs,
-    shown: Shown<'_>,
+    display: &DisplayArgs,
     file: &ConfigFile,
     upstreams: engine::Upstreams,
     plans: &[ExperimentPlan],
@@ -215,6 +231,8 @@ async fn execute(
     ask: bool,
 ) -> anyhow::Result<RunEnd> {
     engine::check(args).map_err(anyhow::Error::msg)?;
+    let slot = BarSlot::default();
+    logging::init(display.log_format, display.quiet, slot.clone());
     // Bad rows and templates are found before anything starts.
     pipeline::validate(plans)?;
     let pricing = engine::pricing(args)?;
@@ -231,17 +249,17 @@ async fn execute(
         let cancel = cancel.clone();
         tokio::spawn(async move {
             crate::commands::mock::shutdown_signal().await;
-            errln!("stopping: requests in flight get a moment to finish; re-run to resume");
+            tracing::warn!("stopping: requests in flight get a moment to finish; re-run to resume");
             cancel.cancel();
         })
     };
     let progress = Arc::new(Progress::default());
-    let display = progress::Display::start(
-        shown.args,
+    let shown = progress::Display::start(
+        display,
         stats.clone(),
         Counted::Cells(progress.clone()),
         0,
-        shown.slot,
+        &slot,
     );
     let options = RunOptions {
         progress: progress.clone(),
@@ -251,15 +269,19 @@ async fn execute(
         hidden_env: hidden_env(args, file),
         config: std::path::absolute(&file.path).ok(),
     };
-    errln!("run directory: {}", out.display());
+    tracing::info!("run directory: {}", out.display());
     let end = pipeline::run(&engine, plans, &options, &cancel).await;
     interrupt.abort();
-    display.stop().await;
+    shown.stop().await;
     stats.end();
-    if !shown.args.quiet {
-        let (cells, done, answered, judged) = progress.read();
-        errln!("cells done {done}/{cells} · this run: {answered} answers, {judged} judgements");
-    }
+    let c = progress.read();
+    tracing::info!(
+        "cells done {}/{} · this run: {} answers, {} judgements",
+        c.done,
+        c.cells,
+        c.answered,
+        c.judged
+    );
     engine.shutdown(defaults::SHUTDOWN_GRACE).await;
     if let Some(mock) = mock {
         mock.shutdown().await;

@@ -90,6 +90,22 @@ fn wait_or_kill(mut child: std::process::Child, limit: Duration) -> Option<ExitS
     }
 }
 
+/// The DOM headless Chromium builds from the page at `path`.
+pub fn rendered_dom(path: &Path) -> String {
+    let work = tempfile::tempdir().expect("temp dir");
+    let url = format!("file://{}", path.canonicalize().unwrap().display());
+    let status = headless(
+        &chromium(),
+        work.path(),
+        "dom",
+        &["--dump-dom".into()],
+        &url,
+    );
+    let log = std::fs::read_to_string(work.path().join("dom.stderr")).unwrap_or_default();
+    assert!(status.success(), "chromium: {status}\n{log}");
+    std::fs::read_to_string(work.path().join("dom.stdout")).unwrap()
+}
+
 /// The part of `html` from `<figure id="{id}"` to its `</figure>`.
 pub fn figure<'a>(html: &'a str, id: &str) -> &'a str {
     let open = format!("<figure id=\"{id}\"");
