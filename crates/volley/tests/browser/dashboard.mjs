@@ -7,17 +7,31 @@
 // `cancel` row and waits until it says cancelled, measures the script time of `polls`
 // page updates (Chrome's own ScriptDuration), saves a screenshot, and prints one JSON
 // object. Any failure prints {"error", "page"} and exits 1.
+import { existsSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
 import { chromium } from 'playwright-core';
+
+/** The system's Chromium: $VOLLEY_CHROMIUM, else the first on PATH. */
+function systemChromium() {
+  if (process.env.VOLLEY_CHROMIUM) return process.env.VOLLEY_CHROMIUM;
+  for (const dir of (process.env.PATH || '').split(delimiter)) {
+    for (const name of ['chromium', 'chromium-browser']) {
+      if (existsSync(join(dir, name))) return join(dir, name);
+    }
+  }
+  throw new Error('no chromium on PATH (scripts/test installs it)');
+}
 
 const plan = JSON.parse(process.argv[2]);
 const timeout = plan.timeout_ms ?? 60000;
-const browser = await chromium.launch({
-  executablePath: process.env.VOLLEY_CHROMIUM || 'chromium',
-  args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'],
-});
 const out = { rows: {}, console_errors: [], requests: [] };
+let browser;
 let page;
 try {
+  browser = await chromium.launch({
+    executablePath: systemChromium(),
+    args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'],
+  });
   const context = await browser.newContext({
     viewport: { width: 1280, height: 900 },
     colorScheme: plan.dark ? 'dark' : 'light',
@@ -85,6 +99,6 @@ try {
   let html = '';
   try { html = page ? await page.content() : ''; } catch {}
   console.log(JSON.stringify({ ...out, error: String(e && e.stack || e), page: html.slice(0, 20000) }));
-  await browser.close();
+  if (browser) await browser.close();
   process.exit(1);
 }
