@@ -85,6 +85,8 @@ pub struct ExperimentRunArgs {
     #[command(flatten)]
     pub display: DisplayArgs,
     #[command(flatten)]
+    pub dashboard: DashboardArgs,
+    #[command(flatten)]
     pub engine: EngineArgs,
 }
 
@@ -208,6 +210,20 @@ pub struct RunArgs {
     /// the final figures (Ctrl-C ends the wait).
     #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "metrics_addr", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
     pub metrics_linger: f64,
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
+}
+
+/// `--dashboard`: the live page `volley serve` shows at `/`, for a run or an
+/// experiment. One definition for both commands.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Serve a live dashboard at http://ADDR/ while the run lasts (port 0: a free one, printed). No token: keep it on 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard: Option<std::net::SocketAddr>,
+    /// Keep serving the dashboard this many seconds after the run ends, to see the final state (Ctrl-C ends the wait).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "dashboard", allow_negative_numbers = true, value_parser = seconds(SECONDS))]
+    pub dashboard_linger: f64,
 }
 
 /// How a long command shows itself on standard error: progress, and log lines.

@@ -22,6 +22,7 @@ macro_rules! errln {
 mod cli;
 mod commands;
 mod config;
+mod dashboard;
 mod exit;
 mod html;
 mod logging;

@@ -4,25 +4,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::browser::{assert_self_contained, figure, rendered_dom};
-use common::{
-    KEY_ENV, MockProc, Workspace, assert_exit, assert_no_key, explain, read_jsonl, volley,
-};
+use common::{MockProc, Workspace, assert_exit, assert_no_key, explain, read_jsonl, volley};
 use serde_json::Value;
 
 /// The README's example, pointed at `mock` and using the test key's variable.
 fn example(ws: &Workspace, mock: &MockProc) -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/experiment");
-    std::fs::copy(root.join("arith.jsonl"), ws.path("arith.jsonl")).unwrap();
-    let text = std::fs::read_to_string(root.join("arith.toml"))
-        .unwrap()
-        .replace("http://127.0.0.1:8089/v1", &mock.base_url)
-        .replace("VOLLEY_MOCK_KEY", KEY_ENV);
-    ws.write("arith.toml", &text)
+    common::arith_example(ws, mock)
 }
 
 fn graded_mock(extra: &[&str]) -> MockProc {

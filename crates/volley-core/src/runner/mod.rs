@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,8 @@ use crate::accounting::usage::Usage;
 use crate::engine::{Engine, EngineConfig, Source, SourceSpec, StopReason};
 use crate::input::batch::LineDefaults;
 use crate::input::ids::IdMap;
-use crate::limits::lanes::LaneLayout;
+use crate::limits::lane::LaneView;
+use crate::limits::lanes::{LaneLayout, LanePool};
 use crate::observe::events::{Event, EventBus};
 use crate::provider::classify::Reason;
 use crate::provider::openrouter;
@@ -338,11 +339,39 @@ impl Target {
     }
 }
 
+/// The lanes of an engine, once it is connected: what a dashboard shows of each key's
+/// limits while a run lasts. [`execute`] makes its engine itself (after reading the
+/// keys' standing), so a caller cannot hold the engine; it holds this instead, and
+/// only the lane pools (not the engine, whose sources hold the run's files open).
+#[derive(Debug, Clone, Default)]
+pub struct LaneWatch(Arc<OnceLock<Vec<Arc<LanePool>>>>);
+
+impl LaneWatch {
+    pub fn new() -> LaneWatch {
+        LaneWatch::default()
+    }
+
+    /// Keeps `engine`'s lane pools; a second engine is ignored (one run, one engine).
+    pub fn watch(&self, engine: &Engine) {
+        let _ = self
+            .0
+            .set(engine.upstreams().iter().map(|u| u.lanes.clone()).collect());
+    }
+
+    /// Every lane as it stands now; none before the engine is connected.
+    pub fn views(&self) -> Vec<LaneView> {
+        self.0
+            .get()
+            .map(|pools| pools.iter().flat_map(|p| p.views()).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// Runs a prepared batch as one source of an engine of its own, with one upstream per
 /// target (see [`Target::connect_all`]). `source` says how the
 /// batch is run (its cost cap, retry budget, reply check); its store is the run's
 /// files. `events` receives every event of the run; `cancel` stops admitting new
-/// requests (Ctrl-C).
+/// requests (Ctrl-C); `lanes` is given the engine's lanes once it is connected.
 pub async fn execute(
     started: Started,
     targets: Vec<Target>,
@@ -350,6 +379,7 @@ pub async fn execute(
     source: SourceSpec,
     events: EventBus,
     cancel: CancellationToken,
+    lanes: &LaneWatch,
 ) -> Result<RunOutcome, RunError> {
     let Started {
         plan,
@@ -365,6 +395,7 @@ pub async fn execute(
         keys: targets.iter().map(|t| t.keys.len()).sum(),
     });
     let engine = Target::connect_all(targets, engine, events.clone()).await?;
+    lanes.watch(&engine);
     let store: Arc<dyn Store> = Arc::new(JsonlStore::new(sink.handle()));
     let source = engine.open(SourceSpec {
         name: scan.label.clone(),

@@ -1,11 +1,12 @@
-//! The dashboard's one snapshot: once a second the board reads the store, the figures
-//! of every source, the lanes and the latest failures, draws the charts, and keeps the
-//! result as JSON bytes. Every open page polls that same snapshot, so the cost of the
+//! The dashboard's one snapshot: once a second the board reads its feed's rows (the
+//! gateway's batches and proxy, a run, an experiment's stages), the engine's figures,
+//! the lanes and the latest failures, draws the charts, and keeps the result as JSON
+//! bytes. Every open page polls that same snapshot, so the cost of the
 //! dashboard does not grow with the requests the gateway serves or with its viewers:
 //! one aggregation a second, and at most one serialization per tenant per second.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -100,13 +101,15 @@ pub struct Counts {
     pub failed: i64,
 }
 
-/// One row of the sources table: a batch, or a tenant's proxied calls.
+/// One row of the sources table: a batch, a tenant's proxied calls, a `volley run`, or
+/// an experiment's stage.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceRow {
     pub id: String,
-    /// `batch` or `proxy`.
+    /// `batch`, `proxy`, `run`, `answers` or `judge`.
     pub kind: &'static str,
-    /// A batch's status; `serving` for the proxy.
+    /// A batch's status; `serving` for the proxy; `in_progress`, then `completed` or
+    /// `stopped`, for a run or a stage.
     pub status: &'static str,
     pub request_counts: Counts,
     /// Unix seconds (batches only).
@@ -124,7 +127,53 @@ pub struct SourceRow {
     pub tenant: Arc<str>,
 }
 
-/// The engine as a whole, since the gateway started.
+impl SourceRow {
+    /// A row whose counts are the engine's own figures for it (a proxy, a run, a
+    /// stage): finished of `total`, its pace, and an ETA while it is `in_progress`.
+    pub fn live(
+        id: String,
+        kind: &'static str,
+        status: &'static str,
+        total: u64,
+        figures: &Snapshot,
+        tenant: Arc<str>,
+    ) -> SourceRow {
+        let per_second = figures.throughput();
+        let left = total.saturating_sub(figures.finished()) as f64;
+        SourceRow {
+            id,
+            kind,
+            status,
+            request_counts: Counts {
+                total: total as i64,
+                completed: figures.succeeded as i64,
+                failed: figures.failed as i64,
+            },
+            created_at: None,
+            in_flight: figures.in_flight,
+            per_second: Some(per_second),
+            eta_seconds: (per_second > 0.0 && status == "in_progress")
+                .then(|| (left / per_second).round()),
+            cancellable: false,
+            tenant,
+        }
+    }
+
+    /// A tenant's proxied calls: every request it was handed so far is its total.
+    pub fn proxy(tenant: Arc<str>, figures: &Snapshot) -> SourceRow {
+        let total = figures.finished() + figures.pending;
+        SourceRow::live(
+            proxy_name(&tenant),
+            "proxy",
+            "serving",
+            total,
+            figures,
+            tenant,
+        )
+    }
+}
+
+/// The engine as a whole, since it started.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
     pub in_flight: u64,
@@ -192,10 +241,20 @@ struct View<'a> {
 impl State {
     /// The snapshot as `tenant` may see it, as JSON.
     pub fn view_json(&self, tenant: &str) -> Vec<u8> {
+        self.view(Some(tenant))
+    }
+
+    /// The whole snapshot, as JSON: the dashboard of a run, which has no tenants.
+    pub fn all_json(&self) -> Vec<u8> {
+        self.view(None)
+    }
+
+    /// `tenant`'s sources and their failures, or everything.
+    fn view(&self, tenant: Option<&str>) -> Vec<u8> {
         let sources: Vec<&SourceRow> = self
             .sources
             .iter()
-            .filter(|s| &*s.tenant == tenant)
+            .filter(|s| tenant.is_none_or(|t| &*s.tenant == t))
             .collect();
         let visible: HashSet<&str> = sources.iter().map(|s| s.id.as_str()).collect();
         let view = View {
@@ -208,7 +267,9 @@ impl State {
             errors: self
                 .errors
                 .iter()
-                .filter(|e| e.source.as_deref().is_some_and(|s| visible.contains(s)))
+                .filter(|e| {
+                    tenant.is_none() || e.source.as_deref().is_some_and(|s| visible.contains(s))
+                })
                 .collect(),
             charts: &self.charts,
             sources,
@@ -223,6 +284,7 @@ impl State {
 pub struct Published {
     pub state: State,
     views: Mutex<HashMap<Arc<str>, Bytes>>,
+    all: OnceLock<Bytes>,
 }
 
 impl Published {
@@ -230,7 +292,15 @@ impl Published {
         Published {
             state,
             views: Mutex::default(),
+            all: OnceLock::new(),
         }
+    }
+
+    /// The whole snapshot's JSON (a run's dashboard: no tenants).
+    pub fn for_all(&self) -> Bytes {
+        self.all
+            .get_or_init(|| Bytes::from(self.state.all_json()))
+            .clone()
     }
 
     /// The snapshot's JSON for `tenant`.
@@ -252,12 +322,8 @@ pub fn proxy_name(tenant: &str) -> String {
 pub struct Inputs {
     pub at: i64,
     pub seq: u64,
-    /// Recent and running batches, newest first.
-    pub rows: Vec<BatchRow>,
-    /// Live figures of the sources still open, by source name.
-    pub live: HashMap<Arc<str>, Snapshot>,
-    /// Each tenant's proxy figures.
-    pub proxies: Vec<(Arc<str>, Snapshot)>,
+    /// The feed's rows, in the order shown.
+    pub sources: Vec<SourceRow>,
     pub total: Snapshot,
     /// The configured concurrency limit.
     pub concurrency: Option<u64>,
@@ -272,9 +338,7 @@ pub fn build(inputs: Inputs) -> State {
     let Inputs {
         at,
         seq,
-        rows,
-        live,
-        proxies,
+        sources,
         total,
         concurrency,
         lanes,
@@ -282,27 +346,6 @@ pub fn build(inputs: Inputs) -> State {
         samples,
         latency,
     } = inputs;
-    let mut sources: Vec<SourceRow> = rows.into_iter().map(|row| batch_row(row, &live)).collect();
-    for (tenant, s) in proxies {
-        let completed = s.succeeded as i64;
-        let failed = s.failed as i64;
-        sources.push(SourceRow {
-            id: proxy_name(&tenant),
-            kind: "proxy",
-            status: "serving",
-            request_counts: Counts {
-                total: completed + failed + s.pending as i64,
-                completed,
-                failed,
-            },
-            created_at: None,
-            in_flight: s.in_flight,
-            per_second: Some(s.throughput()),
-            eta_seconds: None,
-            cancellable: false,
-            tenant,
-        });
-    }
     let mut models: Vec<ModelRow> = total
         .models
         .iter()
@@ -364,7 +407,7 @@ pub fn build(inputs: Inputs) -> State {
 
 /// A batch's row: its counts from the store (exact, and all there is once it ended),
 /// its pace and requests in flight from its live figures while it runs.
-fn batch_row(row: BatchRow, live: &HashMap<Arc<str>, Snapshot>) -> SourceRow {
+pub fn batch_row(row: BatchRow, live: &HashMap<Arc<str>, Snapshot>) -> SourceRow {
     let running = !row.status.is_terminal();
     let figures = live.get(row.id.as_str()).filter(|_| running);
     let per_second = figures.map(Snapshot::throughput);
@@ -558,12 +601,15 @@ mod tests {
 
     fn inputs(rows: Vec<BatchRow>, errors: Vec<Failure>) -> Inputs {
         let stats = RunStats::new();
+        let mut sources: Vec<SourceRow> = rows
+            .into_iter()
+            .map(|row| batch_row(row, &HashMap::new()))
+            .collect();
+        sources.push(SourceRow::proxy(Arc::from("alice"), &stats.snapshot()));
         Inputs {
             at: 5,
             seq: 1,
-            rows,
-            live: HashMap::new(),
-            proxies: vec![(Arc::from("alice"), stats.snapshot())],
+            sources,
             latency: stats.latency_buckets(latency_bounds()),
             total: stats.snapshot(),
             concurrency: Some(16),
@@ -629,15 +675,92 @@ mod tests {
     #[test]
     fn a_running_batch_has_a_pace_and_an_eta() {
         let stats = RunStats::new();
-        let mut i = inputs(
-            vec![batch("batch_a", "t", Status::InProgress, (100, 40, 0))],
-            vec![],
+        let live = HashMap::from([(Arc::from("batch_a"), stats.snapshot())]);
+        let row = batch_row(
+            batch("batch_a", "t", Status::InProgress, (100, 40, 0)),
+            &live,
         );
-        i.live.insert(Arc::from("batch_a"), stats.snapshot());
-        let state = build(i);
-        let row = &state.sources[0];
         // Nothing finished in this process yet: no pace, so no ETA.
         assert_eq!((row.per_second, row.eta_seconds), (Some(0.0), None));
+    }
+
+    fn finished(stats: &RunStats, ok: bool) {
+        use volley_core::observe::events::{Event, Observer};
+        stats.on_event(
+            None,
+            &Event::RequestFinished {
+                custom_id: Arc::from("x"),
+                ok,
+                attempts: 1,
+                error: (!ok).then_some("server_error"),
+                latency: Duration::from_millis(5),
+                usage: Default::default(),
+                model: None,
+            },
+        );
+    }
+
+    #[test]
+    fn a_run_row_counts_the_engines_figures_against_its_total() {
+        let stats = RunStats::new();
+        for ok in [true, true, true, false] {
+            finished(&stats, ok);
+        }
+        let figures = stats.snapshot();
+        let row = SourceRow::live("run".into(), "run", "in_progress", 10, &figures, "".into());
+        assert_eq!(
+            row.request_counts,
+            Counts {
+                total: 10,
+                completed: 3,
+                failed: 1
+            }
+        );
+        assert!(!row.cancellable);
+        // A pace, if any time passed, gives an ETA while it runs and none once ended.
+        if row.per_second.is_some_and(|r| r > 0.0) {
+            assert!(row.eta_seconds.is_some());
+        }
+        let ended = SourceRow::live("run".into(), "run", "completed", 4, &figures, "".into());
+        assert_eq!(ended.eta_seconds, None);
+    }
+
+    #[test]
+    fn a_run_dashboard_shows_every_row_and_every_failure() {
+        let stats = RunStats::new();
+        let mut i = inputs(vec![], vec![failure("batch.jsonl"), failure("x/judge")]);
+        i.sources = vec![
+            SourceRow::live(
+                "x".into(),
+                "answers",
+                "in_progress",
+                5,
+                &stats.snapshot(),
+                "".into(),
+            ),
+            SourceRow::live(
+                "x/judge".into(),
+                "judge",
+                "stopped",
+                0,
+                &stats.snapshot(),
+                "".into(),
+            ),
+        ];
+        let all: serde_json::Value =
+            serde_json::from_slice(&Published::new(build(i)).for_all()).unwrap();
+        let ids: Vec<&str> = all["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["x", "x/judge"]);
+        assert_eq!(all["sources"][1]["kind"], "judge");
+        assert_eq!(all["sources"][1]["status"], "stopped");
+        // A run's failures are named by its input, not by the row: all are shown.
+        assert_eq!(all["errors"].as_array().unwrap().len(), 2);
+        assert_eq!(all["totals"]["concurrency"], 16);
     }
 
     #[tokio::test]

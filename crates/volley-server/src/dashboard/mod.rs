@@ -9,24 +9,59 @@
 //! shows that tenant's batches and proxied calls only. Lanes, totals, models and
 //! charts are the shared engine's, shown to every valid token. Nothing in it is a
 //! key (lanes are named by key labels, `key#1`) or a token.
+//!
+//! The same board and page serve `volley run --dashboard` and `volley experiment run
+//! --dashboard` ([`serve_dashboard`]): what differs is the [`Feed`] of rows, and that
+//! a run's dashboard has no token and no tenants (it listens where its user says).
 
 pub mod board;
 pub mod failures;
 mod page;
 pub mod routes;
+mod standalone;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::time::{Instant, MissedTickBehavior};
+use volley_core::limits::lane::LaneView;
+use volley_core::observe::stats::RunStats;
 
 use crate::App;
 use crate::db::DbError;
 use crate::rows::BatchRow;
-pub use board::Published;
 use board::{Inputs, Samples};
+pub use board::{Published, SourceRow};
 pub use failures::Failures;
+pub use standalone::{Dashboard, serve_dashboard};
+
+/// Why a feed could not give this second's rows (the snapshot keeps the last ones).
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("the store: {0}")]
+    Store(#[from] DbError),
+}
+
+/// A feed's rows for this second, as a future: the gateway reads them from its store.
+pub type Rows<'a> = Pin<Box<dyn Future<Output = Result<Vec<SourceRow>, FeedError>> + Send + 'a>>;
+
+/// What a dashboard shows of the process it runs in: the gateway (its batches and
+/// proxy), a `volley run`, an experiment's stages. The board asks it once a second;
+/// everything else (samples, charts, failures, the JSON) is the board's, the same for
+/// every feed.
+pub trait Feed: Send + Sync {
+    /// The table's rows, in the order shown.
+    fn sources(&self) -> Rows<'_>;
+    /// Everything the engine did: the totals, the models, the latency.
+    fn total(&self) -> &RunStats;
+    /// The concurrency limit configured, shown until the engine reports its own.
+    fn concurrency(&self) -> Option<u64>;
+    /// Every lane of the engine as it stands now.
+    fn lanes(&self) -> Vec<LaneView>;
+}
 
 /// Builds and keeps the dashboard's snapshot.
 pub struct Board {
@@ -38,7 +73,7 @@ pub struct Board {
 }
 
 impl Board {
-    /// `failures` must observe the gateway's engine.
+    /// `failures` must observe the engine the feed shows.
     pub fn new(failures: Arc<Failures>) -> Board {
         Board {
             current: RwLock::default(),
@@ -57,26 +92,80 @@ impl Board {
             .clone()
     }
 
-    /// Builds the first snapshot, then a new one every [`board::TICK`] until
-    /// [`Board::stop`] (or the gateway is dropped: the task holds it weakly).
-    pub(crate) async fn start(app: &App) {
-        if let Err(e) = refresh(app).await {
-            tracing::error!("dashboard: {e}");
-        }
-        let weak = Arc::downgrade(&app.inner);
+    /// Reads everything the snapshot shows from `feed` and publishes a new one.
+    pub async fn refresh(&self, feed: &dyn Feed) -> Result<(), FeedError> {
+        let sources = feed.sources().await?;
+        let stats = feed.total();
+        let total = stats.snapshot();
+        let now = Instant::now();
+        let samples = {
+            let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            samples.record(now, total.finished(), total.rate_limited);
+            samples.points(now)
+        };
+        let state = board::build(Inputs {
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            sources,
+            latency: stats.latency_buckets(board::latency_bounds()),
+            total,
+            concurrency: feed.concurrency(),
+            lanes: feed.lanes(),
+            errors: self.failures.latest(),
+            samples,
+        });
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Published::new(state));
+        Ok(())
+    }
+
+    /// Calls `tick` every [`board::TICK`] (the first one a tick from now) until it
+    /// answers false or [`Board::stop`] is called.
+    fn keep_fresh<F, Fut>(&self, mut tick: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
         let task = tokio::spawn(async move {
             let mut every = tokio::time::interval(board::TICK);
             every.set_missed_tick_behavior(MissedTickBehavior::Delay);
             every.tick().await;
             loop {
                 every.tick().await;
-                let Some(inner) = weak.upgrade() else { break };
-                if let Err(e) = refresh(&App { inner }).await {
-                    tracing::error!("dashboard: {e}");
+                if !tick().await {
+                    break;
                 }
             }
         });
-        *app.board.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        if let Some(old) = self
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Builds the gateway's first snapshot, then a new one every [`board::TICK`] until
+    /// [`Board::stop`] (or the gateway is dropped: the task holds it weakly).
+    pub(crate) async fn start(app: &App) {
+        if let Err(e) = app.board.refresh(app).await {
+            tracing::error!("dashboard: {e}");
+        }
+        let weak = Arc::downgrade(&app.inner);
+        app.board.keep_fresh(move || {
+            let inner = weak.upgrade();
+            async move {
+                let Some(inner) = inner else { return false };
+                let app = App { inner };
+                if let Err(e) = app.board.refresh(&app).await {
+                    tracing::error!("dashboard: {e}");
+                }
+                true
+            }
+        });
     }
 
     /// Stops rebuilding the snapshot.
@@ -87,55 +176,51 @@ impl Board {
     }
 }
 
-/// Reads everything the snapshot shows and publishes a new one.
-async fn refresh(app: &App) -> Result<(), DbError> {
-    let rows = app
-        .db
-        .read(|c| BatchRow::recent(c, board::RECENT_PER_TENANT))
-        .await?;
-    let board = &app.board;
-    let total = app.stats.total().snapshot();
-    let now = Instant::now();
-    let samples = {
-        let mut samples = board.samples.lock().unwrap_or_else(|p| p.into_inner());
-        samples.record(now, total.finished(), total.rate_limited);
-        samples.points(now)
-    };
-    let live: HashMap<Arc<str>, _> = app
-        .stats
-        .snapshots()
-        .into_iter()
-        .map(|(_, name, snapshot)| (name, snapshot))
-        .collect();
-    let proxies = app
-        .proxy
-        .sources()
-        .into_iter()
-        .filter_map(|(tenant, source)| {
-            let stats = app.stats.source(source.id())?;
-            Some((tenant, stats.stats.snapshot()))
+/// The gateway's rows: each tenant's recent and running batches from the store (their
+/// counts exact), with the pace of those still running, then each tenant's proxy.
+impl Feed for App {
+    fn sources(&self) -> Rows<'_> {
+        Box::pin(async move {
+            let rows = self
+                .db
+                .read(|c| BatchRow::recent(c, board::RECENT_PER_TENANT))
+                .await?;
+            let live: HashMap<Arc<str>, _> = self
+                .stats
+                .snapshots()
+                .into_iter()
+                .map(|(_, name, snapshot)| (name, snapshot))
+                .collect();
+            let mut sources: Vec<SourceRow> = rows
+                .into_iter()
+                .map(|row| board::batch_row(row, &live))
+                .collect();
+            sources.extend(
+                self.proxy
+                    .sources()
+                    .into_iter()
+                    .filter_map(|(tenant, source)| {
+                        let stats = self.stats.source(source.id())?;
+                        Some(SourceRow::proxy(tenant, &stats.stats.snapshot()))
+                    }),
+            );
+            Ok(sources)
         })
-        .collect();
-    let state = board::build(Inputs {
-        at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-        seq: board.seq.fetch_add(1, Ordering::Relaxed) + 1,
-        rows,
-        live,
-        proxies,
-        latency: app.stats.total().latency_buckets(board::latency_bounds()),
-        total,
-        concurrency: app.config.concurrency.map(|c| c as u64),
-        lanes: app
-            .engine
+    }
+
+    fn total(&self) -> &RunStats {
+        self.stats.total()
+    }
+
+    fn concurrency(&self) -> Option<u64> {
+        self.config.concurrency.map(|c| c as u64)
+    }
+
+    fn lanes(&self) -> Vec<LaneView> {
+        self.engine
             .upstreams()
             .iter()
             .flat_map(|u| u.lanes.views())
-            .collect(),
-        errors: board.failures.latest(),
-        samples,
-    });
-    *board.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Published::new(state));
-    Ok(())
+            .collect()
+    }
 }

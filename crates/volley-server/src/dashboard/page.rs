@@ -25,14 +25,15 @@ header{display:flex;align-items:baseline;gap:16px;flex-wrap:wrap}\
 #totals span{color:var(--muted);font-size:12px}\
 #sources td.progress,#sources td.completed,#sources td.failed,#sources td.total,\
 #sources td.rate,#sources td.eta,#sources td.inflight{text-align:right;font-variant-numeric:tabular-nums}\
-#sources tr[data-status=failed] td.status,#sources tr[data-status=expired] td.status{color:var(--bad)}\
+#sources tr[data-status=failed] td.status,#sources tr[data-status=expired] td.status,\
+#sources tr[data-status=stopped] td.status{color:var(--bad)}\
 .charts{display:flex;flex-wrap:wrap;gap:0 32px} .charts>div{overflow-x:auto;max-width:100%}\
 button{font:inherit}";
 
 const BODY: &str = r##"<header><h1>volley</h1><div id="updated" data-polls="0">connecting…</div><div id="status"></div></header>
 <div id="auth" hidden><p id="auth-why">This gateway needs a token.</p><input id="token" type="password" autocomplete="off" placeholder="gateway token" aria-label="gateway token"> <button id="token-save" type="button">Use token</button></div>
 <section id="totals"></section>
-<h2>Batches and proxy</h2>
+<h2>Progress</h2>
 <div class="wide"><table id="sources" class="grid"><thead><tr><th>source</th><th>status</th><th>progress</th><th>completed</th><th>failed</th><th>total</th><th>req/s</th><th>ETA</th><th>in flight</th><th></th></tr></thead><tbody></tbody></table></div>
 <div class="charts"><div id="chart-throughput"></div><div id="chart-latency"></div></div>
 <section id="lanes"><h2>Lanes</h2><div class="body"></div></section>
@@ -42,7 +43,7 @@ const BODY: &str = r##"<header><h1>volley</h1><div id="updated" data-polls="0">c
 const SCRIPT: &str = r##""use strict";
 (() => {
   const KEY = "volley-dashboard-token";
-  const ENDED = new Set(["completed", "failed", "expired", "cancelled"]);
+  const ENDED = new Set(["completed", "failed", "expired", "cancelled", "stopped"]);
   const CELLS = '<td class="id"><code></code></td><td class="status"></td><td class="progress"></td><td class="completed"></td><td class="failed"></td><td class="total"></td><td class="rate"></td><td class="eta"></td><td class="inflight"></td><td class="actions"></td>';
   const $ = (id) => document.getElementById(id);
   const rows = new Map();
@@ -74,7 +75,7 @@ const SCRIPT: &str = r##""use strict";
   }
   function progress(s) {
     const c = s.request_counts;
-    if (s.kind !== "batch") return "—";
+    if (s.kind === "proxy") return "—";
     if (c.total > 0) return Math.min(100, Math.floor((100 * (c.completed + c.failed)) / c.total)) + "%";
     return ENDED.has(s.status) ? "100%" : "0%";
   }
@@ -172,7 +173,7 @@ const SCRIPT: &str = r##""use strict";
       $("auth").hidden = true;
       render(s);
     } catch (e) {
-      say("cannot reach the gateway");
+      say("cannot reach volley");
     } finally {
       busy = false;
     }

@@ -1,5 +1,9 @@
 //! The dashboard's two routes: the page, open to anyone since it holds no data, and its
-//! state, behind the gateway's token.
+//! state, behind the gateway's token (a run's dashboard has none: [`state_all`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use axum::Extension;
 use axum::extract::State;
@@ -8,6 +12,7 @@ use axum::response::IntoResponse;
 
 use crate::App;
 use crate::auth::Tenant;
+use crate::dashboard::Board;
 
 /// The page may run its own inline script and style and talk to this gateway only:
 /// nothing is fetched from anywhere else, and no other site may frame it.
@@ -33,7 +38,15 @@ pub async fn state(
     State(app): State<App>,
     Extension(tenant): Extension<Tenant>,
 ) -> impl IntoResponse {
-    let body = app.board.current().for_tenant(&tenant.0);
+    json(app.board.current().for_tenant(&tenant.0))
+}
+
+/// `GET /dashboard/state` of a run's dashboard: the whole snapshot, no tenants.
+pub async fn state_all(State(board): State<Arc<Board>>) -> impl IntoResponse {
+    json(board.current().for_all())
+}
+
+fn json(body: Bytes) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "application/json"),

@@ -8,10 +8,10 @@ use anyhow::{Context, anyhow};
 use tokio_util::sync::CancellationToken;
 use volley_config::{ConfigFile, Expect, Verdict};
 use volley_core::defaults;
-use volley_core::observe::events::EventBus;
+use volley_core::observe::events::{EventBus, Observer};
 use volley_core::observe::stats::RunStats;
 use volley_core::provider::validate::ResponseCheck;
-use volley_core::runner::Target;
+use volley_core::runner::{LaneWatch, Target};
 use volley_core::store::claim::{NamedFile, check_distinct};
 use volley_experiment::pipeline::{self, Progress, RunEnd, RunOptions};
 use volley_experiment::plan::{
@@ -20,10 +20,11 @@ use volley_experiment::plan::{
 use volley_experiment::{record, run_info, scores};
 
 use crate::cli::{
-    DisplayArgs, EngineArgs, ExperimentCommand, ExperimentReportArgs, ExperimentRunArgs,
-    RejudgeArgs,
+    DashboardArgs, DisplayArgs, EngineArgs, ExperimentCommand, ExperimentReportArgs,
+    ExperimentRunArgs, RejudgeArgs,
 };
 use crate::commands::engine;
+use crate::dashboard::Live;
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::progress::{self, Counted, EventLog};
@@ -66,9 +67,10 @@ async fn run(args: ExperimentRunArgs, file: Option<ConfigFile>) -> anyhow::Resul
         Some(dir) => dir.clone(),
         None => default_out(&args.config),
     };
-    let end = execute(
+    let (end, dashboard) = execute(
         &args.engine,
         &args.display,
+        Some(&args.dashboard),
         &file,
         upstreams,
         &plans,
@@ -76,7 +78,11 @@ async fn run(args: ExperimentRunArgs, file: Option<ConfigFile>) -> anyhow::Resul
         true,
     )
     .await?;
-    finish(&out, &end)
+    let exit = finish(&out, &end);
+    if let Some(live) = dashboard {
+        live.linger(crate::commands::mock::shutdown_signal()).await;
+    }
+    exit
 }
 
 /// `volley-runs/<config stem>`: the same command resumes the same run.
@@ -153,9 +159,10 @@ async fn rejudge(args: RejudgeArgs) -> anyhow::Result<Exit> {
             verdict,
         });
     }
-    let end = execute(
+    let (end, _) = execute(
         &args.engine,
         &args.display,
+        None,
         &file,
         upstreams,
         &plans,
@@ -220,30 +227,44 @@ const RUN_FILES: [&str; 7] = [
 ];
 
 /// Runs `plans` on an engine of the file's providers, recording into `out`; the
-/// progress display and the log read the engine's events, both stages together.
+/// progress display and the log read the engine's events, both stages together. With
+/// `--dashboard`, its page is served from before the engine connects; it is handed
+/// back to linger once the scores are written.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     args: &EngineArgs,
     display: &DisplayArgs,
+    dashboard: Option<&DashboardArgs>,
     file: &ConfigFile,
     upstreams: engine::Upstreams,
     plans: &[ExperimentPlan],
     out: &Path,
     ask: bool,
-) -> anyhow::Result<RunEnd> {
+) -> anyhow::Result<(RunEnd, Option<Live>)> {
     engine::check(args).map_err(anyhow::Error::msg)?;
     let slot = BarSlot::default();
     logging::init(display.log_format, display.quiet, slot.clone());
     // Bad rows and templates are found before anything starts.
     pipeline::validate(plans)?;
     let pricing = engine::pricing(args)?;
+    let lanes = LaneWatch::new();
+    let live = match dashboard {
+        Some(flags) => Live::stages(flags, stages(plans), lanes.clone(), args.concurrency).await?,
+        None => None,
+    };
     let (targets, mock) = upstreams.start().await?;
     let stats = Arc::new(RunStats::new());
+    let mut observers: Vec<Arc<dyn Observer>> = vec![stats.clone(), Arc::new(EventLog)];
+    if let Some((_, watching)) = &live {
+        observers.extend(watching.iter().cloned());
+    }
     let engine = Target::connect_all(
         targets,
         engine::config(args, pricing, defaults::SHUTDOWN_GRACE),
-        EventBus::new(vec![stats.clone(), Arc::new(EventLog)]),
+        EventBus::new(observers),
     )
     .await?;
+    lanes.watch(&engine);
     let cancel = CancellationToken::new();
     let interrupt = {
         let cancel = cancel.clone();
@@ -286,7 +307,32 @@ async fn execute(
     if let Some(mock) = mock {
         mock.shutdown().await;
     }
-    Ok(end?)
+    let live = match live {
+        Some((live, _)) => {
+            let stopped = match &end {
+                Ok(end) => end.stopped.iter().map(|(name, _)| name.clone()).collect(),
+                Err(_) => stages(plans).into_iter().map(|(name, _)| name).collect(),
+            };
+            live.end(stopped).await;
+            // Interrupted: the person is leaving, no linger.
+            (!cancel.is_cancelled()).then_some(live)
+        }
+        None => None,
+    };
+    Ok((end?, live))
+}
+
+/// The dashboard's rows: each experiment's answers, then its judgements when it has a
+/// judge, named as the pipeline names its sources.
+fn stages(plans: &[ExperimentPlan]) -> Vec<(String, &'static str)> {
+    let mut rows = Vec::new();
+    for plan in plans {
+        rows.push((plan.name.clone(), "answers"));
+        if plan.judge.is_some() {
+            rows.push((format!("{}/judge", plan.name), "judge"));
+        }
+    }
+    rows
 }
 
 /// Writes the scores and says how the run ended.

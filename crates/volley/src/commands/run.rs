@@ -16,7 +16,7 @@ use volley_core::observe::report::Report;
 use volley_core::observe::stats::RunStats;
 use volley_core::provider::validate::ResponseCheck;
 use volley_core::runner::{
-    self, ChangedPolicy, InputSource, Prepared, RunError, RunPlan, Scan, Strays,
+    self, ChangedPolicy, InputSource, LaneWatch, Prepared, RunError, RunPlan, Scan, Strays,
 };
 use volley_core::store::OutputFiles;
 use volley_core::store::checkpoint::Tail;
@@ -24,6 +24,7 @@ use volley_core::store::claim::{self, HeldFiles, NamedFile, OutputLock};
 
 use crate::cli::{Expect, LogFormat, RunArgs};
 use crate::commands::engine::{self, Upstreams};
+use crate::dashboard::Live;
 use crate::exit::Exit;
 use crate::logging::{self, BarSlot};
 use crate::metrics_endpoint::MetricsEndpoint;
@@ -168,6 +169,14 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
         }
         None => None,
     };
+    let lanes = LaneWatch::new();
+    let dashboard = Live::run(
+        &args.dashboard,
+        stats.clone(),
+        lanes.clone(),
+        args.engine.concurrency,
+    )
+    .await?;
     let started = match prepared.start() {
         Ok(started) => started,
         Err(e) => {
@@ -206,6 +215,9 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
     if let Some(f) = &event_file {
         observers.push(f.clone());
     }
+    if let Some((_, watching)) = &dashboard {
+        observers.extend(watching.iter().cloned());
+    }
 
     let display = progress::Display::start(
         &args.display,
@@ -233,6 +245,7 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
         source,
         EventBus::new(observers),
         cancel.clone(),
+        &lanes,
     )
     .await;
 
@@ -302,21 +315,44 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
             Exit::Stopped
         }
     };
-    if let Some(endpoint) = metrics {
-        endpoint.mark_finished();
-        if args.metrics_linger > 0.0 && !cancel.is_cancelled() {
-            tracing::info!(
-                "serving the final metrics at http://{}/metrics for {} (Ctrl-C ends it)",
-                endpoint.addr(),
-                summary::human_duration(Duration::from_secs_f64(args.metrics_linger))
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs_f64(args.metrics_linger)) => {}
-                _ = cancel.cancelled() => {}
-            }
+    let dashboard = match dashboard {
+        Some((live, _)) => {
+            let stopped = match exit {
+                Exit::Stopped => Live::run_stopped(),
+                _ => vec![],
+            };
+            live.end(stopped).await;
+            Some(live)
         }
-        endpoint.shutdown();
-    }
+        None => None,
+    };
+    // Both wait at once: each is served for its own linger.
+    let metrics_linger = async {
+        if let Some(endpoint) = metrics {
+            endpoint.mark_finished();
+            if args.metrics_linger > 0.0 && !cancel.is_cancelled() {
+                tracing::info!(
+                    "serving the final metrics at http://{}/metrics for {} (Ctrl-C ends it)",
+                    endpoint.addr(),
+                    summary::human_duration(Duration::from_secs_f64(args.metrics_linger))
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs_f64(args.metrics_linger)) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+            endpoint.shutdown();
+        }
+    };
+    let dashboard_linger = async {
+        if let Some(live) = dashboard {
+            if cancel.is_cancelled() {
+                return;
+            }
+            live.linger(cancel.cancelled()).await;
+        }
+    };
+    tokio::join!(metrics_linger, dashboard_linger);
     Ok(exit)
 }
 

@@ -431,3 +431,15 @@ pub fn run_args<'a>(input: &'a str, base_url: &'a str, extra: &[&'a str]) -> Vec
     args.extend_from_slice(extra);
     args
 }
+
+/// The README's experiment (`examples/experiment/arith.toml` and its dataset), copied
+/// into `ws` and pointed at `mock` with the test key; returns the configuration file.
+pub fn arith_example(ws: &Workspace, mock: &MockProc) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/experiment");
+    std::fs::copy(root.join("arith.jsonl"), ws.path("arith.jsonl")).expect("copy the dataset");
+    let text = std::fs::read_to_string(root.join("arith.toml"))
+        .expect("read the example")
+        .replace("http://127.0.0.1:8089/v1", &mock.base_url)
+        .replace("VOLLEY_MOCK_KEY", KEY_ENV);
+    ws.write("arith.toml", &text)
+}
