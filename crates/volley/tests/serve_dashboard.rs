@@ -52,7 +52,7 @@ const CHARTS: [&str; 4] = ["throughput", "latency", "tokens", "cost"];
 #[test]
 fn the_dashboard_shows_a_finished_batch_as_the_store_counts_it_with_charts_and_no_key() {
     let ws = Workspace::new();
-    let mock = MockProc::start(&["--cost-per-million-tokens", "2", "--fail-rate", "0.2"]);
+    let mock = MockProc::start(&["--cost-per-million-tokens", "2", "--fail-rate", "0.2", "--rpm", "100000"]);
     let serve = ServeProc::start(
         &ws.path("data"),
         &mock.base_url,
@@ -129,7 +129,12 @@ fn the_dashboard_shows_a_finished_batch_as_the_store_counts_it_with_charts_and_n
             + state["totals"]["failed"].as_u64().unwrap(),
         41
     );
-    assert_eq!(state["lanes"][0]["label"], "key#1", "{state:#}");
+    let lane = &state["lanes"][0];
+    assert_eq!(lane["label"], "key#1", "{state:#}");
+    // The mock announces its limit and what remains: the lane shows both.
+    assert_eq!(lane["requests_per_minute"], 100_000, "{lane}");
+    let left = lane["remaining_requests"].as_u64().expect("remaining requests");
+    assert!((100_000 - 200..=100_000).contains(&left), "{lane}");
     assert_eq!(state["models"][0]["model"], "m");
     for chart in CHARTS {
         let svg = state["charts"][chart].as_str().unwrap();

@@ -142,4 +142,11 @@ pub trait RateGate: Send + Sync + std::fmt::Debug {
 
     /// Whether the gate is paused past `now`.
     fn paused(&self, now: Instant) -> bool;
+
+    /// What the provider last said remains of each limit, as it stands at `now` (what
+    /// went out since taken off, what the window gave back added): for people watching
+    /// (the dashboard), not for pacing. `None` where no reply announced a `remaining`.
+    fn remaining(&self, _now: Instant) -> Limits {
+        Limits::default()
+    }
 }

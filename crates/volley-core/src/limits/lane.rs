@@ -139,6 +139,11 @@ pub struct LaneView {
     pub label: Arc<str>,
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
+    /// What the provider last said remains of each limit, projected to now (`None`
+    /// until a reply announces it).
+    pub remaining_requests: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    /// Cooling down: a 429 or an exhausted quota paused it.
     pub paused: bool,
     /// Why it left the pool: its own quota, or its last key's retirement.
     pub retired: Option<&'static str>,
@@ -149,6 +154,7 @@ impl Lane {
     /// The lane as it stands at `now`; `keys` are its pool's.
     pub fn view(&self, keys: &[Key], now: Instant) -> LaneView {
         let limits = self.gate.limits();
+        let remaining = self.gate.remaining(now);
         let own = *lock(&self.retired);
         let by_keys = || {
             let reasons: Vec<Option<Reason>> =
@@ -163,6 +169,8 @@ impl Lane {
             label: self.label.clone(),
             requests_per_minute: limits.requests,
             tokens_per_minute: limits.tokens,
+            remaining_requests: remaining.requests,
+            remaining_tokens: remaining.tokens,
             paused: self.gate.paused(now),
             retired: own.or_else(by_keys).map(Reason::as_str),
             in_flight: self.in_flight(),

@@ -414,6 +414,20 @@ impl RateGate for LocalGate {
         }
     }
 
+    fn remaining(&self, now: Instant) -> Limits {
+        let state = self.state();
+        // Owed units (a negative level) show as none left.
+        let left = |m: &Meter| {
+            m.allowance
+                .as_ref()
+                .map(|a| a.available(now).max(0.0).floor() as u64)
+        };
+        Limits {
+            requests: left(&state.requests),
+            tokens: left(&state.tokens),
+        }
+    }
+
     fn wait(&self, tokens: u64, now: Instant) -> Duration {
         self.state()
             .earliest(tokens, now)
@@ -688,6 +702,25 @@ mod tests {
             wait >= Duration::from_millis(99) && wait <= Duration::from_millis(101),
             "then one every 100 ms (600/min): {wait:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_remains_is_shown_as_the_provider_said_less_what_went_out_since() {
+        let pool = TestPool::new(Some(1000), None);
+        let now = Instant::now();
+        assert_eq!(
+            pool.gate.remaining(now),
+            Limits::default(),
+            "nothing said yet"
+        );
+        answer(&pool, &requests(quota(600, 299, 30_000)), now);
+        assert_eq!(pool.gate.remaining(now).requests, Some(299));
+        let _held: Vec<_> = (0..9).map(|_| pool.book(|| 0, now).unwrap()).collect();
+        assert_eq!(pool.gate.remaining(now).requests, Some(290));
+        // The window gives back at the limit's pace: 10 a second at 600/min.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(pool.gate.remaining(later).requests, Some(300));
+        assert_eq!(pool.gate.remaining(later).tokens, None);
     }
 
     #[tokio::test(start_paused = true)]
