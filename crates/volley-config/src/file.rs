@@ -472,6 +472,14 @@ impl ConfigFile {
         at: &KeyPath,
         e: RawExperiment,
     ) -> Result<Experiment, ConfigError> {
+        // `NAME/judge` is the judge stage's name (its source, its dashboard row): an
+        // experiment called `a/judge` would be taken for the judge of `a`.
+        if name.contains('/') {
+            return Err(self.error_at(
+                at,
+                "an experiment's name may not hold '/' (NAME/judge names its judge stage)",
+            ));
+        }
         let datasets: Vec<&str> = self.datasets.iter().map(|d| d.name.as_str()).collect();
         self.references(&at.key("datasets"), "dataset", &e.datasets, &datasets)?;
         let models: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();

@@ -258,6 +258,26 @@ fn unknown_keys_are_named_with_their_line() {
 }
 
 #[test]
+fn names_that_would_be_taken_for_something_else_are_refused() {
+    let text = "[models.small]\n[datasets.arith]\npath = \"arith.jsonl\"\n[prompts.qa]\nuser = \"q\"\n\n[experiments.\"a/judge\"]\ndatasets = [\"arith\"]\nmodels = [\"small\"]\nprompt = \"qa\"\n";
+    let message = error("volley.toml", text);
+    assert!(
+        message.starts_with("volley.toml:7: ")
+            && message.ends_with(
+                "an experiment's name may not hold '/' (NAME/judge names its judge stage)"
+            ),
+        "{message}"
+    );
+    // `[experiment.NAME]` for `[experiments.NAME]`: the flags' section says which.
+    let message = error("volley.toml", "[experiment.arith]\nruns = 1\n");
+    assert!(
+        message.starts_with("volley.toml:1: experiment.arith: ")
+            && message.contains("an experiment is [experiments.NAME]"),
+        "{message}"
+    );
+}
+
+#[test]
 fn bad_values_say_the_rule_and_the_value() {
     let provider = "[providers.p]\nbase_url = \"https://x/v1\"\napi_key_env = \"K\"\n";
     let cases: Vec<(String, &str)> = vec![

@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::browser::drive_dashboard;
-use common::gateway::{GATEWAY_TOKEN, ServeProc, batch_lines};
+use common::gateway::{GATEWAY_TOKEN, ServeProc, batch_lines, read_reply};
 use common::{MockProc, Workspace, assert_no_key, http_get, read_jsonl, run_args, volley};
 use serde_json::{Value, json};
 
@@ -217,6 +217,14 @@ fn run_dashboard_shows_the_run_to_100_percent() {
     check_page(&seen, &run.addr);
     assert_no_key("the dashboard", seen["text"].as_str().unwrap());
     assert_no_key("the dashboard's state", &state.to_string());
+    // A site that rebinds its own name to 127.0.0.1 (DNS rebinding) reads nothing.
+    let mut s = std::net::TcpStream::connect(&run.addr).unwrap();
+    s.write_all(
+        b"GET /dashboard/state HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let refused = read_reply(&mut s);
+    assert_eq!(refused.status, 421, "{}", refused.text());
     assert!(
         std::fs::read(&shot)
             .expect("a screenshot")

@@ -62,6 +62,9 @@ const SCRIPT: &str = r##""use strict";
   const esc = (v) => String(v).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
   const num = (n) => (n == null ? "—" : Number(n).toLocaleString("en-US"));
   const usd = (n) => (n == null ? "—" : "$" + Number(n).toFixed(4));
+  // A header value is printable ASCII: any other token can never be sent, so it is
+  // asked for again rather than failing every fetch.
+  const sendable = (t) => /^[\x21-\x7e]+$/.test(t);
   const headers = () => (token ? { Authorization: "Bearer " + token } : {});
   const say = (t) => { $("status").textContent = t; };
   function put(el, v) { v = String(v); if (el.textContent !== v) el.textContent = v; }
@@ -162,6 +165,10 @@ const SCRIPT: &str = r##""use strict";
   }
   async function poll() {
     if (busy || needToken) return;
+    if (token && !sendable(token)) {
+      askToken("That token holds characters no token has: enter it again.");
+      return;
+    }
     busy = true;
     try {
       const r = await fetch("/dashboard/state", { headers: headers(), cache: "no-store" });
@@ -195,7 +202,7 @@ const SCRIPT: &str = r##""use strict";
   });
   $("token-save").addEventListener("click", () => {
     const t = $("token").value.trim();
-    if (!t) return;
+    if (!t || !sendable(t)) { $("auth-why").textContent = "A token is printable ASCII, without spaces."; return; }
     token = t;
     try { sessionStorage.setItem(KEY, t); } catch (e) {}
     $("token").value = "";
