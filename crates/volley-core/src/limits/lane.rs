@@ -147,6 +147,8 @@ pub struct LaneView {
     pub paused: bool,
     /// Why it left the pool: its own quota, or its last key's retirement.
     pub retired: Option<&'static str>,
+    /// Bookings not yet answered: waiting for their turn on the lane, or on the wire
+    /// (the engine's in-flight count has only the latter).
     pub in_flight: usize,
 }
 

@@ -151,7 +151,7 @@ const SCRIPT: &str = r##""use strict";
     sources(s.sources);
     swap("totals", $("totals"), totals(s.totals));
     swap("lanes", document.querySelector("#lanes .body"), table(
-      ["lane", "requests/min", "tokens/min", "requests left", "tokens left", "state", "in flight"],
+      ["lane", "requests/min", "tokens/min", "requests left", "tokens left", "state", "booked"],
       s.lanes.map((l) => [l.label, num(l.requests_per_minute), num(l.tokens_per_minute),
         num(l.remaining_requests), num(l.remaining_tokens),
         l.retired ? "retired: " + l.retired : l.paused ? "cooling down" : "ready", l.in_flight])));
