@@ -229,7 +229,7 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
 
     let cancel = CancellationToken::new();
     let grace = defaults::SHUTDOWN_GRACE;
-    tokio::spawn(watch_signals(cancel.clone(), grace));
+    let signals = tokio::spawn(watch_signals(cancel.clone(), grace));
 
     let engine = engine::config(&args.engine, pricing, grace);
     let source = SourceSpec {
@@ -326,11 +326,20 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
         }
         None => None,
     };
+    // The run is over: Ctrl-C now only ends the lingering, quietly (it has no requests
+    // left to finish).
+    signals.abort();
+    let interrupted = cancel.is_cancelled();
+    let linger_cancel = cancel.clone();
+    let lingering = tokio::spawn(async move {
+        crate::commands::mock::shutdown_signal().await;
+        linger_cancel.cancel();
+    });
     // Both wait at once: each is served for its own linger.
     let metrics_linger = async {
         if let Some(endpoint) = metrics {
             endpoint.mark_finished();
-            if args.metrics_linger > 0.0 && !cancel.is_cancelled() {
+            if args.metrics_linger > 0.0 && !interrupted {
                 tracing::info!(
                     "serving the final metrics at http://{}/metrics for {} (Ctrl-C ends it)",
                     endpoint.addr(),
@@ -346,13 +355,14 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
     };
     let dashboard_linger = async {
         if let Some(live) = dashboard {
-            if cancel.is_cancelled() {
+            if interrupted {
                 return;
             }
             live.linger(cancel.cancelled()).await;
         }
     };
     tokio::join!(metrics_linger, dashboard_linger);
+    lingering.abort();
     Ok(exit)
 }
 
