@@ -16,7 +16,8 @@ use volley_charts::{Bar, Series, bars, lines};
 use volley_core::limits::lane::LaneView;
 use volley_core::observe::stats::{LatencyBuckets, Snapshot};
 
-use crate::dashboard::failures::Failure;
+use crate::auth::DEFAULT_TENANT;
+use crate::dashboard::failures::{self, Failure};
 use crate::rows::{BatchRow, Status};
 
 /// How often the snapshot is rebuilt.
@@ -25,6 +26,11 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const WINDOW: Duration = Duration::from_secs(300);
 /// Finished batches shown per tenant (running ones are always shown).
 pub const RECENT_PER_TENANT: usize = 50;
+/// Models shown by name, those of the most tokens: the rest are one row and one bar,
+/// so a tenant sending thousands of model names cannot swell every page.
+pub const MODELS_SHOWN: usize = 20;
+/// Lanes shown, the busiest first: the rest are one row.
+pub const LANES_SHOWN: usize = 50;
 
 /// Latency buckets' upper bounds, in seconds: where a chat's latency usually falls.
 const LATENCY_BOUNDS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -221,6 +227,20 @@ pub struct State {
     pub models: Vec<ModelRow>,
     pub errors: Vec<Failure>,
     pub charts: Charts,
+    /// What a tenant of a gateway with tenants sees instead of `lanes`, `models` and
+    /// `charts`: no model name (see [`State::names_models_for`]).
+    pub unnamed: Unnamed,
+}
+
+/// The parts of the snapshot that would name models, without the names: the engine
+/// counts models for every tenant together, so they would show one tenant another's.
+#[derive(Debug, Default)]
+pub struct Unnamed {
+    /// The lanes labelled by their key alone (`key#1`, not `key#1/MODEL`).
+    pub lanes: Vec<LaneView>,
+    /// One row for all models together.
+    pub models: Vec<ModelRow>,
+    pub charts: Charts,
 }
 
 /// What one tenant's page gets: the snapshot with only that tenant's sources and
@@ -249,6 +269,15 @@ impl State {
         self.view(None)
     }
 
+    /// Whether `tenant`'s page may name models (in the models table and charts, and in
+    /// lane labels): only on a gateway of one tenant (no tokens file, or one token),
+    /// where every model is its own. A tokens file's tenant other than `default` never
+    /// sees them; its `default` tenant only while no other tenant has a source listed
+    /// (a batch in the store, a proxy), so before any other tenant sent anything.
+    pub fn names_models_for(&self, tenant: &str) -> bool {
+        tenant == DEFAULT_TENANT && self.sources.iter().all(|s| &*s.tenant == tenant)
+    }
+
     /// `tenant`'s sources and their failures, or everything.
     fn view(&self, tenant: Option<&str>) -> Vec<u8> {
         let sources: Vec<&SourceRow> = self
@@ -257,21 +286,29 @@ impl State {
             .filter(|s| tenant.is_none_or(|t| &*s.tenant == t))
             .collect();
         let visible: HashSet<&str> = sources.iter().map(|s| s.id.as_str()).collect();
+        let named = tenant.is_none_or(|t| self.names_models_for(t));
+        let (lanes, models, charts) = if named {
+            (&self.lanes, &self.models, &self.charts)
+        } else {
+            let u = &self.unnamed;
+            (&u.lanes, &u.models, &u.charts)
+        };
         let view = View {
             at: self.at,
             seq: self.seq,
             totals: &self.totals,
             samples: &self.samples,
-            lanes: &self.lanes,
-            models: &self.models,
+            lanes,
+            models,
             errors: self
                 .errors
                 .iter()
                 .filter(|e| {
                     tenant.is_none() || e.source.as_deref().is_some_and(|s| visible.contains(s))
                 })
+                .take(failures::KEPT)
                 .collect(),
-            charts: &self.charts,
+            charts,
             sources,
         };
         // Plain data: serializing it cannot fail.
@@ -357,30 +394,41 @@ pub fn build(inputs: Inputs) -> State {
         })
         .collect();
     models.sort_by(|a, b| b.tokens.cmp(&a.tokens).then(a.model.cmp(&b.model)));
+    let all_models = (!models.is_empty())
+        .then(|| summed("all models".into(), &models))
+        .into_iter()
+        .collect::<Vec<_>>();
+    if models.len() > MODELS_SHOWN {
+        let rest = models.split_off(MODELS_SHOWN);
+        models.push(summed(format!("({} other models)", rest.len()), &rest));
+    }
+    let lanes = capped_lanes(lanes);
+    let throughput = throughput_chart(&samples);
+    let latency = latency_chart(&latency);
+    let unnamed = Unnamed {
+        lanes: lanes
+            .iter()
+            .map(|l| LaneView {
+                label: match l.label.split_once('/') {
+                    Some((key, _model)) => Arc::from(key),
+                    None => l.label.clone(),
+                },
+                ..l.clone()
+            })
+            .collect(),
+        charts: Charts {
+            throughput: throughput.clone(),
+            latency: latency.clone(),
+            tokens: tokens_chart(&all_models),
+            cost: cost_chart(&all_models),
+        },
+        models: all_models,
+    };
     let charts = Charts {
-        throughput: throughput_chart(&samples),
-        latency: latency_chart(&latency),
-        tokens: bars(
-            "tokens",
-            "Tokens per model",
-            &models
-                .iter()
-                .map(|m| Bar::new(&m.model, m.tokens as f64, grouped(m.tokens)))
-                .collect::<Vec<_>>(),
-        ),
-        cost: bars(
-            "cost",
-            "Cost per model (USD)",
-            &models
-                .iter()
-                .map(|m| match m.cost {
-                    Some(cost) => Bar::new(&m.model, cost, format!("${cost:.4}")),
-                    // Said, rather than left out: a model missing from the chart
-                    // would look free.
-                    None => Bar::new(&m.model, 0.0, "unknown"),
-                })
-                .collect::<Vec<_>>(),
-        ),
+        throughput,
+        latency,
+        tokens: tokens_chart(&models),
+        cost: cost_chart(&models),
     };
     State {
         at,
@@ -402,7 +450,89 @@ pub fn build(inputs: Inputs) -> State {
         models,
         errors,
         charts,
+        unnamed,
     }
+}
+
+/// `rows` as one: their requests and tokens summed, their cost too if each is known.
+fn summed(model: String, rows: &[ModelRow]) -> ModelRow {
+    ModelRow {
+        model,
+        requests: rows.iter().map(|m| m.requests).sum(),
+        tokens: rows.iter().map(|m| m.tokens).sum(),
+        cost: rows.iter().map(|m| m.cost).sum(),
+    }
+}
+
+/// At most [`LANES_SHOWN`] lanes, in their order, and one row counting the rest (their
+/// requests in flight summed). Those kept are the busiest, then those cooling down,
+/// then the ready ones, the retired last.
+fn capped_lanes(lanes: Vec<LaneView>) -> Vec<LaneView> {
+    if lanes.len() <= LANES_SHOWN {
+        return lanes;
+    }
+    let mut order: Vec<usize> = (0..lanes.len()).collect();
+    order.sort_by_key(|&i| {
+        let l = &lanes[i];
+        (
+            std::cmp::Reverse(l.in_flight),
+            l.retired.is_some(),
+            !l.paused,
+            i,
+        )
+    });
+    let mut kept = vec![false; lanes.len()];
+    for &i in &order[..LANES_SHOWN] {
+        kept[i] = true;
+    }
+    let mut shown = Vec::with_capacity(LANES_SHOWN + 1);
+    let (mut others, mut in_flight) = (0, 0);
+    for (lane, kept) in lanes.into_iter().zip(kept) {
+        if kept {
+            shown.push(lane);
+        } else {
+            others += 1;
+            in_flight += lane.in_flight;
+        }
+    }
+    shown.push(LaneView {
+        label: Arc::from(format!("({others} other lanes)")),
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        remaining_requests: None,
+        remaining_tokens: None,
+        paused: false,
+        retired: None,
+        in_flight,
+    });
+    shown
+}
+
+fn tokens_chart(models: &[ModelRow]) -> String {
+    bars(
+        "tokens",
+        "Tokens per model",
+        &models
+            .iter()
+            .map(|m| Bar::new(&m.model, m.tokens as f64, grouped(m.tokens)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn cost_chart(models: &[ModelRow]) -> String {
+    bars(
+        "cost",
+        "Cost per model (USD)",
+        &models
+            .iter()
+            .map(|m| match m.cost {
+                Some(cost) => Bar::new(&m.model, cost, format!("${cost:.4}")),
+                // Said, rather than left out: a model missing from the chart
+                // would look free.
+                None => Bar::new(&m.model, 0.0, "unknown"),
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// A batch's row: its counts from the store (exact, and all there is once it ended),
@@ -795,6 +925,138 @@ mod tests {
         assert_eq!(ids[1], format!("batch_a{:03}", RECENT_PER_TENANT + 9));
         assert_eq!(ids[RECENT_PER_TENANT], "batch_a010");
         assert_eq!(ids[RECENT_PER_TENANT + 1], "batch_old_running");
+    }
+
+    fn used(stats: &RunStats, model: &str, tokens: u64) {
+        use volley_core::observe::events::{Event, Observer};
+        stats.on_event(
+            None,
+            &Event::RequestFinished {
+                custom_id: Arc::from("x"),
+                ok: true,
+                attempts: 1,
+                error: None,
+                latency: Duration::from_millis(5),
+                usage: volley_core::accounting::usage::Usage {
+                    total_tokens: tokens,
+                    cost: Some(0.001),
+                    ..Default::default()
+                },
+                model: Some(Arc::from(model)),
+            },
+        );
+    }
+
+    fn lane(label: String, in_flight: usize) -> LaneView {
+        LaneView {
+            label: Arc::from(label),
+            requests_per_minute: Some(100),
+            tokens_per_minute: None,
+            remaining_requests: None,
+            remaining_tokens: None,
+            paused: false,
+            retired: None,
+            in_flight,
+        }
+    }
+
+    #[test]
+    fn models_and_lanes_are_capped_and_a_tenant_sees_no_model_name() {
+        let stats = RunStats::new();
+        // Alice's secret model, the busiest, and 3,000 names someone sent.
+        used(&stats, "ft:gpt-4o:alice-corp:secret", 1_000_000);
+        for i in 0..3000u64 {
+            used(&stats, &format!("junk-{i:04}"), 10 + i);
+        }
+        let mut i = inputs(
+            vec![
+                batch("batch_a", "alice", Status::InProgress, (10, 3, 1)),
+                batch("batch_b", "bob", Status::Completed, (5, 5, 0)),
+            ],
+            vec![],
+        );
+        i.total = stats.snapshot();
+        // 120 lanes of key and model; the busiest ones last.
+        i.lanes = (0..120)
+            .map(|n| {
+                let model = if n == 119 {
+                    "ft:gpt-4o:alice-corp:secret".to_string()
+                } else {
+                    format!("junk-{n:04}")
+                };
+                lane(format!("key#{}/{model}", n % 3 + 1), usize::from(n >= 100))
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let published = Published::new(build(i));
+        let built = started.elapsed();
+        let all: serde_json::Value = serde_json::from_slice(&published.for_all()).unwrap();
+        let models = all["models"].as_array().unwrap();
+        assert_eq!(models.len(), MODELS_SHOWN + 1);
+        assert_eq!(models[0]["model"], "ft:gpt-4o:alice-corp:secret");
+        assert_eq!(models[MODELS_SHOWN]["model"], "(2981 other models)");
+        assert_eq!(models[MODELS_SHOWN]["requests"], 2981);
+        let lanes = all["lanes"].as_array().unwrap();
+        assert_eq!(lanes.len(), LANES_SHOWN + 1);
+        // The 20 busy ones are kept, in their order; the rest counted.
+        assert_eq!(
+            lanes[LANES_SHOWN - 1]["label"],
+            "key#3/ft:gpt-4o:alice-corp:secret"
+        );
+        assert_eq!(lanes[0]["label"], "key#1/junk-0000");
+        assert_eq!(lanes[LANES_SHOWN]["label"], "(70 other lanes)");
+        let tokens_bars = all["charts"]["tokens"].as_str().unwrap();
+        assert!(!tokens_bars.contains("junk-2999"), "capped chart");
+        let all_bytes = published.for_all().len();
+        assert!(all_bytes < 100_000, "{all_bytes} bytes");
+        assert!(built < Duration::from_secs(2), "{built:?}");
+
+        // Tenants see no model name anywhere: not in models, charts or lane labels.
+        for tenant in ["alice", "bob", "default"] {
+            let view = published.for_tenant(&Arc::from(tenant));
+            let text = std::str::from_utf8(&view).unwrap();
+            assert!(
+                !text.contains("alice-corp") && !text.contains("junk-"),
+                "{tenant}: {text}"
+            );
+            let v: serde_json::Value = serde_json::from_slice(&view).unwrap();
+            assert_eq!(v["models"].as_array().unwrap().len(), 1);
+            assert_eq!(v["models"][0]["model"], "all models");
+            assert_eq!(v["models"][0]["requests"], 3001);
+            assert_eq!(v["lanes"][0]["label"], "key#1");
+            assert_eq!(v["lanes"].as_array().unwrap().len(), LANES_SHOWN + 1);
+        }
+        // A gateway of one tenant (no tokens file, or one token) names them as before.
+        let mut one = inputs(
+            vec![batch(
+                "batch_d",
+                DEFAULT_TENANT,
+                Status::Completed,
+                (1, 1, 0),
+            )],
+            vec![],
+        );
+        one.sources.retain(|s| &*s.tenant == DEFAULT_TENANT);
+        one.total = stats.snapshot();
+        one.lanes = vec![lane("key#1/m".into(), 0)];
+        let state = build(one);
+        let v: serde_json::Value =
+            serde_json::from_slice(&state.view_json(DEFAULT_TENANT)).unwrap();
+        assert_eq!(v["models"][0]["model"], "ft:gpt-4o:alice-corp:secret");
+        assert_eq!(v["lanes"][0]["label"], "key#1/m");
+    }
+
+    #[test]
+    fn a_tenant_sees_at_most_its_latest_failures() {
+        let failures: Vec<Failure> = (0..failures::KEPT + 5)
+            .map(|_| failure("batch_a"))
+            .collect();
+        let state = build(inputs(
+            vec![batch("batch_a", "alice", Status::InProgress, (10, 3, 1))],
+            failures,
+        ));
+        let v: serde_json::Value = serde_json::from_slice(&state.view_json("alice")).unwrap();
+        assert_eq!(v["errors"].as_array().unwrap().len(), failures::KEPT);
     }
 
     #[test]

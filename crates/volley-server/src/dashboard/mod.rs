@@ -6,9 +6,12 @@
 //!
 //! Who may see what: the page itself holds no data and is served to anyone; the state
 //! needs the gateway's token like `/v1` (see [`crate::auth`]), and a tenant's token
-//! shows that tenant's batches and proxied calls only. Lanes, totals, models and
-//! charts are the shared engine's, shown to every valid token. Nothing in it is a
-//! key (lanes are named by key labels, `key#1`) or a token.
+//! shows that tenant's batches, proxied calls and their failures only. Totals and the
+//! throughput and latency charts are the shared engine's, shown to every valid token;
+//! models and lanes are too on a gateway of one tenant, but a gateway with tenants
+//! (`--tokens-file`) shows a tenant no model name (the engine counts models for all
+//! tenants together): one row for all models, and lanes by their key label alone.
+//! Nothing in it is a key (lanes are named by key labels, `key#1`) or a token.
 //!
 //! The same board and page serve `volley run --dashboard` and `volley experiment run
 //! --dashboard` ([`serve_dashboard`]): what differs is the [`Feed`] of rows, and that
@@ -95,6 +98,11 @@ impl Board {
     /// Reads everything the snapshot shows from `feed` and publishes a new one.
     pub async fn refresh(&self, feed: &dyn Feed) -> Result<(), FeedError> {
         let sources = feed.sources().await?;
+        self.failures.learn(
+            sources
+                .iter()
+                .map(|s| (Arc::from(s.id.as_str()), s.tenant.clone())),
+        );
         let stats = feed.total();
         let total = stats.snapshot();
         let now = Instant::now();
