@@ -52,7 +52,14 @@ const CHARTS: [&str; 4] = ["throughput", "latency", "tokens", "cost"];
 #[test]
 fn the_dashboard_shows_a_finished_batch_as_the_store_counts_it_with_charts_and_no_key() {
     let ws = Workspace::new();
-    let mock = MockProc::start(&["--cost-per-million-tokens", "2", "--fail-rate", "0.2", "--rpm", "100000"]);
+    let mock = MockProc::start(&[
+        "--cost-per-million-tokens",
+        "2",
+        "--fail-rate",
+        "0.2",
+        "--rpm",
+        "100000",
+    ]);
     let serve = ServeProc::start(
         &ws.path("data"),
         &mock.base_url,
@@ -133,7 +140,9 @@ fn the_dashboard_shows_a_finished_batch_as_the_store_counts_it_with_charts_and_n
     assert_eq!(lane["label"], "key#1", "{state:#}");
     // The mock announces its limit and what remains: the lane shows both.
     assert_eq!(lane["requests_per_minute"], 100_000, "{lane}");
-    let left = lane["remaining_requests"].as_u64().expect("remaining requests");
+    let left = lane["remaining_requests"]
+        .as_u64()
+        .expect("remaining requests");
     assert!((100_000 - 200..=100_000).contains(&left), "{lane}");
     assert_eq!(state["models"][0]["model"], "m");
     for chart in CHARTS {

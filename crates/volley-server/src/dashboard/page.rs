@@ -154,7 +154,7 @@ const SCRIPT: &str = r##""use strict";
       ["lane", "requests/min", "tokens/min", "requests left", "tokens left", "state", "booked"],
       s.lanes.map((l) => [l.label, num(l.requests_per_minute), num(l.tokens_per_minute),
         num(l.remaining_requests), num(l.remaining_tokens),
-        l.retired ? "retired: " + l.retired : l.paused ? "cooling down" : "ready", l.in_flight])));
+        l.label.startsWith("(") ? "—" : l.retired ? "retired: " + l.retired : l.paused ? "cooling down" : "ready", l.in_flight])));
     swap("models", document.querySelector("#models .body"), table(
       ["model", "requests", "tokens", "cost"],
       s.models.map((x) => [x.model, num(x.requests), num(x.tokens), usd(x.cost)])));
