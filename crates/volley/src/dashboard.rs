@@ -5,7 +5,6 @@
 //! sources.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use volley_core::limits::lane::LaneView;
@@ -16,7 +15,6 @@ use volley_core::runner::LaneWatch;
 use volley_server::dashboard::{Dashboard, Failures, Feed, Rows, SourceRow, serve_dashboard};
 
 use crate::cli::DashboardArgs;
-use crate::summary;
 
 /// A run's rows have no tenant: its dashboard shows everything.
 const NO_TENANT: &str = "";
@@ -218,17 +216,8 @@ impl Live {
 
     /// Keeps serving for `--dashboard-linger` unless `stop` resolves first (Ctrl-C).
     pub async fn linger(self, stop: impl std::future::Future<Output = ()>) {
-        if self.linger > 0.0 {
-            tracing::info!(
-                "serving the final dashboard at http://{}/ for {} (Ctrl-C ends it)",
-                self.served.addr(),
-                summary::human_duration(Duration::from_secs_f64(self.linger))
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs_f64(self.linger)) => {}
-                _ = stop => {}
-            }
-        }
+        let url = format!("http://{}/", self.served.addr());
+        crate::linger::linger("dashboard", &url, self.linger, stop).await;
         self.served.shutdown();
     }
 }

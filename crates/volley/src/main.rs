@@ -25,6 +25,7 @@ mod config;
 mod dashboard;
 mod exit;
 mod html;
+mod linger;
 mod logging;
 mod metrics_endpoint;
 mod progress;

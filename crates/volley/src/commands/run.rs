@@ -339,16 +339,10 @@ pub async fn run(args: RunArgs, file: Option<ConfigFile>) -> anyhow::Result<Exit
     let metrics_linger = async {
         if let Some(endpoint) = metrics {
             endpoint.mark_finished();
-            if args.metrics_linger > 0.0 && !interrupted {
-                tracing::info!(
-                    "serving the final metrics at http://{}/metrics for {} (Ctrl-C ends it)",
-                    endpoint.addr(),
-                    summary::human_duration(Duration::from_secs_f64(args.metrics_linger))
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs_f64(args.metrics_linger)) => {}
-                    _ = cancel.cancelled() => {}
-                }
+            if !interrupted {
+                let url = format!("http://{}/metrics", endpoint.addr());
+                crate::linger::linger("metrics", &url, args.metrics_linger, cancel.cancelled())
+                    .await;
             }
             endpoint.shutdown();
         }
